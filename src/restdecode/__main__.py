@@ -1,0 +1,5 @@
+import sys
+
+from restdecode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""The draft tree: what a drafter proposes and what verification consumes.
+
+Conventions (shared by drafting and verification):
+
+* A tree hangs below an implicit **root**, the *pending* token: the last token of the context,
+  already chosen but not yet in the model's KV cache.
+* Nodes are stored in topological order: ``parents[i] < i``; ``parents[i] == -1`` means the node
+  is a child of the root. ``tokens[i]`` is the token the node proposes.
+* Compiled, the tree becomes a verification batch of ``1 + n`` **slots**: slot 0 is the root,
+  slot ``i + 1`` is node ``i``.  The model's logits at a slot predict the token that follows the
+  path root → that slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class DraftTree:
+    """Draft tokens arranged as a tree below the pending token.
+
+    ``scores`` is an optional per-node confidence (higher is more likely to be accepted); the
+    order of siblings in the arrays is the order in which sampling tries them.
+    """
+
+    tokens: np.ndarray
+    parents: np.ndarray
+    scores: np.ndarray | None = None
+    depths: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        tokens = np.asarray(self.tokens, dtype=np.int64).reshape(-1)
+        parents = np.asarray(self.parents, dtype=np.int64).reshape(-1)
+        if tokens.shape != parents.shape:
+            raise ValueError(f"tokens ({tokens.size}) and parents ({parents.size}) differ in length")
+        if parents.size and (
+            np.any(parents >= np.arange(parents.size)) or np.any(parents < -1)
+        ):
+            raise ValueError("parents must satisfy -1 <= parents[i] < i (topological order)")
+        depths = np.empty(tokens.size, dtype=np.int64)
+        for i, parent in enumerate(parents.tolist()):
+            depths[i] = 1 if parent < 0 else depths[parent] + 1
+        object.__setattr__(self, "tokens", tokens)
+        object.__setattr__(self, "parents", parents)
+        object.__setattr__(self, "depths", depths)
+        if self.scores is not None:
+            object.__setattr__(self, "scores", np.asarray(self.scores, dtype=np.float64).reshape(-1))
+
+    @classmethod
+    def empty(cls) -> "DraftTree":
+        """A tree with no draft: verification degenerates to one plain decoding step."""
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    @classmethod
+    def chain(cls, tokens: list[int] | np.ndarray) -> "DraftTree":
+        """A single path (what prompt lookup or a draft model proposes)."""
+        n = len(tokens)
+        return cls(np.asarray(tokens, dtype=np.int64), np.arange(-1, n - 1, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return int(self.tokens.size)
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depths.max()) if len(self) else 0
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root's child down to ``node`` (inclusive)."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = int(self.parents[node])
+        return path[::-1]
+
+    @cached_property
+    def children(self) -> list[list[int]]:
+        """Child *slots* of every slot (slot 0 = root, slot i+1 = node i), in stored order."""
+        kids: list[list[int]] = [[] for _ in range(len(self) + 1)]
+        for i, parent in enumerate(self.parents.tolist()):
+            kids[parent + 1].append(i + 1)
+        return kids
+
+    def compile(self, device: torch.device | str = "cpu") -> "CompiledTree":
+        """Turn the tree into the tensors one verification forward needs."""
+        n = len(self)
+        slot_parents = np.concatenate([[-1], self.parents + 1]).astype(np.int64)
+        # ancestor[i, j]: slot j is slot i or one of its ancestors (the root is everyone's).
+        ancestor = np.zeros((n + 1, n + 1), dtype=bool)
+        ancestor[0, 0] = True
+        for slot in range(1, n + 1):
+            ancestor[slot] = ancestor[slot_parents[slot]]
+            ancestor[slot, slot] = True
+        depth_offsets = np.concatenate([[0], self.depths])
+        return CompiledTree(
+            node_tokens=torch.as_tensor(self.tokens, device=device),
+            depth_offsets=torch.as_tensor(depth_offsets, device=device),
+            ancestor_mask=torch.as_tensor(ancestor, device=device),
+            slot_tokens=[-1] + self.tokens.tolist(),
+            slot_parents=slot_parents.tolist(),
+            children=self.children,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledTree:
+    """A draft tree as verification buffers (slot 0 = root, slot i+1 = node i).
+
+    * ``node_tokens``: (n,) token ids of the nodes (the root's token is supplied by the decoder);
+    * ``depth_offsets``: (n+1,) position of each slot relative to the root's position;
+    * ``ancestor_mask``: (n+1, n+1) bool, ``[i, j]`` true when slot i may attend to slot j;
+    * ``slot_tokens``/``slot_parents``/``children``: plain Python lists per slot for the accept
+      stage (``slot_tokens[0]`` is -1: the root's token is the decoder's pending token).
+    """
+
+    node_tokens: torch.Tensor
+    depth_offsets: torch.Tensor
+    ancestor_mask: torch.Tensor
+    slot_tokens: list[int]
+    slot_parents: list[int]
+    children: list[list[int]]
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.slot_parents)
