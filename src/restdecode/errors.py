@@ -9,6 +9,10 @@ class AssetError(RestdecodeError):
     """An asset could not be fetched, or its content does not match its pinned hash."""
 
 
+class ModelError(RestdecodeError):
+    """A model name or path cannot be resolved or loaded."""
+
+
 class DatastoreError(RestdecodeError):
     """A datastore file is missing, corrupt, or does not match the model's tokenizer."""
 
