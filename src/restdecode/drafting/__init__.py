@@ -1,5 +1,24 @@
 """Drafters and the draft tree they propose."""
 
+from restdecode.drafting.base import (
+    ContinuationDrafter,
+    Drafter,
+    NoDrafter,
+    WeightedContinuations,
+)
+from restdecode.drafting.combined import CombinedDrafter
+from restdecode.drafting.context import ContextDrafter
+from restdecode.drafting.retrieval import RetrievalDrafter
 from restdecode.drafting.tree import CompiledTree, DraftTree
 
-__all__ = ["CompiledTree", "DraftTree"]
+__all__ = [
+    "CombinedDrafter",
+    "CompiledTree",
+    "ContextDrafter",
+    "ContinuationDrafter",
+    "DraftTree",
+    "Drafter",
+    "NoDrafter",
+    "RetrievalDrafter",
+    "WeightedContinuations",
+]

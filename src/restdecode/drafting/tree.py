@@ -62,6 +62,26 @@ class DraftTree:
         n = len(tokens)
         return cls(np.asarray(tokens, dtype=np.int64), np.arange(-1, n - 1, dtype=np.int64))
 
+    @classmethod
+    def from_continuations(
+        cls,
+        continuations: np.ndarray,
+        lengths: np.ndarray,
+        weights: np.ndarray,
+        budget: int,
+    ) -> "DraftTree":
+        """The trie of weighted continuations, cut to its ``budget`` heaviest nodes.
+
+        A node's weight is the summed weight of the continuations through it (REST's prefix
+        count); the kept nodes are prefix-closed, ordered heaviest first (ties: shallower, then
+        first seen), so siblings come heaviest first. ``scores`` = node weight / parent weight
+        (depth-1 nodes: / total weight). See ``drafting/trie.py``.
+        """
+        from restdecode.drafting.trie import heaviest_subtree
+
+        tokens, parents, scores = heaviest_subtree(continuations, lengths, weights, budget)
+        return cls(tokens, parents, scores)
+
     def __len__(self) -> int:
         return int(self.tokens.size)
 

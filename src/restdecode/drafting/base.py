@@ -1,0 +1,168 @@
+"""The drafter protocol, and the base of drafters that propose weighted continuations.
+
+A drafter guesses what follows the context; it knows nothing about models or verification.
+Conventions: ``propose(token_ids)`` receives the whole context *including* the pending token (its
+last element) and proposes a tree of what follows it; ``observe(accepted_ids)`` receives the
+tokens committed by the last step (accepted draft tokens + the bonus token); ``reset()`` starts
+a new generation.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from restdecode.drafting.tree import DraftTree
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    """Anything that proposes draft trees for the decoding loop."""
+
+    def propose(self, token_ids: Sequence[int]) -> DraftTree:
+        """A draft of what follows ``token_ids`` (whole context, pending token last)."""
+        ...
+
+    def observe(self, accepted_ids: Sequence[int]) -> None:
+        """Learn from the tokens committed by the last step (accepted drafts + bonus)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget per-generation state: a new generation starts."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class WeightedContinuations:
+    """Candidate continuations of the context, each with a weight (e.g. an occurrence count).
+
+    * ``continuations``: (n, L) int64 tokens, padded with -1 after each row's end;
+    * ``lengths``: (n,) int64 true length of each row (1..L);
+    * ``weights``: (n,) float64, higher = more likely.
+    """
+
+    continuations: np.ndarray
+    lengths: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        continuations = np.asarray(self.continuations, dtype=np.int64)
+        if continuations.size == 0 and continuations.ndim != 2:
+            continuations = continuations.reshape(0, 0)
+        if continuations.ndim != 2:
+            raise ValueError(f"continuations must be (n, L), got shape {continuations.shape}")
+        lengths = np.asarray(self.lengths, dtype=np.int64).reshape(-1)
+        weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+        if not len(continuations) == lengths.size == weights.size:
+            raise ValueError(
+                f"{len(continuations)} continuations, {lengths.size} lengths, {weights.size} weights"
+            )
+        object.__setattr__(self, "continuations", continuations)
+        object.__setattr__(self, "lengths", lengths)
+        object.__setattr__(self, "weights", weights)
+
+    @classmethod
+    def empty(cls, span: int = 0) -> "WeightedContinuations":
+        """No continuation at all."""
+        return cls(
+            np.zeros((0, span), dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+        )
+
+    def __len__(self) -> int:
+        return int(self.lengths.size)
+
+    @property
+    def span(self) -> int:
+        """Width of the padded continuation array."""
+        return int(self.continuations.shape[1])
+
+    def normalized(self, total: float = 1.0) -> "WeightedContinuations":
+        """The same continuations with weights rescaled to sum to ``total`` (empty stays empty)."""
+        weight_sum = float(self.weights.sum())
+        if weight_sum <= 0:
+            return self
+        return WeightedContinuations(
+            self.continuations, self.lengths, self.weights * (total / weight_sum)
+        )
+
+    def padded_to(self, span: int) -> "WeightedContinuations":
+        """The same continuations in an array ``span`` wide (longer rows are cut)."""
+        if span == self.span:
+            return self
+        padded = np.full((len(self), span), -1, dtype=np.int64)
+        width = min(span, self.span)
+        padded[:, :width] = self.continuations[:, :width]
+        return WeightedContinuations(padded, np.minimum(self.lengths, span), self.weights)
+
+    def to_tree(self, budget: int) -> DraftTree:
+        """The ``budget`` heaviest nodes of the trie of these continuations."""
+        return DraftTree.from_continuations(
+            self.continuations, self.lengths, self.weights, budget
+        )
+
+
+def concatenate(parts: Sequence[WeightedContinuations]) -> WeightedContinuations:
+    """All rows of ``parts`` in one set (padded to the widest); identical rows stay separate
+    rows, and add up once turned into a tree."""
+    if not parts:
+        return WeightedContinuations.empty()
+    span = max(part.span for part in parts)
+    padded = [part.padded_to(span) for part in parts]
+    return WeightedContinuations(
+        np.concatenate([part.continuations for part in padded]),
+        np.concatenate([part.lengths for part in padded]),
+        np.concatenate([part.weights for part in padded]),
+    )
+
+
+def context_array(token_ids: Sequence[int], last: int | None = None) -> np.ndarray:
+    """The context (or its ``last`` tokens) as an int64 array; accepts lists, arrays, tensors."""
+    tail = token_ids if last is None else token_ids[-last:] if last > 0 else token_ids[:0]
+    if hasattr(tail, "detach"):  # a torch tensor, possibly on an accelerator
+        tail = tail.detach().cpu().numpy()
+    return np.asarray(tail, dtype=np.int64).reshape(-1)
+
+
+class ContinuationDrafter(ABC):
+    """A drafter whose proposal is the trie of weighted continuations, cut to ``budget`` nodes.
+
+    Subclasses implement :meth:`continuations`; :class:`CombinedDrafter` merges the
+    continuations of several such drafters into one tree.
+    """
+
+    def __init__(self, *, budget: int) -> None:
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+        self.budget = budget
+
+    @abstractmethod
+    def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
+        """Weighted guesses of what follows ``token_ids`` (whole context, pending token last)."""
+
+    def propose(self, token_ids: Sequence[int]) -> DraftTree:
+        """The ``budget`` heaviest nodes of the trie of :meth:`continuations`."""
+        return self.continuations(token_ids).to_tree(self.budget)
+
+    def observe(self, accepted_ids: Sequence[int]) -> None:
+        """Stateless by default: nothing to learn."""
+
+    def reset(self) -> None:
+        """Stateless by default: nothing to forget."""
+
+
+class NoDrafter:
+    """Never drafts: the decoding loop degenerates to plain one-token-per-step decoding."""
+
+    def propose(self, token_ids: Sequence[int]) -> DraftTree:
+        """Always the empty tree."""
+        return DraftTree.empty()
+
+    def observe(self, accepted_ids: Sequence[int]) -> None:
+        """Nothing to learn."""
+
+    def reset(self) -> None:
+        """Nothing to forget."""

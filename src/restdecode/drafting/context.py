@@ -1,0 +1,143 @@
+"""Context drafting: prompt lookup done right.
+
+The longest suffix of the context (prompt + output so far) that occurred earlier in the context
+is found, and the continuations of *all* its earlier occurrences become a weighted tree (each
+occurrence counts 1; among equal counts, recent occurrences win) instead of the single chain of
+classic prompt lookup.
+
+The index maps every ``min_suffix``-gram to the positions right after its occurrences. It is
+extended with the new tokens only, each time ``propose`` sees a longer context; the candidates
+for a longer match are the occurrences of the last ``min_suffix``-gram, compared backwards in one
+vectorised step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from restdecode.drafting.base import ContinuationDrafter, WeightedContinuations, context_array
+
+# Recency only breaks ties: all the bonuses of a node together stay below one occurrence.
+_RECENCY_BONUS = 0.5
+
+
+class ContextDrafter(ContinuationDrafter):
+    """Drafts from earlier occurrences of the context's longest repeated suffix.
+
+    Args:
+        budget: nodes in the proposed tree.
+        max_suffix: longest suffix tried.
+        min_suffix: shortest suffix accepted (1 proposes after any repeated token).
+        span: tokens per continuation.
+        max_matches: at most this many occurrences (the most recent) give continuations.
+
+    ``last_match_length`` holds the suffix length matched by the last proposal (0: none).
+    """
+
+    def __init__(
+        self,
+        *,
+        budget: int = 32,
+        max_suffix: int = 16,
+        min_suffix: int = 2,
+        span: int = 10,
+        max_matches: int = 1000,
+    ) -> None:
+        super().__init__(budget=budget)
+        if not 1 <= min_suffix <= max_suffix:
+            raise ValueError(f"need 1 <= min_suffix <= max_suffix, got {min_suffix}, {max_suffix}")
+        if span < 1 or max_matches < 1:
+            raise ValueError(f"span and max_matches must be >= 1, got {span}, {max_matches}")
+        self.max_suffix = max_suffix
+        self.min_suffix = min_suffix
+        self.span = span
+        self.max_matches = max_matches
+        self.last_match_length = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the indexed context."""
+        self._tokens = np.empty(1024, dtype=np.int64)
+        self._length = 0
+        self._tail: list[int] = []  # the last min_suffix - 1 tokens, to form the next n-grams
+        self._ends: dict[tuple[int, ...], list[int]] = {}
+        self.last_match_length = 0
+
+    def observe(self, accepted_ids: Sequence[int]) -> None:
+        """Nothing to do: ``propose`` indexes whatever the context gained since last time."""
+
+    def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
+        """Continuations of every earlier occurrence of the longest repeated suffix."""
+        self._sync(token_ids)
+        ends, match_length = self._longest_match_occurrences()
+        self.last_match_length = match_length
+        if ends.size == 0:
+            return WeightedContinuations.empty(self.span)
+        ends = ends[-self.max_matches:]
+        return self._continuations_after(ends)
+
+    def _sync(self, token_ids: Sequence[int]) -> None:
+        """Index the tokens ``token_ids`` has beyond the indexed context (all of them when it is
+        not an extension of it: a new generation started without ``reset``)."""
+        if len(token_ids) < self._length or (
+            self._length
+            and (
+                int(token_ids[self._length - 1]) != self._tokens[self._length - 1]
+                or int(token_ids[0]) != self._tokens[0]
+            )
+        ):
+            self.reset()
+        if len(token_ids) > self._length:
+            self._append(context_array(token_ids[self._length:]))
+
+    def _append(self, new_tokens: np.ndarray) -> None:
+        start = self._length
+        end = start + new_tokens.size
+        if end > self._tokens.size:
+            grown = np.empty(max(end, 2 * self._tokens.size), dtype=np.int64)
+            grown[:start] = self._tokens[:start]
+            self._tokens = grown
+        self._tokens[start:end] = new_tokens
+        self._length = end
+        window = self._tail + new_tokens.tolist()
+        n = self.min_suffix
+        first_end = start - len(self._tail)  # position of window[0]
+        for offset in range(len(window) - n + 1):
+            gram = tuple(window[offset:offset + n])
+            self._ends.setdefault(gram, []).append(first_end + offset + n)
+        self._tail = window[len(window) - (n - 1):] if n > 1 else []
+
+    def _longest_match_occurrences(self) -> tuple[np.ndarray, int]:
+        """Ends (position after the match) of the earlier occurrences of the longest suffix, in
+        context order, and its length; empty and 0 when not even ``min_suffix`` tokens repeat."""
+        length = self._length
+        if length <= self.min_suffix:
+            return np.zeros(0, dtype=np.int64), 0
+        key = tuple(self._tokens[length - self.min_suffix:length].tolist())
+        candidates = np.asarray(self._ends.get(key, ()), dtype=np.int64)
+        candidates = candidates[candidates < length]  # the suffix itself is not an earlier one
+        if candidates.size == 0:
+            return candidates, 0
+        matched = self._backward_match_lengths(candidates)
+        best = int(matched.max())
+        return candidates[matched == best], best
+
+    def _backward_match_lengths(self, ends: np.ndarray) -> np.ndarray:
+        """How many tokens before each end agree with the context's suffix (<= max_suffix)."""
+        tokens, length = self._tokens, self._length
+        offsets = np.arange(1, min(self.max_suffix, length) + 1)
+        suffix = tokens[length - offsets]
+        positions = ends[:, None] - offsets[None, :]
+        agree = (positions >= 0) & (tokens[np.maximum(positions, 0)] == suffix[None, :])
+        return np.where(agree.all(axis=1), offsets.size, agree.argmin(axis=1))
+
+    def _continuations_after(self, ends: np.ndarray) -> WeightedContinuations:
+        """Up to ``span`` tokens after each end, weight 1 plus a small recency bonus."""
+        length = self._length
+        positions = ends[:, None] + np.arange(self.span)[None, :]
+        inside = positions < length
+        rows = np.where(inside, self._tokens[np.minimum(positions, length - 1)], -1)
+        recency = _RECENCY_BONUS * (ends / length) / ends.size
+        return WeightedContinuations(rows, inside.sum(axis=1), 1.0 + recency)
