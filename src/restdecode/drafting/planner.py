@@ -1,0 +1,202 @@
+"""Cost-aware tree sizing: keep the part of a draft tree worth its verification time.
+
+A node is accepted only if its whole path is, so its acceptance probability is the product of the
+(calibrated) conditional confidences along its path, and the expected tokens of a step verifying a
+node set S are ``1 + sum of those probabilities over S`` (the bonus token is always gained; in
+greedy decoding sibling paths exclude each other, so the sum is an expectation, not a bound).
+Probabilities never grow along a path, so the k most probable nodes (ties: earlier node first) are
+prefix-closed for every k, and among all prefix-closed sets of k nodes they have the largest sum.
+:func:`plan_tree` therefore only compares the nested sets "k most probable nodes", k = 0..n, and
+keeps the one with the most expected tokens per predicted second; k = 0 is a plain step.
+
+:class:`AcceptanceCalibration` turns raw drafter scores into honest probabilities, learned from
+which verified nodes were accepted; :class:`PlannedDrafter` wraps any drafter with both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from restdecode.drafting.base import Drafter
+from restdecode.drafting.tree import DraftTree
+
+DEFAULT_BUCKET_EDGES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                           0.999, 1.0)
+
+
+class CostModel(Protocol):
+    """Predicted seconds of one verification forward, e.g.
+    :class:`restdecode.latency.LatencyProfile`."""
+
+    def predict(self, width: float | np.ndarray, cache_length: float) -> float | np.ndarray:
+        """Seconds for ``width`` tokens (1 + draft nodes) on a cache of ``cache_length``."""
+        ...
+
+
+class AcceptanceCalibration:
+    """P(node accepted | its parent accepted) as a function of the node's raw score, learned online.
+
+    Raw scores are binned (``edges``; a score of 1.0 falls in the last bin). Each bin counts trials
+    (verified nodes whose parent was accepted) and successes. The estimate for a raw score s in a
+    bin is ``(successes + prior_strength * s) / (trials + prior_strength)``: the raw score itself
+    until evidence accumulates, the bin's observed rate after many trials. Counts persist across
+    generations (a run's evidence stays useful); :meth:`clear` forgets them.
+    """
+
+    def __init__(self, *, edges: Sequence[float] = DEFAULT_BUCKET_EDGES,
+                 prior_strength: float = 8.0) -> None:
+        self.edges = np.asarray(edges, dtype=np.float64)
+        if self.edges.size < 2 or np.any(np.diff(self.edges) <= 0):
+            raise ValueError(f"edges must be at least two increasing values, got {list(edges)}")
+        if prior_strength <= 0:
+            raise ValueError(f"prior_strength must be > 0, got {prior_strength}")
+        self.prior_strength = float(prior_strength)
+        self.trials = np.zeros(self.edges.size - 1)
+        self.successes = np.zeros(self.edges.size - 1)
+
+    def bucket(self, scores: np.ndarray) -> np.ndarray:
+        """Bin index of each raw score (values outside the edges go to the first / last bin)."""
+        inner_edges = self.edges[1:-1]
+        return np.searchsorted(inner_edges, np.asarray(scores, dtype=np.float64), side="right")
+
+    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+        """Estimated conditional acceptance probability of each raw score, in [0, 1]."""
+        raw = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+        bins = self.bucket(raw)
+        estimate = (self.successes[bins] + self.prior_strength * raw) / (
+            self.trials[bins] + self.prior_strength)
+        return np.clip(estimate, 0.0, 1.0)
+
+    def update(self, tree: DraftTree, accepted_nodes: Sequence[int]) -> None:
+        """Count the outcome of one verified ``tree``: ``accepted_nodes`` are the node indices
+        (not slots) on the accepted path. Only nodes whose parent was accepted were really
+        tested, so only they count."""
+        if len(tree) == 0:
+            return
+        accepted = np.zeros(len(tree), dtype=bool)
+        accepted[np.asarray(list(accepted_nodes), dtype=np.int64)] = True
+        parents = tree.parents
+        tested = (parents < 0) | accepted[np.maximum(parents, 0)]
+        bins = self.bucket(raw_scores(tree)[tested])
+        np.add.at(self.trials, bins, 1.0)
+        np.add.at(self.successes, bins, accepted[tested].astype(np.float64))
+
+    def observed_rates(self) -> np.ndarray:
+        """Observed acceptance rate per bin (NaN where nothing was observed)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.successes / self.trials
+
+    def clear(self) -> None:
+        """Forget all observations."""
+        self.trials[:] = 0
+        self.successes[:] = 0
+
+
+def raw_scores(tree: DraftTree) -> np.ndarray:
+    """The tree's per-node scores; a drafter that gives none vouches for every node (1.0), and
+    calibration learns what that is worth."""
+    return tree.scores if tree.scores is not None else np.ones(len(tree))
+
+
+def path_probabilities(tree: DraftTree, conditional: np.ndarray) -> np.ndarray:
+    """Probability that each node is accepted: the product of ``conditional`` along its path."""
+    probabilities = np.empty(len(tree))
+    for node, parent in enumerate(tree.parents.tolist()):
+        above = probabilities[parent] if parent >= 0 else 1.0
+        probabilities[node] = above * conditional[node]
+    return probabilities
+
+
+def plan_tree(
+    tree: DraftTree,
+    profile: CostModel,
+    cache_length: int,
+    *,
+    calibration: AcceptanceCalibration | None = None,
+    overhead: float = 0.0,
+) -> DraftTree:
+    """The prefix-closed subtree of ``tree`` with the most expected tokens per predicted second.
+
+    ``profile.predict(1 + k, cache_length)`` is the time of verifying k nodes; ``overhead`` is a
+    per-step cost added to it (drafting, acceptance). Node probabilities come from ``tree.scores``
+    (conditional confidences), through ``calibration`` when given. Ties between sizes go to the
+    smaller tree. The result keeps the original node order (topological, siblings in order) and
+    raw scores; an empty tree means a plain step is best.
+    """
+    if len(tree) == 0:
+        return tree
+    conditional = raw_scores(tree)
+    conditional = (calibration.calibrate(conditional) if calibration is not None
+                   else np.clip(conditional, 0.0, 1.0))
+    probabilities = path_probabilities(tree, conditional)
+    ranking = np.lexsort((np.arange(len(tree)), -probabilities))  # ties: parent (earlier) first
+    size = best_size(probabilities[ranking], profile, cache_length, overhead)
+    keep = np.zeros(len(tree), dtype=bool)
+    keep[ranking[:size]] = True
+    return subtree(tree, keep)
+
+
+def best_size(sorted_probabilities: np.ndarray, profile: CostModel, cache_length: int,
+              overhead: float = 0.0) -> int:
+    """The k in 0..n maximising ``(1 + sum of the first k probabilities) / (cost(1 + k) +
+    overhead)``, for probabilities sorted in decreasing order; the smallest such k on ties."""
+    expected_tokens = 1.0 + np.concatenate([[0.0], np.cumsum(sorted_probabilities)])
+    widths = np.arange(1, len(sorted_probabilities) + 2)
+    seconds = np.asarray(profile.predict(widths, cache_length), dtype=np.float64) + overhead
+    rate = expected_tokens / seconds
+    # A relative tolerance so that rounding noise never buys extra nodes.
+    return int(np.flatnonzero(rate >= rate.max() * (1 - 1e-12))[0])
+
+
+def subtree(tree: DraftTree, keep: np.ndarray) -> DraftTree:
+    """The nodes of ``tree`` where ``keep`` (a prefix-closed mask), renumbered in original order."""
+    if keep.all():
+        return tree
+    new_index = np.cumsum(keep) - 1
+    parents = tree.parents[keep]
+    parents = np.where(parents < 0, -1, new_index[np.maximum(parents, 0)])
+    scores = tree.scores[keep] if tree.scores is not None else None
+    return DraftTree(tree.tokens[keep], parents, scores)
+
+
+class PlannedDrafter:
+    """A drafter whose proposals are cut by :func:`plan_tree` to what is worth verifying.
+
+    Give the inner drafter a generous budget (e.g. 64 nodes): the planner decides how much of it
+    to verify. The decoding loop reports each verified tree and its accepted nodes through the
+    optional :meth:`observe_tree` hook, which feeds the calibration; ``observe`` and ``reset`` go
+    to the inner drafter (calibration counts persist across generations).
+    """
+
+    def __init__(self, drafter: Drafter, profile: CostModel, *,
+                 calibration: AcceptanceCalibration | None = None, overhead: float = 0.0) -> None:
+        self.drafter = drafter
+        self.profile = profile
+        self.calibration = calibration if calibration is not None else AcceptanceCalibration()
+        self.overhead = overhead
+
+    def propose(self, token_ids: Sequence[int]) -> DraftTree:
+        """The inner drafter's tree, planned against a cache of ``len(token_ids) - 1`` positions
+        (the context without the pending token)."""
+        candidate = self.drafter.propose(token_ids)
+        return plan_tree(candidate, self.profile, max(len(token_ids) - 1, 0),
+                         calibration=self.calibration, overhead=self.overhead)
+
+    def observe_tree(self, tree: DraftTree, accepted_nodes: Sequence[int]) -> None:
+        """Learn from the verified ``tree`` (as verified, after any cut by the loop) and the node
+        indices on its accepted path."""
+        self.calibration.update(tree, accepted_nodes)
+        inner_hook = getattr(self.drafter, "observe_tree", None)
+        if inner_hook is not None:
+            inner_hook(tree, accepted_nodes)
+
+    def observe(self, accepted_ids: Sequence[int]) -> None:
+        """Forward to the inner drafter."""
+        self.drafter.observe(accepted_ids)
+
+    def reset(self) -> None:
+        """Forward to the inner drafter; the calibration keeps its evidence."""
+        self.drafter.reset()

@@ -1,0 +1,322 @@
+"""How long one verification forward takes, by tree size and cache length: a measured profile.
+
+On a CPU, verifying a tree is not free: a forward over 65 tokens costs about three plain steps for
+SmolLM2-135M on 2 cores, and the curve is not even monotonic (kernels switch shapes). Drafting
+must therefore size its trees by a *measured* cost curve, one per model, machine, thread count and
+dtype. :func:`profile_for` measures it once (seconds) and caches it as JSON under
+``restdecode_home() / "profiles"``.
+
+Conventions: ``width`` = tokens in one verification forward = 1 (the pending token) + draft
+nodes, so width 1 is a plain decoding step; ``cache_length`` = positions already in the KV cache.
+
+Decision on non-monotonic curves: :meth:`LatencyProfile.predict` returns the measured curve as
+is, not its lower envelope ``min over w' >= w of cost(w')``. The envelope is only a true cost if
+trees are padded up to the cheaper width, which nothing implements. And for a planner that
+maximises expected tokens per second over nested trees, the raw curve already gets the benefit:
+if a bigger width is cheaper, the bigger tree (more expected tokens, less time) wins by itself
+whenever the candidate tree has the nodes to fill it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from restdecode.drafting.tree import DraftTree
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+DEFAULT_WIDTHS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+DEFAULT_CACHE_LENGTHS: tuple[int, ...] = (128, 512)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class LatencyProfile:
+    """Measured seconds of one verification forward on a grid of widths x cache lengths.
+
+    * ``widths``: increasing token counts per forward (1 = a plain step);
+    * ``cache_lengths``: increasing KV cache lengths the widths were measured at;
+    * ``seconds``: ``(len(cache_lengths), len(widths))`` median seconds per forward;
+    * ``key``: what the measurement is valid for (model, machine, threads, dtype, ...).
+    """
+
+    widths: tuple[int, ...]
+    cache_lengths: tuple[int, ...]
+    seconds: np.ndarray
+    key: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        widths = tuple(int(w) for w in self.widths)
+        cache_lengths = tuple(int(c) for c in self.cache_lengths)
+        shape = (len(cache_lengths), len(widths))
+        seconds = np.asarray(self.seconds, dtype=np.float64).reshape(shape)
+        if not widths or widths[0] < 1 or any(b <= a for a, b in zip(widths, widths[1:])):
+            raise ValueError(f"widths must be increasing and >= 1, got {widths}")
+        if not cache_lengths or cache_lengths[0] < 0 or any(
+            b <= a for a, b in zip(cache_lengths, cache_lengths[1:])
+        ):
+            raise ValueError(f"cache lengths must be increasing and >= 0, got {cache_lengths}")
+        if not np.all(np.isfinite(seconds)) or np.any(seconds <= 0):
+            raise ValueError("seconds must be finite and positive")
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "cache_lengths", cache_lengths)
+        object.__setattr__(self, "seconds", seconds)
+
+    def predict(self, width: float | np.ndarray, cache_length: float) -> float | np.ndarray:
+        """Predicted seconds of a forward of ``width`` tokens on a cache of ``cache_length``.
+
+        Piecewise linear in both. Beyond the measured range, a width or cache length is
+        extrapolated along the last measured segment (never downwards: extra tokens or cache
+        never save time); below it, the smallest measurement is used. ``width`` may be an array.
+        """
+        rows = [self._row_at_width(row, width) for row in self.seconds]
+        predicted = _interpolate_rows(self.cache_lengths, rows, float(cache_length))
+        return float(predicted) if np.ndim(predicted) == 0 else predicted
+
+    def _row_at_width(self, row: np.ndarray, width: float | np.ndarray) -> np.ndarray:
+        return _extrapolating_interp(np.asarray(width, dtype=np.float64), self.widths, row)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict; :meth:`from_json` reads it back."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "key": self.key,
+            "widths": list(self.widths),
+            "cache_lengths": list(self.cache_lengths),
+            "seconds": self.seconds.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LatencyProfile":
+        """The profile stored by :meth:`to_json`; ValueError for another format version."""
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported latency profile format {data.get('format_version')!r}")
+        return cls(tuple(data["widths"]), tuple(data["cache_lengths"]), np.array(data["seconds"]),
+                   dict(data.get("key", {})))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the profile as JSON at ``path`` atomically (a temporary file renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        os.replace(temp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyProfile":
+        """The profile saved at ``path``."""
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def _extrapolating_interp(x: np.ndarray, xs: Sequence[float], ys: np.ndarray) -> np.ndarray:
+    """``np.interp`` inside ``xs``; beyond the last point, the last segment's slope (>= 0)."""
+    inside = np.interp(x, xs, ys)
+    if len(xs) < 2:
+        return inside
+    slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+    return np.where(x > xs[-1], ys[-1] + slope * (x - xs[-1]), inside)
+
+
+def _interpolate_rows(cache_lengths: Sequence[int], rows: list[np.ndarray], cache_length: float):
+    """Blend the per-cache-length predictions linearly in cache length (extrapolating upwards
+    along the last segment, never downwards)."""
+    if len(rows) == 1 or cache_length <= cache_lengths[0]:
+        return rows[0]
+    upper = min(int(np.searchsorted(cache_lengths, cache_length)), len(rows) - 1)
+    lower = upper - 1
+    fraction = (cache_length - cache_lengths[lower]) / (cache_lengths[upper] - cache_lengths[lower])
+    blended = rows[lower] + fraction * (rows[upper] - rows[lower])
+    if cache_length > cache_lengths[-1]:
+        blended = np.maximum(blended, rows[upper])  # a longer cache is never faster
+    return blended
+
+
+# --- measurement ----------------------------------------------------------------------------
+
+
+def measure_profile(
+    model: "PreTrainedModel",
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    cache_lengths: Sequence[int] = DEFAULT_CACHE_LENGTHS,
+    *,
+    repeats: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> LatencyProfile:
+    """Time real verification forwards of ``model`` and return the profile (median seconds).
+
+    For every cache length, a cache is prefilled with random tokens; then, in ``1 + repeats``
+    rounds (the first a warm-up), every width is verified once, in a shuffled order, as a random
+    tree of ``width - 1`` nodes with :func:`restdecode.verify.verify` (4D tree mask, position
+    ids), and its slots are dropped again. Rounds spread any background load over all widths
+    instead of biasing a few.
+    """
+    from tqdm.auto import tqdm
+
+    widths, cache_lengths = sorted(set(widths)), sorted(set(cache_lengths))
+    _check_fits(model, max(widths), max(cache_lengths))
+    rng = np.random.default_rng(seed)
+    vocab = _vocab_size(model)
+    trees = {w: random_tree(w - 1, vocab, rng).compile(model.device) for w in widths}
+    seconds = np.empty((len(cache_lengths), len(widths)))
+    total = len(cache_lengths) * len(widths) * (1 + repeats)
+    with torch.inference_mode(), tqdm(total=total, desc="latency profile", unit="fwd",
+                                      disable=not progress, leave=False) as bar:
+        for row, cache_length in enumerate(cache_lengths):
+            cache = _filled_cache(model, cache_length, vocab, rng)
+            timings = _timed_rounds(model, cache, cache_length, trees, repeats, rng, bar)
+            seconds[row] = [np.median(timings[w]) for w in widths]
+    return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, profile_key(model))
+
+
+def random_tree(num_nodes: int, vocab_size: int, rng: np.random.Generator) -> DraftTree:
+    """A tree of ``num_nodes`` random tokens, each node below a random earlier node or the root."""
+    parents = [int(rng.integers(-1, i)) for i in range(num_nodes)]
+    tokens = rng.integers(0, vocab_size, num_nodes)
+    return DraftTree(tokens, np.array(parents, dtype=np.int64))
+
+
+def _timed_rounds(model, cache, cache_length: int, trees: dict, repeats: int,
+                  rng: np.random.Generator, bar) -> dict[int, list[float]]:
+    """Seconds per width over ``repeats`` rounds, after one warm-up round."""
+    from restdecode.verify import commit, verify
+
+    timings: dict[int, list[float]] = {w: [] for w in trees}
+    vocab = _vocab_size(model)
+    for round_index in range(1 + repeats):
+        for width in rng.permutation(list(trees)).tolist():
+            tree = trees[width]
+            pending = int(rng.integers(0, vocab))
+            started = time.perf_counter()
+            verify(model, cache, pending, tree, cache_length)
+            elapsed = time.perf_counter() - started
+            commit(cache, [], tree.num_slots)  # drop every slot: back to ``cache_length``
+            if round_index > 0:
+                timings[width].append(elapsed)
+            bar.update()
+    return timings
+
+
+def _filled_cache(model, cache_length: int, vocab: int, rng: np.random.Generator):
+    """A verification-ready cache holding ``cache_length`` random tokens."""
+    from restdecode.verify import new_cache, trim_cache
+
+    cache = new_cache(model)
+    if cache_length > 0:
+        tokens = torch.as_tensor(rng.integers(0, vocab, (1, cache_length)), device=model.device)
+        model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        trim_cache(cache)
+    return cache
+
+
+def _vocab_size(model) -> int:
+    return int(model.config.get_text_config(decoder=True).vocab_size)
+
+
+def _check_fits(model, max_width: int, max_cache_length: int) -> None:
+    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    if limit is not None and max_cache_length + max_width > limit:
+        raise ValueError(f"cache length {max_cache_length} + width {max_width} exceeds the "
+                         f"model's {limit} positions")
+
+
+# --- cache of measured profiles ------------------------------------------------------------
+
+
+def profile_key(model: "PreTrainedModel") -> dict:
+    """What a profile's timings depend on: model (name + config hash), attention implementation,
+    dtype, device, CPU model, core count, torch threads and version."""
+    config_json = model.config.to_json_string(use_diff=False)
+    return {
+        "model": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+        "config_sha256": hashlib.sha256(config_json.encode()).hexdigest()[:16],
+        "attention": str(getattr(model.config, "_attn_implementation", "")),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": _device_name(model.device),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return device.type
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def profile_path(key: dict, cache_dir: str | os.PathLike) -> Path:
+    """The JSON file of the profile with ``key``: readable model name + hash of the whole key."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key.get("model", "model")).name)[:60] or "model"
+    return Path(cache_dir) / f"{name}-{digest}.json"
+
+
+def profile_for(
+    model: "PreTrainedModel",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+    progress: bool = True,
+    **measure_options,
+) -> LatencyProfile:
+    """The latency profile of ``model`` on this machine: cached, else measured and cached.
+
+    ``cache_dir`` defaults to ``restdecode_home() / "profiles"``; ``refresh`` measures again;
+    ``measure_options`` go to :func:`measure_profile` (a cached profile is reused only if it was
+    measured on the same widths and cache lengths, when those are given).
+    """
+    if cache_dir is None:
+        from restdecode.assets import restdecode_home
+
+        cache_dir = restdecode_home() / "profiles"
+    key = profile_key(model)
+    path = profile_path(key, cache_dir)
+    if not refresh:
+        cached = _read_cached(path, key, measure_options)
+        if cached is not None:
+            return cached
+    profile = measure_profile(model, progress=progress, **measure_options)
+    profile.save(path)
+    return profile
+
+
+def _read_cached(path: Path, key: dict, measure_options: dict) -> LatencyProfile | None:
+    """The profile at ``path`` if it is readable, for ``key``, and on the requested grid."""
+    try:
+        profile = LatencyProfile.load(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, or corrupt / an older format: measure again
+    if profile.key != key:
+        return None
+    for option in ("widths", "cache_lengths"):
+        wanted = measure_options.get(option)
+        if wanted is not None and tuple(sorted(set(wanted))) != getattr(profile, option):
+            return None
+    return profile

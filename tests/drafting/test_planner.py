@@ -1,0 +1,216 @@
+"""plan_tree keeps the prefix-closed subtree with the most expected tokens per predicted second;
+the calibration learns acceptance rates from verified trees; PlannedDrafter wires both in."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from restdecode.drafting.planner import (
+    AcceptanceCalibration,
+    PlannedDrafter,
+    path_probabilities,
+    plan_tree,
+)
+from restdecode.drafting.tree import DraftTree
+
+
+class TableCost:
+    """Cost model from a table: ``seconds[w - 1]`` for width w (last value repeated beyond)."""
+
+    def __init__(self, seconds):
+        self.seconds = np.asarray(seconds, dtype=np.float64)
+        self.cache_lengths: list[int] = []
+
+    def predict(self, width, cache_length):
+        self.cache_lengths.append(cache_length)
+        index = np.minimum(np.asarray(width) - 1, len(self.seconds) - 1)
+        return self.seconds[index]
+
+
+def linear_cost(per_node: float, max_width: int = 128) -> TableCost:
+    return TableCost(1.0 + per_node * np.arange(max_width))
+
+
+@st.composite
+def scored_trees(draw, max_nodes: int = 8) -> DraftTree:
+    n = draw(st.integers(0, max_nodes))
+    parents = [draw(st.integers(-1, i - 1)) for i in range(n)]
+    # Coarse score grid: exact ties between paths happen and exercise the tie rules.
+    scores = draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]),
+                           min_size=n, max_size=n))
+    # Node i proposes token 100 + i: the kept nodes can be read off the result's tokens.
+    return DraftTree(np.arange(100, 100 + n), np.array(parents, dtype=np.int64), np.array(scores))
+
+
+def kept_nodes(original: DraftTree, planned: DraftTree) -> list[int]:
+    return [int(t) - 100 for t in planned.tokens]
+
+
+def is_prefix_closed(tree: DraftTree, nodes: set[int]) -> bool:
+    return all(tree.parents[i] < 0 or int(tree.parents[i]) in nodes for i in nodes)
+
+
+def rate(tree: DraftTree, nodes, cost: TableCost, probabilities: np.ndarray) -> float:
+    return (1.0 + probabilities[list(nodes)].sum()) / float(cost.predict(1 + len(nodes), 0))
+
+
+def brute_force_best_rate(tree: DraftTree, cost: TableCost, probabilities: np.ndarray) -> float:
+    best = 0.0
+    for size in range(len(tree) + 1):
+        for nodes in itertools.combinations(range(len(tree)), size):
+            if is_prefix_closed(tree, set(nodes)):
+                best = max(best, rate(tree, nodes, cost, probabilities))
+    return best
+
+
+def chain(scores) -> DraftTree:
+    return DraftTree(np.arange(100, 100 + len(scores)), np.arange(-1, len(scores) - 1),
+                     np.array(scores, dtype=np.float64))
+
+
+def test_tiny_scores_and_steep_cost_give_a_plain_step():
+    tree = chain([0.02, 0.5, 0.5, 0.5])
+    assert len(plan_tree(tree, linear_cost(per_node=0.5), cache_length=100)) == 0
+
+
+def test_flat_cost_and_high_scores_keep_the_whole_tree():
+    tree = DraftTree(np.arange(6), np.array([-1, 0, 0, -1, 3, 1]),
+                     np.array([0.9, 0.8, 0.7, 0.6, 0.95, 0.5]))
+    planned = plan_tree(tree, linear_cost(per_node=0.0), cache_length=100)
+    assert planned is tree
+
+
+def test_keeps_the_most_probable_nodes_in_original_order():
+    # Path probabilities: 0.9, 0.09 (0 -> 1), 0.8, 0.72 (2 -> 3).
+    tree = DraftTree(np.arange(100, 104), np.array([-1, 0, -1, 2]), np.array([0.9, 0.1, 0.8, 0.9]))
+    # Tokens per second by size: 1.0, 1.46, 1.69, 1.80 (nodes 0, 2, 3), then 1.60 with node 1.
+    planned = plan_tree(tree, linear_cost(per_node=0.3), cache_length=0)
+    assert kept_nodes(tree, planned) == [0, 2, 3]
+    assert planned.parents.tolist() == [-1, -1, 1]
+    assert planned.scores.tolist() == [0.9, 0.8, 0.9]  # raw scores travel with their nodes
+
+
+def test_a_cheaper_bigger_width_is_taken_when_the_tree_can_fill_it():
+    # Width 2 costs more than width 4 (as measured on CPUs): 3 weak nodes beat 1.
+    cost = TableCost([1.0, 2.0, 2.0, 1.1])
+    planned = plan_tree(chain([0.3, 0.3, 0.3]), cost, cache_length=0)
+    assert len(planned) == 3
+
+
+def test_the_cache_length_reaches_the_cost_model():
+    cost = linear_cost(per_node=0.1)
+    plan_tree(chain([0.5]), cost, cache_length=321)
+    assert cost.cache_lengths == [321]
+
+
+@settings(max_examples=200, deadline=None)
+@given(tree=scored_trees(), costs=st.lists(st.floats(0.2, 5.0), min_size=9, max_size=9),
+       monotone=st.booleans())
+def test_matches_brute_force_over_prefix_closed_subtrees(tree, costs, monotone):
+    cost = TableCost(np.sort(costs) if monotone else costs)
+    planned = plan_tree(tree, cost, cache_length=0)
+    nodes = kept_nodes(tree, planned)
+    assert nodes == sorted(nodes)  # original (topological, sibling) order
+    assert is_prefix_closed(tree, set(nodes))
+    assert planned.parents.tolist() == [nodes.index(tree.parents[i]) if tree.parents[i] >= 0 else -1
+                                        for i in nodes]
+    probabilities = path_probabilities(tree, tree.scores)
+    assert rate(tree, nodes, cost, probabilities) == pytest.approx(
+        brute_force_best_rate(tree, cost, probabilities), rel=1e-9)
+
+
+def test_path_probability_is_the_product_along_the_path():
+    tree = DraftTree(np.arange(4), np.array([-1, 0, 1, -1]), np.array([0.5, 0.5, 0.4, 0.3]))
+    assert path_probabilities(tree, tree.scores) == pytest.approx([0.5, 0.25, 0.1, 0.3])
+
+
+def test_unscored_tree_counts_as_fully_confident():
+    tree = DraftTree.chain([5, 6, 7])
+    assert len(plan_tree(tree, linear_cost(per_node=0.5), cache_length=0)) == 3
+
+
+def test_calibration_starts_at_the_raw_score():
+    calibration = AcceptanceCalibration()
+    scores = np.array([0.0, 0.07, 0.5, 0.93, 1.0])
+    assert calibration.calibrate(scores) == pytest.approx(scores)
+
+
+def test_calibration_moves_towards_observed_rates():
+    rng = np.random.default_rng(0)
+    calibration = AcceptanceCalibration(prior_strength=8.0)
+    # Single-node trees scored 0.95 (over-confident: accepted 30%) and 0.15 (under: 60%).
+    for _ in range(400):
+        for score, true_rate in ((0.95, 0.3), (0.15, 0.6)):
+            tree = chain([score])
+            calibration.update(tree, [0] if rng.random() < true_rate else [])
+    estimates = calibration.calibrate(np.array([0.95, 0.15]))
+    assert estimates == pytest.approx([0.3, 0.6], abs=0.08)
+    assert calibration.calibrate(np.array([0.5])) == pytest.approx([0.5])  # untouched bin
+
+
+def test_calibration_counts_only_nodes_whose_parent_was_accepted():
+    calibration = AcceptanceCalibration()
+    tree = DraftTree(np.arange(4), np.array([-1, 0, -1, 2]), np.array([0.95, 0.95, 0.15, 0.15]))
+    calibration.update(tree, [0, 1])  # path 0 -> 1 accepted; node 2 rejected; node 3 untested
+    high, low = calibration.bucket(np.array([0.95, 0.15]))
+    assert calibration.trials[high] == 2 and calibration.successes[high] == 2
+    assert calibration.trials[low] == 1 and calibration.successes[low] == 0
+    assert calibration.trials.sum() == 3
+
+
+def test_calibration_from_rejections_shrinks_the_plan():
+    calibration = AcceptanceCalibration()
+    tree = chain([0.95, 0.95, 0.95])
+    cost = linear_cost(per_node=0.3)
+    assert len(plan_tree(tree, cost, 0, calibration=calibration)) == 3
+    for _ in range(50):
+        calibration.update(tree, [])  # the first node always fails
+    assert len(plan_tree(tree, cost, 0, calibration=calibration)) == 0
+
+
+class RecordingDrafter:
+    def __init__(self, tree: DraftTree):
+        self.tree = tree
+        self.calls: list[tuple] = []
+
+    def propose(self, token_ids):
+        self.calls.append(("propose", list(token_ids)))
+        return self.tree
+
+    def observe(self, accepted_ids):
+        self.calls.append(("observe", list(accepted_ids)))
+
+    def reset(self):
+        self.calls.append(("reset",))
+
+
+def test_planned_drafter_plans_and_forwards():
+    inner = RecordingDrafter(chain([0.9, 0.9, 0.01]))
+    cost = linear_cost(per_node=0.2)
+    drafter = PlannedDrafter(inner, cost)
+    planned = drafter.propose([1, 2, 3, 4])
+    assert kept_nodes(inner.tree, planned) == [0, 1]
+    assert cost.cache_lengths == [3]  # the context without the pending token
+    drafter.observe([7, 8])
+    drafter.reset()
+    assert inner.calls == [("propose", [1, 2, 3, 4]), ("observe", [7, 8]), ("reset",)]
+
+
+def test_planned_drafter_learns_from_observed_trees():
+    drafter = PlannedDrafter(RecordingDrafter(chain([0.9, 0.9])), linear_cost(per_node=0.3))
+    assert len(drafter.propose([1, 2])) == 2
+    for _ in range(60):
+        drafter.observe_tree(drafter.propose([1, 2]), [])
+    assert len(drafter.propose([1, 2])) == 0
+    drafter.reset()  # evidence survives a new generation
+    assert len(drafter.propose([1, 2])) == 0
+
+
+def test_nodes_that_add_nothing_are_not_verified_even_for_free():
+    planned = plan_tree(chain([0.9, 0.0, 0.0]), linear_cost(per_node=0.0), cache_length=0)
+    assert len(planned) == 1

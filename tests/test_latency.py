@@ -1,0 +1,164 @@
+"""Latency profiles: interpolation, JSON round trip, the per-model/machine cache, and one real
+(tiny) measurement checked for shape only: no timing assertions."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from restdecode import latency
+from restdecode.latency import LatencyProfile, measure_profile, profile_for, profile_path
+
+SMALL_GRID = dict(widths=(1, 2, 5), cache_lengths=(3, 20), repeats=1)
+
+
+def tiny_llama(*, vocab_size: int = 64, max_positions: int = 256):
+    """A 2-layer random Llama (GQA). Built here rather than imported from ``conftest``: two
+    ``conftest`` modules (tests/, tests/drafting/) make that import ambiguous in a full run."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=8, max_position_embeddings=max_positions)
+    torch.manual_seed(0)
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa",
+                                         dtype=torch.float32).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def llama():
+    return tiny_llama()
+
+
+def grid_profile(**key) -> LatencyProfile:
+    # Row for cache 100: 1 s at width 1, 3 s at width 3; cache 300: 2 s and 6 s.
+    return LatencyProfile((1, 3), (100, 300), np.array([[1.0, 3.0], [2.0, 6.0]]), key)
+
+
+def test_predict_interpolates_in_width_and_cache_length():
+    profile = grid_profile()
+    assert profile.predict(2, 100) == pytest.approx(2.0)
+    assert profile.predict(1, 200) == pytest.approx(1.5)
+    assert profile.predict(2, 200) == pytest.approx(3.0)
+
+
+def test_predict_extrapolates_upwards_and_clamps_below():
+    profile = grid_profile()
+    assert profile.predict(5, 100) == pytest.approx(5.0)  # slope of the last segment
+    assert profile.predict(0.5, 100) == pytest.approx(1.0)
+    assert profile.predict(1, 50) == pytest.approx(1.0)
+    assert profile.predict(1, 500) == pytest.approx(3.0)  # along the cache-length segment
+
+
+def test_predict_never_extrapolates_downwards():
+    noisy = LatencyProfile((1, 2), (100, 200), np.array([[2.0, 1.5], [1.8, 1.0]]))
+    assert noisy.predict(10, 100) == pytest.approx(1.5)
+    assert noisy.predict(2, 1000) == pytest.approx(1.0)
+
+
+def test_predict_takes_arrays():
+    predicted = grid_profile().predict(np.array([1, 2, 3]), 100)
+    assert isinstance(predicted, np.ndarray)
+    assert predicted == pytest.approx([1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("widths, cache_lengths, seconds", [
+    ((2, 1), (100,), [[1.0, 1.0]]),
+    ((0, 1), (100,), [[1.0, 1.0]]),
+    ((1, 2), (200, 100), [[1.0, 1.0], [1.0, 1.0]]),
+    ((1, 2), (100,), [[1.0, 0.0]]),
+    ((1, 2), (100,), [[1.0, float("nan")]]),
+])
+def test_invalid_profiles_are_refused(widths, cache_lengths, seconds):
+    with pytest.raises(ValueError):
+        LatencyProfile(widths, cache_lengths, np.array(seconds))
+
+
+def test_json_round_trip(tmp_path):
+    profile = grid_profile(model="m", torch_threads=2)
+    loaded = LatencyProfile.load(profile.save(tmp_path / "sub" / "p.json"))
+    assert loaded.widths == profile.widths and loaded.cache_lengths == profile.cache_lengths
+    assert np.array_equal(loaded.seconds, profile.seconds)
+    assert loaded.key == profile.key
+
+
+def test_measure_profile_is_well_formed():
+    model = llama()
+    profile = measure_profile(model, widths=(5, 1, 2), cache_lengths=(20, 3), repeats=1,
+                              progress=False)
+    assert profile.widths == (1, 2, 5) and profile.cache_lengths == (3, 20)
+    assert profile.seconds.shape == (2, 3)
+    assert np.all(np.isfinite(profile.seconds)) and np.all(profile.seconds > 0)
+    assert profile.key == latency.profile_key(model)
+    assert profile.key["torch_threads"] == torch.get_num_threads()
+
+
+def test_measure_profile_refuses_widths_beyond_the_context():
+    model = llama()  # 256 positions
+    with pytest.raises(ValueError, match="positions"):
+        measure_profile(model, widths=(1, 64), cache_lengths=(200,), progress=False)
+
+
+@pytest.fixture
+def counted_measurements(monkeypatch):
+    """Counts calls of measure_profile made by profile_for (the real measurement still runs)."""
+    calls = []
+    real = latency.measure_profile
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "measure_profile", counting)
+    return calls
+
+
+def test_profile_for_measures_once_then_reads_the_cache(tmp_path, counted_measurements):
+    first = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+    second = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+    assert len(counted_measurements) == 1
+    assert np.array_equal(first.seconds, second.seconds)
+    assert json.loads(next(tmp_path.glob("*.json")).read_text())["key"] == first.key
+    profile_for(llama(), cache_dir=tmp_path, refresh=True, progress=False, **SMALL_GRID)
+    assert len(counted_measurements) == 2
+
+
+def test_profile_for_measures_again_on_another_grid_or_a_corrupt_file(tmp_path,
+                                                                     counted_measurements):
+    profile = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+    profile_for(llama(), cache_dir=tmp_path, progress=False, **(SMALL_GRID | {"widths": (1, 3)}))
+    assert len(counted_measurements) == 2
+    profile_path(profile.key, tmp_path).write_text("{not json")
+    profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+    assert len(counted_measurements) == 3
+
+
+def test_thread_count_separates_cached_profiles(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        one = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+        torch.set_num_threads(threads + 1)
+        other = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.key["torch_threads"] != other.key["torch_threads"]
+    assert profile_path(one.key, tmp_path) != profile_path(other.key, tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_model_and_dtype_separate_cached_profiles(tmp_path):
+    base = latency.profile_key(llama())
+    other_model = latency.profile_key(tiny_llama(vocab_size=65))
+    half = latency.profile_key(tiny_llama().to(torch.bfloat16))
+    paths = {profile_path(key, tmp_path) for key in (base, other_model, half)}
+    assert len(paths) == 3
+
+
+def test_default_cache_dir_is_under_restdecode_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTDECODE_HOME", str(tmp_path))
+    profile_for(llama(), progress=False, **SMALL_GRID)
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
