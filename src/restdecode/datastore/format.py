@@ -1,0 +1,284 @@
+"""The datastore file: one versioned file, memory-mappable without a copy.
+
+Layout (all integers little-endian; see ``docs/datastore-format.md``)::
+
+    0   8 bytes   magic  b"RDSTORE\\0"
+    8   u32       format version (1)
+    12  u32       length L of the JSON header
+    16  u32       CRC-32 of the JSON header
+    20  u32       reserved (0)
+    24  L bytes   JSON header (UTF-8): the fields of :class:`DatastoreHeader` + "sections"
+    ...           zero padding, then each array at a 64-byte aligned offset
+
+Arrays ("sections"): ``tokens`` (token ids + 1, documents each followed by the separator 0),
+``suffix_array`` (int32 or int64 positions into ``tokens``), ``doc_offsets`` (int64, start of
+every document in ``tokens`` plus the total length).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from restdecode.errors import DatastoreError
+
+MAGIC = b"RDSTORE\x00"
+FORMAT_VERSION = 1
+ALIGNMENT = 64
+SEPARATOR = 0  # stored value between documents; real tokens are stored as id + 1
+_PRELUDE = struct.Struct("<8sIII4x")  # magic, version, header length, header crc32
+SECTION_NAMES = ("tokens", "suffix_array", "doc_offsets")
+_ALLOWED_DTYPES = {
+    "tokens": {"<u2", "<u4"},
+    "suffix_array": {"<i4", "<i8"},
+    "doc_offsets": {"<i8"},
+}
+
+
+@dataclass(frozen=True)
+class DatastoreHeader:
+    """What a datastore file says about itself.
+
+    ``num_tokens`` counts real tokens only; the token array also holds one separator per
+    document (``num_tokens + num_documents`` entries). ``build_time`` is an ISO-8601 UTC time.
+    """
+
+    format_version: int
+    token_width: int
+    vocab_size: int
+    tokenizer_fingerprint: str
+    num_documents: int
+    num_tokens: int
+    source: str
+    build_time: str
+    tokenizer_name: str = ""
+    build_seconds: float = 0.0
+    source_stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def array_length(self) -> int:
+        """Entries in the token array (and in the suffix array): tokens plus separators."""
+        return self.num_tokens + self.num_documents
+
+
+def token_width_for(vocab_size: int) -> int:
+    """Bytes per stored token: 2 when every id + 1 fits in u16 (0 is the separator), else 4."""
+    if vocab_size <= np.iinfo(np.uint16).max:
+        return 2
+    if vocab_size <= np.iinfo(np.uint32).max:
+        return 4
+    raise DatastoreError(f"vocabulary of {vocab_size:,} tokens is too large for a datastore")
+
+
+def token_dtype(width: int) -> np.dtype:
+    """The little-endian unsigned dtype of a token width (2 or 4)."""
+    return np.dtype("<u2") if width == 2 else np.dtype("<u4")
+
+
+def suffix_array_dtype(length: int) -> np.dtype:
+    """int32 positions when they fit, else int64."""
+    return np.dtype("<i4") if length <= np.iinfo(np.int32).max else np.dtype("<i8")
+
+
+def _align(offset: int) -> int:
+    return -(-offset // ALIGNMENT) * ALIGNMENT
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_datastore(
+    path: str | os.PathLike,
+    header: DatastoreHeader,
+    tokens: np.ndarray,
+    suffix_array: np.ndarray,
+    doc_offsets: np.ndarray,
+) -> Path:
+    """Write a complete datastore file atomically (temporary file in the same folder, renamed).
+
+    A build that fails or is killed leaves any previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    arrays = {
+        "tokens": np.ascontiguousarray(tokens, dtype=token_dtype(header.token_width)),
+        "suffix_array": np.ascontiguousarray(suffix_array, dtype=suffix_array_dtype(len(tokens))),
+        "doc_offsets": np.ascontiguousarray(doc_offsets, dtype="<i8"),
+    }
+    header_bytes, sections = _layout(header, arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(_PRELUDE.pack(MAGIC, FORMAT_VERSION, len(header_bytes), zlib.crc32(header_bytes)))
+            out.write(header_bytes)
+            for name in SECTION_NAMES:
+                out.write(b"\0" * (sections[name]["offset"] - out.tell()))
+                out.write(memoryview(arrays[name]).cast("B"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _layout(header: DatastoreHeader, arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+    """JSON header bytes and the section table.
+
+    Section offsets depend on where the header ends, which depends on the offsets' digits:
+    grow the data start until the header fits in front of it.
+    """
+    checksums = {name: zlib.crc32(memoryview(array).cast("B")) for name, array in arrays.items()}
+    data_start = _align(_PRELUDE.size)
+    while True:
+        sections, offset = {}, data_start
+        for name in SECTION_NAMES:
+            array = arrays[name]
+            sections[name] = {"offset": offset, "dtype": array.dtype.str,
+                              "count": int(array.size), "crc32": checksums[name]}
+            offset = _align(offset + array.nbytes)
+        header_bytes = json.dumps({**asdict(header), "sections": sections}, indent=1).encode()
+        if _PRELUDE.size + len(header_bytes) <= data_start:
+            return header_bytes, sections
+        data_start = _align(_PRELUDE.size + len(header_bytes))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class MappedDatastore:
+    """A datastore file mapped into memory: its header and zero-copy array views."""
+
+    path: Path
+    header: DatastoreHeader
+    tokens: np.ndarray
+    suffix_array: np.ndarray
+    doc_offsets: np.ndarray
+    sections: dict[str, dict]
+    file_size: int
+    mapping: mmap.mmap | None
+
+
+def read_datastore(path: str | os.PathLike) -> MappedDatastore:
+    """Map a datastore file and check everything that can be checked without reading the arrays.
+
+    Raises :class:`DatastoreError` naming the file for a missing file, bad magic, unknown
+    version, truncation, a corrupt header or lengths that do not agree with each other.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatastoreError(f"no datastore file at {path}")
+    with open(path, "rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        prelude = handle.read(_PRELUDE.size)
+        _check_prelude(path, prelude, file_size)
+        _, _, header_length, header_crc = _PRELUDE.unpack(prelude)
+        if _PRELUDE.size + header_length > file_size:
+            raise DatastoreError(f"{path} is truncated: its header needs {_PRELUDE.size + header_length:,} "
+                                 f"bytes, the file has {file_size:,}")
+        header_bytes = handle.read(header_length)
+        header, sections = _parse_header(path, header_bytes, header_crc)
+        _check_sections(path, header, sections, file_size)
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else None
+    arrays = {name: _view(mapping, sections[name]) for name in SECTION_NAMES}
+    _check_arrays(path, header, arrays)
+    return MappedDatastore(path, header, arrays["tokens"], arrays["suffix_array"],
+                           arrays["doc_offsets"], sections, file_size, mapping)
+
+
+def _check_prelude(path: Path, prelude: bytes, file_size: int) -> None:
+    if file_size == 0:
+        raise DatastoreError(f"{path} is empty: not a restdecode datastore (rebuild it)")
+    if prelude[: len(MAGIC)] != MAGIC[: len(prelude)]:
+        raise DatastoreError(f"{path} is not a restdecode datastore (bad magic bytes "
+                             f"{prelude[:len(MAGIC)]!r}, expected {MAGIC!r})")
+    if len(prelude) < _PRELUDE.size:
+        raise DatastoreError(f"{path} is truncated: {file_size} bytes, shorter than the fixed header")
+    version = _PRELUDE.unpack(prelude)[1]
+    if version != FORMAT_VERSION:
+        raise DatastoreError(f"{path} has datastore format version {version}; this restdecode reads "
+                             f"version {FORMAT_VERSION} only (rebuild the datastore with build-datastore)")
+
+
+def _parse_header(path: Path, header_bytes: bytes, header_crc: int) -> tuple[DatastoreHeader, dict]:
+    if zlib.crc32(header_bytes) != header_crc:
+        raise DatastoreError(f"{path} has a corrupt header (checksum mismatch)")
+    try:
+        fields = json.loads(header_bytes)
+        sections = fields.pop("sections")
+        known = {f.name for f in dataclass_fields(DatastoreHeader)}
+        header = DatastoreHeader(**{key: value for key, value in fields.items() if key in known})
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DatastoreError(f"{path} has an unreadable header: {error!r}") from error
+    for name in ("format_version", "token_width", "vocab_size", "num_documents", "num_tokens"):
+        value = getattr(header, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise DatastoreError(f"{path} has a corrupt header: {name} = {value!r}")
+    return header, sections
+
+
+def _check_sections(path: Path, header: DatastoreHeader, sections: dict, file_size: int) -> None:
+    """Dtypes, alignment, lengths against the header, and that every byte is present."""
+    expected_counts = {"tokens": header.array_length, "suffix_array": header.array_length,
+                       "doc_offsets": header.num_documents + 1}
+    if header.token_width not in (2, 4) or header.vocab_size > np.iinfo(token_dtype(header.token_width)).max:
+        raise DatastoreError(f"{path}: token width {header.token_width} cannot hold a vocabulary "
+                             f"of {header.vocab_size:,} tokens")
+    end = 0
+    for name in SECTION_NAMES:
+        section = sections.get(name) if isinstance(sections, dict) else None
+        if not isinstance(section, dict) or not {"offset", "dtype", "count"} <= section.keys():
+            raise DatastoreError(f"{path} has a corrupt header: section '{name}' is missing")
+        if not all(isinstance(section[key], int) and section[key] >= 0 for key in ("offset", "count")):
+            raise DatastoreError(f"{path} has a corrupt header: section '{name}' = {section!r}")
+        if section["dtype"] not in _ALLOWED_DTYPES[name] or (
+                name == "tokens" and np.dtype(section["dtype"]).itemsize != header.token_width):
+            raise DatastoreError(f"{path}: section '{name}' has unexpected dtype {section['dtype']}")
+        if section["count"] != expected_counts[name]:
+            raise DatastoreError(f"{path} has inconsistent lengths: section '{name}' holds "
+                                 f"{section['count']:,} entries, the header implies {expected_counts[name]:,}")
+        if section["offset"] % ALIGNMENT or section["offset"] < end:
+            raise DatastoreError(f"{path}: section '{name}' is misplaced (offset {section['offset']})")
+        end = section["offset"] + section["count"] * np.dtype(section["dtype"]).itemsize
+        if end > file_size:
+            raise DatastoreError(f"{path} is truncated: section '{name}' needs bytes up to {end:,}, "
+                                 f"the file has {file_size:,}")
+    if end != file_size:
+        raise DatastoreError(f"{path} has inconsistent lengths: {file_size - end:,} unexpected bytes "
+                             "after the last section")
+
+
+def _view(mapping: mmap.mmap | None, section: dict) -> np.ndarray:
+    """A read-only, zero-copy numpy view of one section (a plain ndarray, which numba accepts)."""
+    if mapping is None or section["count"] == 0:
+        return np.zeros(0, dtype=section["dtype"])
+    return np.frombuffer(mapping, dtype=section["dtype"], count=section["count"], offset=section["offset"])
+
+
+def _check_arrays(path: Path, header: DatastoreHeader, arrays: dict[str, np.ndarray]) -> None:
+    """O(1) checks of the array contents: first/last document offsets, final separator."""
+    offsets, tokens = arrays["doc_offsets"], arrays["tokens"]
+    if offsets[0] != 0 or offsets[-1] != tokens.size or (tokens.size and tokens[-1] != SEPARATOR):
+        raise DatastoreError(f"{path} has inconsistent lengths: document offsets do not span the "
+                             "token array")
+
+
+def verify_checksums(mapped: MappedDatastore) -> list[str]:
+    """Names of the sections whose CRC-32 does not match the header (reads the whole file)."""
+    arrays = {"tokens": mapped.tokens, "suffix_array": mapped.suffix_array,
+              "doc_offsets": mapped.doc_offsets}
+    return [name for name in SECTION_NAMES
+            if zlib.crc32(memoryview(arrays[name]).cast("B")) != mapped.sections[name].get("crc32")]
