@@ -1,0 +1,138 @@
+"""The benchmark harness: decoding methods side by side on MT-Bench, HumanEval or your prompts.
+
+``run_benchmark(config)`` loads the model (untimed), runs every method interleaved per prompt
+(see :mod:`restdecode.benchmark.runner` for how time is measured), scores HumanEval
+completions, and writes ``results.json``, ``report.md`` and PNG plots into ``config.out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from restdecode.benchmark.methods import METHOD_NAMES, restdecode_drafter, rest_drafter
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# Where `make demo` builds the ShareGPT datastore of a model (relative to restdecode_home()).
+DEFAULT_DATASTORES = {"smollm2-135m-instruct": "datastores/sharegpt-smollm2.rds"}
+
+
+@dataclass
+class BenchConfig:
+    """What to run: a workload spec (``mtbench``, ``humaneval``, ``prompts:PATH``) and options."""
+
+    workload: str
+    out: Path
+    model: str = DEFAULT_MODEL
+    limit: int | None = None
+    max_new_tokens: int = 128
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))
+    turns: int = 1
+    datastore: Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class BenchOutcome:
+    """The results document and the files written."""
+
+    document: dict
+    results: Path
+    report: Path
+    plots: list[Path]
+
+
+def default_datastore(model: str) -> Path | None:
+    """The datastore `make demo` builds for ``model``, if it exists."""
+    from restdecode.assets import restdecode_home
+
+    relative = DEFAULT_DATASTORES.get(model)
+    if relative is None:
+        return None
+    path = restdecode_home() / relative
+    return path if path.is_file() else None
+
+
+def run_benchmark(config: BenchConfig) -> BenchOutcome:
+    """Run the benchmark described by ``config`` and write its outputs."""
+    from transformers.utils import logging as hf_logging
+
+    from restdecode.benchmark import humaneval, plots, report
+    from restdecode.benchmark.methods import build_methods, check_method_names
+    from restdecode.benchmark.runner import run_workload
+    from restdecode.models import load
+    from restdecode.workloads import load_workload
+
+    datastore_path = config.datastore or default_datastore(config.model)
+    check_method_names(config.methods, has_datastore=datastore_path is not None)
+    prompts = load_workload(config.workload, limit=config.limit, turns=config.turns)
+    model, tokenizer = load(config.model)
+    datastore = _open_datastore(datastore_path, tokenizer) if datastore_path else None
+    methods = build_methods(config.methods, model, tokenizer, datastore)
+    hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the progress bar
+    load_before = report.load_average()
+    config.out.mkdir(parents=True, exist_ok=True)
+    partial = _PartialRows(config.out / "rows.partial.jsonl")
+    rows = run_workload(methods, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
+                        turns=config.turns, progress=config.progress, on_prompt_done=partial.append)
+    if config.workload == "humaneval":
+        humaneval.score_rows(rows, prompts)
+    document = report.results_document(
+        rows, config.methods, workload=config.workload, model=_model_info(config.model, model),
+        datastore=_datastore_info(datastore_path, datastore), settings=_settings(config),
+        load_before=load_before)
+    plot_paths = plots.write_plots(document, config.out)
+    outcome = BenchOutcome(document, report.write_results(document, config.out),
+                           report.write_report(document, plot_paths, config.out), plot_paths)
+    partial.path.unlink(missing_ok=True)  # results.json holds them all now
+    return outcome
+
+
+class _PartialRows:
+    """Rows appended as JSON lines after each prompt, so an interrupted long run keeps its data."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text("", encoding="utf-8")
+
+    def append(self, rows) -> None:
+        import json
+
+        with self.path.open("a", encoding="utf-8") as lines:
+            for row in rows:
+                lines.write(json.dumps(row.to_json()) + "\n")
+
+
+def _open_datastore(path: Path, tokenizer):
+    from restdecode.datastore import Datastore
+
+    return Datastore.open(path, tokenizer)
+
+
+def _model_info(name: str, model) -> dict:
+    return {"name": name, "architecture": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+
+
+def _datastore_info(path: Path | None, datastore) -> dict | None:
+    if datastore is None:
+        return None
+    from dataclasses import asdict
+
+    info = {"path": str(path), "size_bytes": Path(path).stat().st_size}
+    info.update({k: v for k, v in asdict(datastore.header).items()})
+    return info
+
+
+def _settings(config: BenchConfig) -> dict:
+    from restdecode.benchmark.runner import WARMUP_TOKENS
+
+    return {"max_new_tokens": config.max_new_tokens, "limit": config.limit, "turns": config.turns,
+            "warmup_tokens": WARMUP_TOKENS, "greedy": True, "batch_size": 1,
+            "timing": "decode_s = e2e_s - prefill_s; prefill_s = a max_new_tokens=1 generation "
+                      "of the same prompt, for every method"}
+
+
+__all__ = ["BenchConfig", "BenchOutcome", "DEFAULT_MODEL", "METHOD_NAMES", "default_datastore",
+           "rest_drafter", "restdecode_drafter", "run_benchmark"]

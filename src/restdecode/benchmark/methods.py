@@ -1,0 +1,193 @@
+"""The decoding methods the benchmark compares, behind one small interface.
+
+Every method turns a prompt's token ids into new token ids and reports how many tokens each
+model forward committed (``accepted_per_step``, the prefill forward first). The runner does all
+the timing around :meth:`Method.generate`, so every method is timed the same way.
+
+* ``hf-greedy``: ``model.generate(do_sample=False)``, the baseline;
+* ``hf-prompt-lookup``: ``model.generate(do_sample=False, prompt_lookup_num_tokens=10)``;
+* ``rest``: our engine with REST's published drafter (:func:`rest_drafter`);
+* ``restdecode``: our engine with our best default drafter (:func:`restdecode_drafter`);
+* ``plain``: our engine with no drafting (``NoDrafter``): the cost of our loop alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from restdecode.errors import RestdecodeError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from restdecode.datastore import Datastore
+    from restdecode.drafting.base import Drafter
+
+METHOD_NAMES: tuple[str, ...] = ("hf-greedy", "hf-prompt-lookup", "rest", "restdecode", "plain")
+BASELINE = "hf-greedy"
+PLAIN = "plain"
+NEEDS_DATASTORE: frozenset[str] = frozenset({"rest"})
+
+# REST's published configuration (He et al. 2024, FasterDecoding/REST): longest suffix searched
+# from 16 down to 2 tokens, at most 5,000 occurrences, continuations of 10 tokens, 64 tree nodes.
+REST_MAX_SUFFIX = 16
+REST_MIN_SUFFIX = 2
+REST_MAX_MATCHES = 5000
+REST_SPAN = 10
+REST_BUDGET = 64
+PROMPT_LOOKUP_TOKENS = 10
+# Our default tree size. On 2 CPU cores (docs: /work/shared/DESIGN.md) one verification costs
+# ~1.4x a plain step at 8-16 nodes but ~3x at 64, while merged retrieval + context drafting
+# accepts ~2.2-2.35 tokens per step there: a dozen nodes is where time per token is lowest.
+RESTDECODE_BUDGET = 12
+
+
+@dataclass
+class MethodRun:
+    """What one generation produced: the new tokens, and tokens committed per model forward."""
+
+    token_ids: list[int]
+    accepted_per_step: list[int]
+
+
+class Method(Protocol):
+    """A decoding method under test."""
+
+    name: str
+
+    def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
+        """Greedy-decode up to ``max_new_tokens`` after ``input_ids`` (shape (1, n))."""
+        ...
+
+
+def rest_drafter(datastore: "Datastore") -> "Drafter":
+    """REST's drafter as published: retrieval only, 64 nodes, spans 16..2, 5,000 matches, span 10."""
+    from restdecode.drafting import RetrievalDrafter
+
+    return RetrievalDrafter(datastore, budget=REST_BUDGET, max_suffix=REST_MAX_SUFFIX,
+                            min_suffix=REST_MIN_SUFFIX, max_matches=REST_MAX_MATCHES, span=REST_SPAN)
+
+
+def restdecode_drafter(datastore: "Datastore | None") -> "Drafter":
+    """Our best default drafter: retrieval from the datastore merged with the context drafter.
+
+    The single place that chooses it (bench and chat both call it), so improving the default
+    is a change here. Without a datastore, the context drafter alone.
+    """
+    from restdecode.drafting import CombinedDrafter, ContextDrafter, RetrievalDrafter
+
+    if datastore is None:
+        return ContextDrafter(budget=RESTDECODE_BUDGET)
+    return CombinedDrafter([RetrievalDrafter(datastore), ContextDrafter()], budget=RESTDECODE_BUDGET)
+
+
+class HFGenerate:
+    """``model.generate`` with greedy decoding (and optional extra arguments, e.g. prompt lookup).
+
+    Tokens per forward are read by a forward pre-hook: the KV cache length before each forward
+    is the committed length minus the pending token, so successive differences are the tokens
+    each forward committed (transformers crops rejected candidates out of the cache).
+    """
+
+    def __init__(self, name: str, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                 **generate_kwargs) -> None:
+        self.name = name
+        self.model = model
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+        self.generate_kwargs = generate_kwargs
+
+    def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
+        import torch
+
+        cache_lengths: list[int] = []
+
+        def record_cache_length(_module, _args, kwargs):
+            cache = kwargs.get("past_key_values")
+            cache_lengths.append(int(cache.get_seq_length()) if cache is not None else 0)
+
+        handle = self.model.register_forward_pre_hook(record_cache_length, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                    max_new_tokens=max_new_tokens, pad_token_id=self.pad_token_id,
+                    **self.generate_kwargs,
+                )
+        finally:
+            handle.remove()
+        new_tokens = output[0, input_ids.shape[1]:].tolist()
+        return MethodRun(new_tokens, _committed_per_forward(cache_lengths, input_ids.shape[1],
+                                                            len(new_tokens)))
+
+
+def _committed_per_forward(cache_lengths: list[int], prompt_length: int, new_tokens: int) -> list[int]:
+    """Tokens committed by each forward, from the cache length seen before each forward."""
+    if not cache_lengths:
+        return []
+    # After forward k the cache holds every committed token but the newest one.
+    after = cache_lengths[1:] + [prompt_length + new_tokens - 1]
+    committed = [after[0] + 1 - prompt_length]
+    committed += [b - a for a, b in zip(after, after[1:])]
+    return committed
+
+
+class EngineMethod:
+    """Our decoding loop (``restdecode.decode.generate``) with a given drafter."""
+
+    def __init__(self, name: str, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                 drafter: "Drafter") -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.drafter = drafter
+
+    def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
+        from restdecode.decode import generate
+
+        result = generate(self.model, self.tokenizer, input_ids=input_ids[0].tolist(),
+                          drafter=self.drafter, max_new_tokens=max_new_tokens)
+        return MethodRun(list(result.token_ids), engine_accepted_per_step(result.stats))
+
+
+def engine_accepted_per_step(stats) -> list[int]:
+    """Tokens committed per model forward from our engine's stats (prefill forward first).
+
+    The engine's ``accepted_per_step`` leaves out the prefill, which commits the first token.
+    """
+    prefill = [1] if stats.new_tokens else []
+    return prefill + [int(n) for n in stats.accepted_per_step]
+
+
+def check_method_names(names: list[str], *, has_datastore: bool) -> None:
+    """Raise a user-facing error for unknown names, or for ``rest`` without a datastore."""
+    unknown = [name for name in names if name not in METHOD_NAMES]
+    if unknown:
+        raise RestdecodeError(f"unknown method(s) {', '.join(unknown)}; "
+                              f"choose from {', '.join(METHOD_NAMES)}")
+    if not has_datastore and NEEDS_DATASTORE.intersection(names):
+        raise RestdecodeError("method 'rest' needs a datastore: pass --datastore FILE "
+                              "(build one with `restdecode build-datastore`)")
+
+
+def build_methods(names: list[str], model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                  datastore: "Datastore | None") -> list[Method]:
+    """The methods called ``names``, in that order, sharing one loaded model."""
+    check_method_names(names, has_datastore=datastore is not None)
+    return [_build_method(name, model, tokenizer, datastore) for name in names]
+
+
+def _build_method(name, model, tokenizer, datastore) -> Method:
+    from restdecode.drafting import NoDrafter
+
+    if name == "hf-greedy":
+        return HFGenerate(name, model, tokenizer)
+    if name == "hf-prompt-lookup":
+        return HFGenerate(name, model, tokenizer, prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
+    if name == "rest":
+        return EngineMethod(name, model, tokenizer, rest_drafter(datastore))
+    if name == "restdecode":
+        return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore))
+    return EngineMethod(name, model, tokenizer, NoDrafter())

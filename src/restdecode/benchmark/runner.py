@@ -1,0 +1,163 @@
+"""Running methods over a workload: interleaved per prompt, warmed up, timed the same way.
+
+Timing, identical for every method (``time.perf_counter`` around ``Method.generate``, model
+already loaded, prompt already tokenized):
+
+* ``e2e_s``: one generation of up to ``max_new_tokens`` tokens, prefill included;
+* ``prefill_s``: a separate generation of the same prompt with ``max_new_tokens=1`` (the
+  prefill forward plus choosing the first token), run just before the full one;
+* ``decode_s = e2e_s - prefill_s``: the time spent on the tokens after the first one.
+
+This subtraction is used for every method, ours included, rather than a timestamp taken inside
+one implementation, so that no method is timed by a different clock. For ``hf-prompt-lookup``
+the first forward of the full run also verifies the first candidates; that little extra work
+lands in its decode time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from restdecode.benchmark.methods import BASELINE, Method
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from restdecode.workloads import Prompt
+
+WARMUP_TOKENS = 16
+
+
+@dataclass
+class Row:
+    """One (prompt, turn, method) measurement; ``identical_to_hf_greedy`` is None without a baseline."""
+
+    prompt_id: str
+    turn: int
+    method: str
+    prompt_tokens: int
+    new_tokens: int
+    e2e_s: float
+    prefill_s: float
+    decode_s: float
+    steps: int
+    mean_accepted: float
+    accepted_per_step: list[int]
+    identical_to_hf_greedy: bool | None
+    text: str
+    token_ids: list[int] = field(repr=False)
+    completion: str | None = None  # HumanEval: the text after truncation at stop sequences
+    passed: bool | None = None  # HumanEval: did the completion pass the tests
+
+    def to_json(self) -> dict:
+        """The row as results.json stores it."""
+        return asdict(self)
+
+
+def encode_prompt(tokenizer: "PreTrainedTokenizerBase", text: str | None = None,
+                  messages: list[dict] | None = None) -> "torch.Tensor":
+    """Token ids (1, n) of a raw prompt, or of chat messages through the chat template."""
+    if messages is not None:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    else:
+        encoded = tokenizer(text, return_tensors="pt")
+    return encoded.input_ids
+
+
+def warm_up(methods: list[Method], input_ids: "torch.Tensor", max_new_tokens: int) -> None:
+    """One untimed short generation per method (lazy init, JIT compilation, allocator)."""
+    for method in methods:
+        method.generate(input_ids, min(max_new_tokens, WARMUP_TOKENS))
+
+
+def measure(method: Method, input_ids: "torch.Tensor", max_new_tokens: int):
+    """(run, e2e_s, prefill_s) for one generation, timed as the module docstring says."""
+    start = time.perf_counter()
+    method.generate(input_ids, 1)
+    prefill_s = time.perf_counter() - start
+    start = time.perf_counter()
+    run = method.generate(input_ids, max_new_tokens)
+    e2e_s = time.perf_counter() - start
+    return run, e2e_s, prefill_s
+
+
+def run_turn(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompt_id: str, turn: int,
+             inputs: dict[str, "torch.Tensor"], max_new_tokens: int) -> list[Row]:
+    """Every method once on its own input ids for this turn, in order; one row per method."""
+    rows = []
+    for method in methods:
+        input_ids = inputs[method.name]
+        run, e2e_s, prefill_s = measure(method, input_ids, max_new_tokens)
+        steps = len(run.accepted_per_step)
+        rows.append(Row(
+            prompt_id=prompt_id, turn=turn, method=method.name,
+            prompt_tokens=int(input_ids.shape[1]), new_tokens=len(run.token_ids),
+            e2e_s=e2e_s, prefill_s=prefill_s, decode_s=max(e2e_s - prefill_s, 0.0),
+            steps=steps, mean_accepted=len(run.token_ids) / steps if steps else 0.0,
+            accepted_per_step=run.accepted_per_step, identical_to_hf_greedy=None,
+            text=tokenizer.decode(run.token_ids, skip_special_tokens=True),
+            token_ids=run.token_ids,
+        ))
+    mark_identical(rows, tokenizer.eos_token_id)
+    return rows
+
+
+def mark_identical(rows: list[Row], eos_token_id: int | None) -> None:
+    """Set ``identical_to_hf_greedy`` on rows of one turn (a trailing EOS is not compared)."""
+    baseline = next((row for row in rows if row.method == BASELINE), None)
+    if baseline is None:
+        return
+    reference = _without_trailing_eos(baseline.token_ids, eos_token_id)
+    for row in rows:
+        row.identical_to_hf_greedy = _without_trailing_eos(row.token_ids, eos_token_id) == reference
+
+
+def _without_trailing_eos(token_ids: list[int], eos_token_id: int | None) -> list[int]:
+    if token_ids and token_ids[-1] == eos_token_id:
+        return token_ids[:-1]
+    return token_ids
+
+
+def run_prompt(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompt: "Prompt",
+               max_new_tokens: int, turns: int) -> list[Row]:
+    """All turns of one prompt; turn 2 puts each method's own turn-1 answer in the history."""
+    if prompt.messages is None:
+        input_ids = encode_prompt(tokenizer, text=prompt.text)
+        return run_turn(methods, tokenizer, prompt.id, 1, {m.name: input_ids for m in methods},
+                        max_new_tokens)
+    histories = {m.name: list(prompt.messages) for m in methods}
+    user_turns = prompt.meta.get("turns") or [prompt.messages[-1]["content"]]
+    rows: list[Row] = []
+    for turn in range(1, min(turns, len(user_turns)) + 1):
+        if turn > 1:
+            for name, history in histories.items():
+                history.append({"role": "user", "content": user_turns[turn - 1]})
+        inputs = {name: encode_prompt(tokenizer, messages=h) for name, h in histories.items()}
+        turn_rows = run_turn(methods, tokenizer, prompt.id, turn, inputs, max_new_tokens)
+        for row in turn_rows:
+            histories[row.method].append({"role": "assistant", "content": row.text})
+        rows.extend(turn_rows)
+    return rows
+
+
+def run_workload(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompts: list["Prompt"],
+                 *, max_new_tokens: int, turns: int = 1, progress: bool = True,
+                 on_prompt_done: Callable[[list[Row]], None] | None = None) -> list[Row]:
+    """Warm every method up once, then run them interleaved per prompt (A B C, A B C, ...)."""
+    from tqdm.auto import tqdm
+
+    if not prompts:
+        return []
+    first = prompts[0]
+    warm_up(methods, encode_prompt(tokenizer, first.text, first.messages), max_new_tokens)
+    rows: list[Row] = []
+    for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not progress):
+        prompt_rows = run_prompt(methods, tokenizer, prompt, max_new_tokens, turns)
+        if on_prompt_done is not None:
+            on_prompt_done(prompt_rows)
+        rows.extend(prompt_rows)
+    return rows

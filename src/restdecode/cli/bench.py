@@ -1,0 +1,85 @@
+"""Benchmark decoding methods side by side on one workload, greedy, batch 1.
+
+Methods (run interleaved per prompt, each warmed up once, model loading not timed):
+  hf-greedy         model.generate(do_sample=False): the baseline
+  hf-prompt-lookup  model.generate(do_sample=False, prompt_lookup_num_tokens=10)
+  rest              our engine with REST's published drafter (retrieval only, 64 nodes)
+  restdecode        our engine with our default drafter (retrieval + context)
+  plain             our engine without drafting
+
+Writes results.json, report.md and PNG plots into --out, then prints the summary table.
+See docs/bench.md for the timing rules and the results.json schema.
+
+examples:
+  restdecode bench mtbench --limit 10 --max-new-tokens 128 --out bench-out
+  restdecode bench humaneval --limit 20 --methods hf-greedy,restdecode --out he-out
+  restdecode bench prompts:my.jsonl --model ./my-hf-model --datastore my.rds --out my-out
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+METHODS_HELP = "hf-greedy,hf-prompt-lookup,rest,restdecode,plain"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the bench arguments."""
+    parser.add_argument("workload", metavar="WORKLOAD",
+                        help="mtbench, humaneval, or prompts:PATH (JSONL of {\"prompt\": ...} "
+                             "or {\"messages\": [...]})")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model asset name, .gguf file or Hugging Face directory "
+                             f"(default: {DEFAULT_MODEL})")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="only the first N prompts (default: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                        help="new tokens per generation (default: 128)")
+    parser.add_argument("--methods", default=METHODS_HELP, metavar="LIST",
+                        help=f"comma-separated methods, in run order (default: {METHODS_HELP})")
+    parser.add_argument("--turns", type=int, choices=(1, 2), default=1,
+                        help="MT-Bench turns; with 2, each method's own first answer is in the "
+                             "second turn's history (default: 1)")
+    parser.add_argument("--datastore", type=Path, default=None, metavar="FILE",
+                        help="datastore for rest/restdecode (default: the one `make demo` builds "
+                             "for the default model, if present)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="directory for results.json, report.md and the plots "
+                             "(default: bench/out/<workload name>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def default_out(workload: str) -> Path:
+    """``bench/out/<name>``: the workload's name, or the prompts file's stem."""
+    if workload.startswith("prompts:"):
+        return Path("bench", "out", Path(workload.removeprefix("prompts:")).stem)
+    return Path("bench", "out", workload)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark, write the outputs, print the table and where the plots are."""
+    from restdecode.benchmark import BenchConfig, run_benchmark
+    from restdecode.benchmark.report import summary_table
+    from restdecode.errors import RestdecodeError
+
+    if args.max_new_tokens < 1:
+        raise RestdecodeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    if not methods:
+        raise RestdecodeError("--methods is empty")
+    if len(set(methods)) != len(methods):
+        raise RestdecodeError(f"--methods names a method twice: {args.methods}")
+    if args.datastore is not None and not args.datastore.is_file():
+        raise RestdecodeError(f"datastore {args.datastore} does not exist")
+    outcome = run_benchmark(BenchConfig(
+        workload=args.workload, out=args.out or default_out(args.workload), model=args.model, limit=args.limit,
+        max_new_tokens=args.max_new_tokens, methods=methods, turns=args.turns,
+        datastore=args.datastore, progress=not args.no_progress))
+    print(summary_table(outcome.document))
+    print()
+    print(f"results: {outcome.results}")
+    print(f"report:  {outcome.report}")
+    print("plots:   " + ", ".join(str(path) for path in outcome.plots))
+    return 0

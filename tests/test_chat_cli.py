@@ -1,0 +1,93 @@
+"""`restdecode chat`: driven through a pipe (no TTY), and the session's history and Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.tiny import make_model_dir
+
+STATS_LINE = re.compile(
+    r"^\[(\d+) tokens, [\d.]+ tok/s, ([\d.]+) accepted/step, "
+    r"(~[\d.]+x vs plain decoding \(measured plain step \d+ ms\)|speedup n/a)\]$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def chat(tiny_dir: Path, stdin: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "restdecode", "chat", "--model", str(tiny_dir),
+         "--max-new-tokens", "12", *extra],
+        input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_chat_through_a_pipe_replies_to_each_line_until_exit(tiny_dir):
+    done = chat(tiny_dir, "hello there\n\nhow are you?\n/exit\nnever read\n")
+    assert done.returncode == 0, done.stderr
+    stats = STATS_LINE.findall(done.stdout)
+    assert len(stats) == 2  # the blank line is skipped, nothing after /exit is read
+    for tokens, accepted, _ in stats:
+        assert 1 <= int(tokens) <= 12
+        assert float(accepted) >= 1.0
+    assert "drafter: ContextDrafter" in done.stderr  # no datastore: context drafting only
+
+
+def test_chat_ends_at_end_of_input(tiny_dir):
+    done = chat(tiny_dir, "one message, no exit command")
+    assert done.returncode == 0, done.stderr
+    assert len(STATS_LINE.findall(done.stdout)) == 1
+
+
+def test_chat_rejects_a_missing_datastore(tiny_dir, tmp_path):
+    done = chat(tiny_dir, "hi\n", "--datastore", str(tmp_path / "missing.rds"))
+    assert done.returncode == 1
+    assert "missing.rds" in done.stderr
+
+
+class InterruptAfter(io.StringIO):
+    """An output stream that raises KeyboardInterrupt (as Ctrl-C would) at its n-th write."""
+
+    def __init__(self, writes: int) -> None:
+        super().__init__()
+        self.writes_left = writes
+
+    def write(self, text: str) -> int:
+        self.writes_left -= 1
+        if self.writes_left == 0:
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_session_keeps_history_and_survives_ctrl_c(tiny_dir):
+    from restdecode.benchmark.methods import restdecode_drafter
+    from restdecode.cli.chat import ChatSession
+    from restdecode.models import load
+
+    model, tokenizer = load(tiny_dir)
+    session = ChatSession(model, tokenizer, restdecode_drafter(None), temperature=0.0,
+                          max_new_tokens=10, plain_step_s=0.01)
+    out = io.StringIO()
+    stats = session.reply("hello", out)
+    assert stats is not None and 1 <= stats.new_tokens <= 10
+    reply = session.history[-1]["content"]
+    assert session.history[-2] == {"role": "user", "content": "hello"}
+    assert out.getvalue().startswith(reply) and STATS_LINE.search(out.getvalue())
+
+    interrupted = InterruptAfter(writes=3)  # prefix, first piece, then Ctrl-C
+    assert session.reply("go on", interrupted) is None
+    partial = interrupted.getvalue()
+    assert partial.endswith(" [stopped]\n")
+    assert session.history[-1] == {"role": "assistant", "content": partial.removesuffix(" [stopped]\n")}
+    assert len(session.history) == 4
+
+    after = io.StringIO()
+    assert session.reply("and then?", after) is not None  # the session goes on
+    assert len(session.history) == 6
