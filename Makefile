@@ -2,7 +2,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_STORE := $(HOME)/.cache/restdecode/datastores/sharegpt-smollm2.rds
+RESTDECODE_HOME ?= $(HOME)/.cache/restdecode
+export RESTDECODE_HOME
+DEMO_STORE := $(RESTDECODE_HOME)/datastores/sharegpt-smollm2.rds
 
 .PHONY: setup test demo clean
 
@@ -10,7 +12,6 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -22,6 +23,7 @@ demo: setup
 	$(BIN)/restdecode fetch smollm2-135m-instruct sharegpt mtbench
 	test -f $(DEMO_STORE) || $(BIN)/restdecode build-datastore --model smollm2-135m-instruct --source sharegpt --out $(DEMO_STORE)
 	$(BIN)/restdecode datastore-info $(DEMO_STORE)
+	$(BIN)/restdecode bench mtbench --limit 10 --max-new-tokens 128 --datastore $(DEMO_STORE) --out bench/out/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,169 @@
+"""Tree verification on top of a KV cache, and committing the accepted path into that cache.
+
+One verification forward feeds the pending token (slot 0) and every draft node (slot i+1 = node i)
+to the model at once. A 4D additive attention mask lets each slot see the whole past plus its own
+ancestors in the tree, and ``position_ids`` place every slot at ``past_length + depth``: the model
+computes, for every slot, exactly what sequential decoding of that slot's path would compute.
+
+Models with sliding-window layers (Gemma 3, Qwen2 with ``use_sliding_window``) get one mask per
+layer type (transformers accepts a ``{layer_type: mask}`` mapping); their cache layers hold only the
+last ``sliding_window - 1`` positions, and the mask is built against what each layer really holds.
+
+After acceptance, :func:`commit` keeps the KV entries of the accepted slots, gathered to consecutive
+positions, and drops the rest, so the next step starts from the cache a sequential run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from restdecode.drafting.tree import CompiledTree
+from restdecode.errors import DecodingError
+
+FULL, SLIDING = "full_attention", "sliding_attention"
+_SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    """An empty KV cache for ``model``, ready for tree verification and :func:`commit`.
+
+    Sliding-window layers record their past beyond the window until :func:`commit` (or
+    :func:`trim_cache`) restricts them again, so rejected tree slots never push out past tokens.
+    """
+    _check_supported(model)
+    cache = DynamicCache(config=model.config)
+    for layer in cache.layers:
+        if hasattr(layer, "activate_past_recording"):
+            layer.activate_past_recording()
+    return cache
+
+
+def _check_supported(model: PreTrainedModel) -> None:
+    implementation = model.config._attn_implementation
+    if implementation not in _SUPPORTED_ATTENTION:
+        raise DecodingError(
+            f"attention implementation {implementation!r} cannot take a tree mask; "
+            f"load the model with attn_implementation in {_SUPPORTED_ATTENTION}"
+        )
+    unsupported = set(_layer_types(model)) - {FULL, SLIDING}
+    if unsupported:
+        raise DecodingError(f"layer types {sorted(unsupported)} are not supported by tree verification")
+
+
+def _layer_types(model: PreTrainedModel) -> list[str]:
+    config = model.config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None)
+    return list(types) if types is not None else [FULL] * config.num_hidden_layers
+
+
+def verify(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    pending_token: int,
+    tree: CompiledTree,
+    past_length: int,
+) -> torch.Tensor:
+    """Logits ``(1 + n, vocab)`` float32 at every slot of ``tree``, from one forward pass.
+
+    ``cache`` holds ``past_length`` positions (the context without the pending token); after the
+    call it also holds the ``1 + n`` slots, to be resolved by :func:`commit`.
+    """
+    device = model.device
+    input_ids = torch.cat(
+        [torch.tensor([pending_token], device=device), tree.node_tokens.to(device)]
+    ).unsqueeze(0)
+    positions = past_length + tree.depth_offsets.to(device)
+    mask = tree_attention_mask(model, cache, tree, past_length)
+    output = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions.unsqueeze(0),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return output.logits[0].float()
+
+
+def tree_attention_mask(
+    model: PreTrainedModel, cache: DynamicCache, tree: CompiledTree, past_length: int
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The additive 4D mask(s) of one verification forward: one tensor, or one per layer type."""
+    dtype, device = model.dtype, model.device
+    layer_types = _layer_types(model)
+    masks = {}
+    for layer_type in dict.fromkeys(layer_types):
+        layer = cache.layers[layer_types.index(layer_type)]
+        window = getattr(layer, "sliding_window", None) if layer_type == SLIDING else None
+        held = _held_length(layer) if window is not None else past_length
+        visible = _visible(tree, past_length, held, window)
+        masks[layer_type] = _additive(visible.to(device), dtype)
+    if set(masks) == {FULL}:
+        return masks[FULL]
+    return masks
+
+
+def _held_length(layer) -> int:
+    """Positions a cache layer currently stores (a sliding layer: at most ``window - 1``)."""
+    keys = getattr(layer, "keys", None)
+    return 0 if keys is None or keys.numel() == 0 else int(keys.shape[-2])
+
+
+def _visible(tree: CompiledTree, past_length: int, held: int, window: int | None) -> torch.Tensor:
+    """Bool ``(1+n, held+1+n)``: may slot i see key j (the last ``held`` past positions, then slots)."""
+    depth = tree.depth_offsets.cpu()
+    query_pos = past_length + depth
+    key_pos = torch.cat([torch.arange(past_length - held, past_length), query_pos])
+    visible = torch.cat(
+        [torch.ones(len(depth), held, dtype=torch.bool), tree.ancestor_mask.cpu()], dim=1
+    )
+    if window is not None:
+        # Same rule as transformers' sliding_window_overlay: kv > q - window.
+        visible &= key_pos.unsqueeze(0) > query_pos.unsqueeze(1) - window
+    return visible
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Additive rather than boolean: eager attention adds the mask to the scores.
+    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    mask.masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def commit(cache: DynamicCache, accepted_slots: Sequence[int], num_slots: int) -> None:
+    """Keep the KV entries of ``accepted_slots`` (starting with slot 0) of the last verification.
+
+    The last ``num_slots`` entries of every layer are the slots of that forward; the accepted
+    ones are gathered in order right after the past, the others dropped. Sliding layers are then
+    restricted to their window again.
+    """
+    slots = list(accepted_slots)
+    is_prefix = slots == list(range(len(slots)))  # plain steps and chain drafts: nothing to move
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False):
+            continue
+        held = layer.keys.shape[-2] - num_slots
+        if not is_prefix:
+            # Gather the accepted slots into place in the existing buffers: only the tree's
+            # tail is copied, never the whole past.
+            index = torch.as_tensor(slots, device=layer.keys.device) + held
+            layer.keys[..., held:held + len(slots), :] = layer.keys.index_select(-2, index)
+            layer.values[..., held:held + len(slots), :] = layer.values.index_select(-2, index)
+        layer.keys = layer.keys[..., : held + len(slots), :]
+        layer.values = layer.values[..., : held + len(slots), :]
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length += len(slots) - num_slots
+    trim_cache(cache)
+
+
+def trim_cache(cache: DynamicCache) -> None:
+    """Restrict sliding-window layers to the ``window - 1`` positions the next forward needs."""
+    for layer in cache.layers:
+        window = getattr(layer, "sliding_window", None)
+        if window is None or not getattr(layer, "is_initialized", False):
+            continue
+        if layer.keys.shape[-2] > window - 1:
+            layer.keys = layer.keys[..., -(window - 1):, :]
+            layer.values = layer.values[..., -(window - 1):, :]
