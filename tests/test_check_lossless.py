@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import BYTE_VOCAB, byte_tokenizer, tiny_model
+from tiny_models import BYTE_VOCAB, byte_tokenizer, tiny_model
 from restdecode.cli import main
 from restdecode.cli.check_lossless import first_difference, top2_logit_gap
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BYTE_VOCAB, OracleDrafter, byte_tokenizer, tiny_model, trie_tree
+from tiny_models import BYTE_VOCAB, OracleDrafter, byte_tokenizer, tiny_model, trie_tree
 from restdecode.decode import generate, stream
 from restdecode.errors import DecodingError
 from test_accept import chi_square_p

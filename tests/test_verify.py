@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_model
+from tiny_models import tiny_model
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
 from restdecode.verify import commit, new_cache, trim_cache, verify
