@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from restdecode.accept import Sampler, accept_greedy, accept_sampling
@@ -301,14 +300,7 @@ def prefill(model, cache, prompt_ids: list[int]) -> torch.Tensor:
 
 def _limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:
     """The sub-tree of nodes at depth <= ``max_depth`` (still topologically ordered)."""
-    keep = tree.depths <= max_depth
-    if keep.all():
-        return tree
-    new_index = np.cumsum(keep) - 1
-    parents = tree.parents[keep]
-    parents = np.where(parents < 0, -1, new_index[np.maximum(parents, 0)])
-    scores = tree.scores[keep] if tree.scores is not None else None
-    return DraftTree(tree.tokens[keep], parents, scores)
+    return tree.subset(tree.depths <= max_depth)
 
 
 class _TokenChooser:

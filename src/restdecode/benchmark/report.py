@@ -22,6 +22,7 @@ from pathlib import Path
 
 from restdecode.benchmark.methods import BASELINE, PLAIN
 from restdecode.benchmark.runner import Row
+from restdecode.latency import cpu_model
 
 SCHEMA_VERSION = 1
 TIMINGS = ("decode", "e2e")
@@ -81,7 +82,7 @@ def machine_info() -> dict:
     """CPU model, core count and torch's thread count of this machine."""
     import torch
 
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "load_average_1m": load_average()}
 
 
@@ -93,14 +94,6 @@ def load_average() -> float | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def versions() -> dict:

@@ -153,13 +153,7 @@ def best_size(sorted_probabilities: np.ndarray, profile: CostModel, cache_length
 
 def subtree(tree: DraftTree, keep: np.ndarray) -> DraftTree:
     """The nodes of ``tree`` where ``keep`` (a prefix-closed mask), renumbered in original order."""
-    if keep.all():
-        return tree
-    new_index = np.cumsum(keep) - 1
-    parents = tree.parents[keep]
-    parents = np.where(parents < 0, -1, new_index[np.maximum(parents, 0)])
-    scores = tree.scores[keep] if tree.scores is not None else None
-    return DraftTree(tree.tokens[keep], parents, scores)
+    return tree.subset(keep)
 
 
 class PlannedDrafter:

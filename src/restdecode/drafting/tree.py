@@ -89,6 +89,17 @@ class DraftTree:
     def max_depth(self) -> int:
         return int(self.depths.max()) if len(self) else 0
 
+    def subset(self, keep: np.ndarray) -> "DraftTree":
+        """The nodes where ``keep`` is true (a prefix-closed mask), renumbered, order kept."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.all():
+            return self
+        new_index = np.cumsum(keep) - 1
+        parents = self.parents[keep]
+        parents = np.where(parents < 0, -1, new_index[np.maximum(parents, 0)])
+        scores = self.scores[keep] if self.scores is not None else None
+        return DraftTree(self.tokens[keep], parents, scores)
+
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to ``node`` (inclusive)."""
         path = []
