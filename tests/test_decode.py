@@ -224,3 +224,23 @@ def test_sampled_generation_has_the_model_distribution(temperature, top_p):
         multi += result.stats.steps < 2
     assert multi > n // 10  # speculation often accepted a draft token
     assert chi_square_p(counts, expected, n) > 1e-3
+
+
+def test_loop_feeds_verified_trees_to_a_planned_drafters_calibration():
+    from restdecode.drafting.planner import AcceptanceCalibration, PlannedDrafter
+    from restdecode.latency import LatencyProfile
+
+    model = byte_model("llama")
+    prompt = [41, 52, 63, 74, 85]
+    want = reference_greedy(model, prompt, 30)
+    flat = LatencyProfile(widths=[1, 64], cache_lengths=[1, 256], seconds=np.full((2, 2), 0.01), key={})
+    calibration = AcceptanceCalibration()
+    drafter = PlannedDrafter(OracleDrafter(len(prompt), want, BYTE_VOCAB, seed=3), flat,
+                             calibration=calibration)
+    got = generate(model, tokenizer(), input_ids=prompt, drafter=drafter, max_new_tokens=30)
+    assert got.token_ids == want
+    accepted_drafts = sum(got.stats.accepted_per_step) - got.stats.steps
+    assert accepted_drafts > 0
+    # Every accepted draft node was reported to the calibration as a success.
+    assert calibration.successes.sum() == accepted_drafts
+    assert calibration.trials.sum() > calibration.successes.sum()

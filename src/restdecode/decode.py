@@ -215,12 +215,13 @@ class _Decoder:
         if depth < 0:
             return None
         stats, mark = self.stats, time.perf_counter()
-        tree = self._draft(depth)
+        draft = _limit_depth(self.drafter.propose(self.context), depth)
+        tree = draft.compile(self.model.device)
         stats.time_draft += (now := time.perf_counter()) - mark
         logits = verify(self.model, self.cache, self.pending, tree, self.past_length)
         stats.time_verify += (mark := time.perf_counter()) - now
         slots, tokens = self.chooser.accept(logits, tree)
-        self._commit(slots, tokens, tree)
+        self._commit(slots, tokens, draft, tree)
         stats.time_accept_commit += time.perf_counter() - mark
         stats.steps += 1
         stats.tree_size_per_step.append(tree.num_slots - 1)
@@ -232,15 +233,14 @@ class _Decoder:
         limit = _context_limit(self.model)
         return limit - 1 - self.past_length if limit is not None else len(self.context)
 
-    def _draft(self, max_depth: int):
-        tree = _limit_depth(self.drafter.propose(self.context), max_depth)
-        return tree.compile(self.model.device)
-
-    def _commit(self, slots: list[int], tokens: list[int], tree) -> None:
+    def _commit(self, slots: list[int], tokens: list[int], draft: DraftTree, tree) -> None:
         commit(self.cache, slots, tree.num_slots)
         self.past_length += len(slots)
         self.context += tokens
         self.drafter.observe(tokens)
+        observe_tree = getattr(self.drafter, "observe_tree", None)  # optional Drafter hook
+        if observe_tree is not None:
+            observe_tree(draft, [slot - 1 for slot in slots[1:]])  # node index = slot - 1
 
 
 def prompt_token_ids(tokenizer, prompt: str | None = None, messages: list[dict] | None = None,
