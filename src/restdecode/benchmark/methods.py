@@ -41,7 +41,6 @@ PROMPT_LOOKUP_TOKENS = 10
 # Our default tree size. On 2 CPU cores (docs: /work/shared/DESIGN.md) one verification costs
 # ~1.4x a plain step at 8-16 nodes but ~3x at 64, while merged retrieval + context drafting
 # accepts ~2.2-2.35 tokens per step there: a dozen nodes is where time per token is lowest.
-RESTDECODE_BUDGET = 12
 
 
 @dataclass
@@ -71,16 +70,10 @@ def rest_drafter(datastore: "Datastore") -> "Drafter":
 
 
 def restdecode_drafter(datastore: "Datastore | None") -> "Drafter":
-    """Our best default drafter: retrieval from the datastore merged with the context drafter.
+    """Our best default drafter (:func:`restdecode.drafting.default_drafter`)."""
+    from restdecode.drafting import default_drafter
 
-    The single place that chooses it (bench and chat both call it), so improving the default
-    is a change here. Without a datastore, the context drafter alone.
-    """
-    from restdecode.drafting import CombinedDrafter, ContextDrafter, RetrievalDrafter
-
-    if datastore is None:
-        return ContextDrafter(budget=RESTDECODE_BUDGET)
-    return CombinedDrafter([RetrievalDrafter(datastore), ContextDrafter()], budget=RESTDECODE_BUDGET)
+    return default_drafter(datastore)
 
 
 class HFGenerate:

@@ -17,8 +17,6 @@ import argparse
 import json
 import sys
 
-DEFAULT_BUDGET = 16
-
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``generate`` arguments to ``parser``."""
@@ -41,26 +39,24 @@ def register(parser: argparse.ArgumentParser) -> None:
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared with check-lossless: length and drafting."""
     parser.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
-    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
-                        help=f"draft tree nodes per step (default: {DEFAULT_BUDGET})")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="draft tree nodes per step (default: the default drafter's, "
+                             "restdecode.drafting.DEFAULT_BUDGET)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, no speculation")
 
 
-def build_drafter(tokenizer, datastore: str | None, *, budget: int = DEFAULT_BUDGET,
+def build_drafter(tokenizer, datastore: str | None, *, budget: int | None = None,
                   no_draft: bool = False):
-    """The default drafter: datastore retrieval merged with context lookup (context only
-    without a datastore), or ``NoDrafter`` with ``no_draft``."""
-    from restdecode.drafting import CombinedDrafter, ContextDrafter, NoDrafter, RetrievalDrafter
+    """The default drafter (:func:`restdecode.drafting.default_drafter`) over the datastore at
+    path ``datastore`` (context lookup only when None), or ``NoDrafter`` with ``no_draft``."""
+    from restdecode.drafting import DEFAULT_BUDGET, NoDrafter, default_drafter
 
     if no_draft:
         return NoDrafter()
-    if datastore is None:
-        return ContextDrafter(budget=budget)
     from restdecode.datastore import Datastore
 
-    store = Datastore.open(datastore, tokenizer)
-    return CombinedDrafter([RetrievalDrafter(store, budget=budget), ContextDrafter(budget=budget)],
-                           budget=budget)
+    store = Datastore.open(datastore, tokenizer) if datastore is not None else None
+    return default_drafter(store, budget=DEFAULT_BUDGET if budget is None else budget)
 
 
 def parse_messages(text: str) -> list[dict]:

@@ -8,10 +8,12 @@ from restdecode.drafting.base import (
 )
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
+from restdecode.drafting.defaults import DEFAULT_BUDGET, default_drafter
 from restdecode.drafting.retrieval import RetrievalDrafter
 from restdecode.drafting.tree import CompiledTree, DraftTree
 
 __all__ = [
+    "DEFAULT_BUDGET",
     "CombinedDrafter",
     "CompiledTree",
     "ContextDrafter",
@@ -21,4 +23,5 @@ __all__ = [
     "NoDrafter",
     "RetrievalDrafter",
     "WeightedContinuations",
+    "default_drafter",
 ]
