@@ -38,9 +38,6 @@ REST_MAX_MATCHES = 5000
 REST_SPAN = 10
 REST_BUDGET = 64
 PROMPT_LOOKUP_TOKENS = 10
-# Our default tree size. On 2 CPU cores (docs: /work/shared/DESIGN.md) one verification costs
-# ~1.4x a plain step at 8-16 nodes but ~3x at 64, while merged retrieval + context drafting
-# accepts ~2.2-2.35 tokens per step there: a dozen nodes is where time per token is lowest.
 
 
 @dataclass
