@@ -11,7 +11,7 @@ import pytest
 
 from benchmark.tiny import make_model_dir, write_corpus, write_prompts
 from restdecode.benchmark import humaneval
-from restdecode.benchmark.methods import METHOD_NAMES, HFGenerate, MethodRun
+from restdecode.benchmark.methods import DEFAULT_METHODS, HFGenerate, MethodRun
 from restdecode.benchmark.report import summarize
 from restdecode.benchmark.runner import Row, run_prompt
 from restdecode.cli import main
@@ -192,12 +192,12 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
 
     document = json.loads((out / "results.json").read_text())
     assert TOP_KEYS <= document.keys()
-    assert document["methods"] == list(METHOD_NAMES)
+    assert document["methods"] == list(DEFAULT_METHODS)
     assert document["datastore"]["path"] == str(tiny_store)
     assert document["machine"]["cores"] >= 1 and document["machine"]["torch_threads"] >= 1
     assert isinstance(document["machine"]["load_average_1m_before"], float)
     rows = document["rows"]
-    assert len(rows) == 2 * len(METHOD_NAMES)
+    assert len(rows) == 2 * len(DEFAULT_METHODS)
     for row in rows:
         for key, kind in ROW_TYPES.items():
             assert isinstance(row[key], kind), (key, row[key])
@@ -221,6 +221,64 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
     assert not (out / "rows.partial.jsonl").exists()
     report = (out / "report.md").read_text()
     assert "| restdecode |" in report and "(tokens_per_s.png)" in report
+
+
+def test_resume_keeps_finished_prompts_and_runs_the_rest(tiny_dir, tiny_store, tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    out = tmp_path / "out"
+    command = ["bench", f"prompts:{prompts}", "--model", str(tiny_dir), "--datastore",
+               str(tiny_store), "--max-new-tokens", "12", "--methods",
+               "hf-greedy,restdecode,restdecode-memory", "--out", str(out), "--no-progress"]
+    assert main(command) == 0
+    full = json.loads((out / "results.json").read_text())
+    first_id = full["rows"][0]["prompt_id"]
+    first_rows = [row for row in full["rows"] if row["prompt_id"] == first_id]
+
+    # As an interruption would leave it: the first prompt finished, the second cut mid-write.
+    lines = [json.dumps({"run": _identity_of(full, prompts, tiny_store)})]
+    lines += [json.dumps(row) for row in first_rows] + [json.dumps({"done": first_id})]
+    second = next(row for row in full["rows"] if row["prompt_id"] != first_id)
+    lines += [json.dumps(second), json.dumps(second)[:40]]
+    (out / "results.json").unlink()
+    (out / "rows.partial.jsonl").write_text("\n".join(lines) + "\n")
+
+    assert main(command + ["--resume"]) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert len(resumed["rows"]) == len(full["rows"])
+    kept = [row for row in resumed["rows"] if row["prompt_id"] == first_id]
+    assert [row["e2e_s"] for row in kept] == [row["e2e_s"] for row in first_rows]  # not rerun
+    rerun = [row for row in resumed["rows"] if row["prompt_id"] == second["prompt_id"]]
+    assert rerun[0]["e2e_s"] != second["e2e_s"]
+    assert all(row["identical_to_hf_greedy"] for row in resumed["rows"])
+
+    # Another run's rows are never mixed in.
+    (out / "rows.partial.jsonl").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    other = [("8" if arg == "12" else arg) for arg in command]  # --max-new-tokens 8
+    assert main(other + ["--resume"]) == 1
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def _identity_of(document: dict, prompts: Path, store: Path) -> dict:
+    from restdecode.benchmark import BenchConfig, _run_identity
+
+    config = BenchConfig(workload=f"prompts:{prompts}", out=Path("unused"),
+                         model=document["model"]["name"], max_new_tokens=12,
+                         methods=list(document["methods"]))
+    return _run_identity(config, store)
+
+
+def test_memory_method_forgets_the_warm_up():
+    from restdecode.benchmark.methods import EngineMethod
+    from restdecode.drafting import MemoryDrafter
+
+    memory = MemoryDrafter()
+    memory.remember([1, 2, 3])
+    method = EngineMethod("restdecode-memory", None, None, drafter=memory, memory=memory)
+    method.forget()
+    assert memory.memory_tokens == 0
+    method.recall([[4, 5], [6]])
+    assert memory.memory_tokens == 3
 
 
 def test_bench_rest_without_datastore_is_a_clear_error(tiny_dir, tmp_path, capsys):

@@ -37,7 +37,7 @@ def test_chat_through_a_pipe_replies_to_each_line_until_exit(tiny_dir):
     for tokens, accepted, _ in stats:
         assert 1 <= int(tokens) <= 12
         assert float(accepted) >= 1.0
-    assert "drafter: ContextDrafter" in done.stderr  # no datastore: context drafting only
+    assert "drafter: MemoryDrafter" in done.stderr  # no datastore: context (+ memory) only
 
 
 def test_chat_ends_at_end_of_input(tiny_dir):

@@ -162,3 +162,19 @@ def test_default_cache_dir_is_under_restdecode_home(tmp_path, monkeypatch):
     monkeypatch.setenv("RESTDECODE_HOME", str(tmp_path))
     profile_for(llama(), progress=False, **SMALL_GRID)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
+
+
+def test_the_grid_is_cut_to_the_models_context():
+    short = tiny_llama(max_positions=100)
+    widths, cache_lengths = latency.fitting_grid(short, latency.DEFAULT_WIDTHS, (128, 512))
+    assert max(widths) <= 50 and widths[0] == 1
+    assert cache_lengths == (100 - max(widths),)
+    assert latency.fitting_grid(short, (1, 2), (3, 20)) == ((1, 2), (3, 20))
+
+
+def test_profile_for_measures_a_grid_the_model_holds(tmp_path):
+    short = tiny_llama(max_positions=40)
+    profile = profile_for(short, cache_dir=tmp_path, progress=False, repeats=1)
+    assert max(profile.widths) <= 20 and max(profile.cache_lengths) + max(profile.widths) <= 40
+    assert profile_for(short, cache_dir=tmp_path, progress=False, repeats=1).seconds.tolist() == \
+        profile.seconds.tolist()  # read back from the cache, not measured again

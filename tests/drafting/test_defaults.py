@@ -1,12 +1,23 @@
-"""default_drafter: retrieval + context under one budget, context alone without a datastore."""
+"""default_drafter: retrieval + context (or memory), a fixed tree or one planned by latency."""
+
+import numpy as np
 
 from restdecode.drafting import (
+    CANDIDATE_BUDGET,
     DEFAULT_BUDGET,
     CombinedDrafter,
     ContextDrafter,
+    MemoryDrafter,
+    PlannedDrafter,
     RetrievalDrafter,
     default_drafter,
 )
+from restdecode.latency import LatencyProfile
+
+
+def flat_profile() -> LatencyProfile:
+    """Every width costs the same: the planner keeps every node with a chance."""
+    return LatencyProfile((1, 64), (0,), np.array([[0.05, 0.05]]))
 
 
 def test_without_a_datastore_only_the_context_drafts():
@@ -27,3 +38,26 @@ def test_with_a_datastore_both_sources_merge_under_the_budget(store_and_document
     # The store's documents say what follows "the cat": the tree proposes one of those words.
     after_the_cat = tokenizer.convert_tokens_to_ids(["sat", "ran"])
     assert set(tree.tokens[tree.parents == -1].tolist()) & set(after_the_cat)
+
+
+def test_a_profile_plans_trees_cut_from_a_larger_candidate_tree(store_and_documents):
+    store, _, tokenizer = store_and_documents
+    drafter = default_drafter(store, profile=flat_profile())
+    assert isinstance(drafter, PlannedDrafter)
+    assert drafter.drafter.budget == CANDIDATE_BUDGET
+    tree = drafter.propose(tokenizer.encode("the cat", add_special_tokens=False))
+    assert 0 < len(tree) <= CANDIDATE_BUDGET
+
+
+def test_an_explicit_budget_overrides_the_profile(store_and_documents):
+    store, _, _ = store_and_documents
+    drafter = default_drafter(store, profile=flat_profile(), budget=7)
+    assert isinstance(drafter, CombinedDrafter) and drafter.budget == 7
+
+
+def test_a_memory_becomes_the_context_source(store_and_documents):
+    store, _, _ = store_and_documents
+    memory = MemoryDrafter()
+    drafter = default_drafter(store, profile=flat_profile(), memory=memory)
+    assert drafter.drafter.drafters[1] is memory
+    assert default_drafter(None, memory=memory, budget=4) is memory and memory.budget == 4

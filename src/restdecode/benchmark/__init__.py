@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from restdecode.benchmark.methods import METHOD_NAMES, restdecode_drafter, rest_drafter
+from restdecode.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, restdecode_drafter, rest_drafter
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Where `make demo` builds the ShareGPT datastore of a model (relative to restdecode_home()).
@@ -26,10 +26,11 @@ class BenchConfig:
     model: str = DEFAULT_MODEL
     limit: int | None = None
     max_new_tokens: int = 128
-    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     turns: int = 1
     datastore: Path | None = None
     progress: bool = True
+    resume: bool = False
 
 
 @dataclass
@@ -68,13 +69,23 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     prompts = load_workload(config.workload, limit=config.limit, turns=config.turns)
     model, tokenizer = load(config.model)
     datastore = _open_datastore(datastore_path, tokenizer) if datastore_path else None
-    methods = build_methods(config.methods, model, tokenizer, datastore)
+    methods = build_methods(config.methods, model, tokenizer, datastore, progress=config.progress)
     hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the progress bar
     load_before = report.load_average()
     config.out.mkdir(parents=True, exist_ok=True)
-    partial = _PartialRows(config.out / "rows.partial.jsonl")
-    rows = run_workload(methods, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                        turns=config.turns, progress=config.progress, on_prompt_done=partial.append)
+    partial = _PartialRows(config.out, _run_identity(config, datastore_path), resume=config.resume)
+    done = partial.rows
+    done_ids = {row.prompt_id for row in done}
+
+    def recall_done_outputs() -> None:
+        # A resumed run's memory holds what the interrupted one had produced, in order.
+        for method in methods:
+            method.recall([row.token_ids for row in done if row.method == method.name])
+
+    rows = done + run_workload(
+        methods, tokenizer, [p for p in prompts if p.id not in done_ids],
+        max_new_tokens=config.max_new_tokens, turns=config.turns, progress=config.progress,
+        on_prompt_done=partial.append, on_warmed_up=recall_done_outputs)
     if config.workload == "humaneval":
         humaneval.score_rows(rows, prompts)
     document = report.results_document(
@@ -89,18 +100,69 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
 
 
 class _PartialRows:
-    """Rows appended as JSON lines after each prompt, so an interrupted long run keeps its data."""
+    """Rows appended as JSON lines after each prompt, so an interrupted long run keeps its data.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_text("", encoding="utf-8")
+    ``rows.partial.jsonl`` starts with one line describing the run (workload, methods, model,
+    settings); ``resume`` reads back the rows of a run with the same description, and refuses
+    another run's rows.
+    """
+
+    def __init__(self, out: Path, identity: dict, *, resume: bool) -> None:
+        import json
+
+        from restdecode.benchmark.runner import Row
+        from restdecode.errors import RestdecodeError
+
+        self.path = out / "rows.partial.jsonl"
+        self.rows: list[Row] = []
+        if resume and self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            found = json.loads(lines[0]).get("run") if lines else None
+            if found != identity:
+                raise RestdecodeError(
+                    f"{self.path} holds another run ({found}); cannot resume {identity}")
+            self.rows = _finished_rows(lines[1:])
+            self.path.write_text(lines[0] + "\n", encoding="utf-8")
+            self.append(self.rows)
+            return
+        self.path.write_text(json.dumps({"run": identity}) + "\n", encoding="utf-8")
 
     def append(self, rows) -> None:
+        """Append one prompt's rows (or several prompts'), each prompt closed by a done line."""
         import json
 
         with self.path.open("a", encoding="utf-8") as lines:
-            for row in rows:
+            for index, row in enumerate(rows):
                 lines.write(json.dumps(row.to_json()) + "\n")
+                if index + 1 == len(rows) or rows[index + 1].prompt_id != row.prompt_id:
+                    lines.write(json.dumps({"done": row.prompt_id}) + "\n")
+
+
+def _finished_rows(lines: list[str]) -> list:
+    """The rows of every prompt whose done line was written (an interrupted prompt runs again)."""
+    import json
+
+    from restdecode.benchmark.runner import Row
+
+    pending, finished = [], []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by the interruption: nothing after it was written
+        if "done" in record:
+            finished += [row for row in pending if row.prompt_id == record["done"]]
+            pending = []
+        else:
+            pending.append(Row(**record))
+    return finished
+
+
+def _run_identity(config: BenchConfig, datastore_path: Path | None) -> dict:
+    """What must match for a resumed run to continue an interrupted one."""
+    return {"workload": config.workload, "model": config.model, "methods": config.methods,
+            "max_new_tokens": config.max_new_tokens, "turns": config.turns, "limit": config.limit,
+            "datastore": str(datastore_path) if datastore_path else None}
 
 
 def _open_datastore(path: Path, tokenizer):
@@ -134,5 +196,5 @@ def _settings(config: BenchConfig) -> dict:
                       "of the same prompt, for every method"}
 
 
-__all__ = ["BenchConfig", "BenchOutcome", "DEFAULT_MODEL", "METHOD_NAMES", "default_datastore",
+__all__ = ["BenchConfig", "BenchOutcome", "DEFAULT_METHODS", "DEFAULT_MODEL", "METHOD_NAMES", "default_datastore",
            "rest_drafter", "restdecode_drafter", "run_benchmark"]

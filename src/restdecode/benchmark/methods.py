@@ -7,8 +7,12 @@ the timing around :meth:`Method.generate`, so every method is timed the same way
 * ``hf-greedy``: ``model.generate(do_sample=False)``, the baseline;
 * ``hf-prompt-lookup``: ``model.generate(do_sample=False, prompt_lookup_num_tokens=10)``;
 * ``rest``: our engine with REST's published drafter (:func:`rest_drafter`);
-* ``restdecode``: our engine with our best default drafter (:func:`restdecode_drafter`);
-* ``plain``: our engine with no drafting (``NoDrafter``): the cost of our loop alone.
+* ``restdecode``: our engine with our best default drafter (:func:`restdecode_drafter`), its
+  context source starting empty for every prompt;
+* ``plain``: our engine with no drafting (``NoDrafter``): the cost of our loop alone;
+* ``restdecode-memory`` (not run by default): ``restdecode`` whose context source also searches
+  this method's own earlier outputs of the run (:class:`restdecode.drafting.MemoryDrafter`),
+  carried across prompts in the benchmark's order.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ if TYPE_CHECKING:
 
     from restdecode.datastore import Datastore
     from restdecode.drafting.base import Drafter
+    from restdecode.drafting.memory import MemoryDrafter
+    from restdecode.latency import LatencyProfile
 
-METHOD_NAMES: tuple[str, ...] = ("hf-greedy", "hf-prompt-lookup", "rest", "restdecode", "plain")
+DEFAULT_METHODS: tuple[str, ...] = ("hf-greedy", "hf-prompt-lookup", "rest", "restdecode", "plain")
+METHOD_NAMES: tuple[str, ...] = DEFAULT_METHODS + ("restdecode-memory",)
 BASELINE = "hf-greedy"
 PLAIN = "plain"
 NEEDS_DATASTORE: frozenset[str] = frozenset({"rest"})
+NEEDS_PROFILE: frozenset[str] = frozenset({"restdecode", "restdecode-memory"})
 
 # REST's published configuration (He et al. 2024, FasterDecoding/REST): longest suffix searched
 # from 16 down to 2 tokens, at most 5,000 occurrences, continuations of 10 tokens, 64 tree nodes.
@@ -57,6 +65,14 @@ class Method(Protocol):
         """Greedy-decode up to ``max_new_tokens`` after ``input_ids`` (shape (1, n))."""
         ...
 
+    def forget(self) -> None:
+        """Drop whatever earlier generations taught the method about outputs (after warm-up)."""
+        ...
+
+    def recall(self, outputs: list[list[int]]) -> None:
+        """Learn ``outputs`` as if generated earlier in this run (a resumed run)."""
+        ...
+
 
 def rest_drafter(datastore: "Datastore") -> "Drafter":
     """REST's drafter as published: retrieval only, 64 nodes, spans 16..2, 5,000 matches, span 10."""
@@ -66,11 +82,12 @@ def rest_drafter(datastore: "Datastore") -> "Drafter":
                             min_suffix=REST_MIN_SUFFIX, max_matches=REST_MAX_MATCHES, span=REST_SPAN)
 
 
-def restdecode_drafter(datastore: "Datastore | None") -> "Drafter":
+def restdecode_drafter(datastore: "Datastore | None", profile: "LatencyProfile | None" = None,
+                       memory: "MemoryDrafter | None" = None) -> "Drafter":
     """Our best default drafter (:func:`restdecode.drafting.default_drafter`)."""
     from restdecode.drafting import default_drafter
 
-    return default_drafter(datastore)
+    return default_drafter(datastore, profile=profile, memory=memory)
 
 
 class HFGenerate:
@@ -88,6 +105,12 @@ class HFGenerate:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
         self.generate_kwargs = generate_kwargs
+
+    def forget(self) -> None:
+        """Stateless across generations."""
+
+    def recall(self, outputs: list[list[int]]) -> None:
+        """Stateless across generations."""
 
     def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
         import torch
@@ -128,11 +151,23 @@ class EngineMethod:
     """Our decoding loop (``restdecode.decode.generate``) with a given drafter."""
 
     def __init__(self, name: str, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
-                 drafter: "Drafter") -> None:
+                 drafter: "Drafter", memory: "MemoryDrafter | None" = None) -> None:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
         self.drafter = drafter
+        self.memory = memory
+
+    def forget(self) -> None:
+        """Empty the output memory, if the drafter has one."""
+        if self.memory is not None:
+            self.memory.forget()
+
+    def recall(self, outputs: list[list[int]]) -> None:
+        """Put ``outputs`` into the output memory, if the drafter has one."""
+        if self.memory is not None:
+            for output in outputs:
+                self.memory.remember(output)
 
     def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
         from restdecode.decode import generate
@@ -163,14 +198,23 @@ def check_method_names(names: list[str], *, has_datastore: bool) -> None:
 
 
 def build_methods(names: list[str], model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
-                  datastore: "Datastore | None") -> list[Method]:
-    """The methods called ``names``, in that order, sharing one loaded model."""
+                  datastore: "Datastore | None", profile: "LatencyProfile | None" = None,
+                  *, progress: bool = True) -> list[Method]:
+    """The methods called ``names``, in that order, sharing one loaded model.
+
+    ``restdecode`` methods plan their trees with ``profile``; when None, the model's latency
+    profile on this machine (:func:`restdecode.latency.profile_for`: cached, else measured now).
+    """
     check_method_names(names, has_datastore=datastore is not None)
-    return [_build_method(name, model, tokenizer, datastore) for name in names]
+    if profile is None and NEEDS_PROFILE.intersection(names):
+        from restdecode.latency import profile_for
+
+        profile = profile_for(model, progress=progress)
+    return [_build_method(name, model, tokenizer, datastore, profile) for name in names]
 
 
-def _build_method(name, model, tokenizer, datastore) -> Method:
-    from restdecode.drafting import NoDrafter
+def _build_method(name, model, tokenizer, datastore, profile) -> Method:
+    from restdecode.drafting import MemoryDrafter, NoDrafter
 
     if name == "hf-greedy":
         return HFGenerate(name, model, tokenizer)
@@ -179,5 +223,9 @@ def _build_method(name, model, tokenizer, datastore) -> Method:
     if name == "rest":
         return EngineMethod(name, model, tokenizer, rest_drafter(datastore))
     if name == "restdecode":
-        return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore))
+        return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore, profile))
+    if name == "restdecode-memory":
+        memory = MemoryDrafter()
+        return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore, profile, memory),
+                            memory)
     return EngineMethod(name, model, tokenizer, NoDrafter())

@@ -69,9 +69,11 @@ def encode_prompt(tokenizer: "PreTrainedTokenizerBase", text: str | None = None,
 
 
 def warm_up(methods: list[Method], input_ids: "torch.Tensor", max_new_tokens: int) -> None:
-    """One untimed short generation per method (lazy init, JIT compilation, allocator)."""
+    """One untimed short generation per method (lazy init, JIT compilation, allocator); then
+    each method forgets that output, so no memory of it helps the measured run."""
     for method in methods:
         method.generate(input_ids, min(max_new_tokens, WARMUP_TOKENS))
+        method.forget()
 
 
 def measure(method: Method, input_ids: "torch.Tensor", max_new_tokens: int):
@@ -146,7 +148,8 @@ def run_prompt(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prom
 
 def run_workload(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompts: list["Prompt"],
                  *, max_new_tokens: int, turns: int = 1, progress: bool = True,
-                 on_prompt_done: Callable[[list[Row]], None] | None = None) -> list[Row]:
+                 on_prompt_done: Callable[[list[Row]], None] | None = None,
+                 on_warmed_up: Callable[[], None] | None = None) -> list[Row]:
     """Warm every method up once, then run them interleaved per prompt (A B C, A B C, ...)."""
     from tqdm.auto import tqdm
 
@@ -154,6 +157,8 @@ def run_workload(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", pr
         return []
     first = prompts[0]
     warm_up(methods, encode_prompt(tokenizer, first.text, first.messages), max_new_tokens)
+    if on_warmed_up is not None:
+        on_warmed_up()
     rows: list[Row] = []
     for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not progress):
         prompt_rows = run_prompt(methods, tokenizer, prompt, max_new_tokens, turns)

@@ -4,8 +4,11 @@ Methods (run interleaved per prompt, each warmed up once, model loading not time
   hf-greedy         model.generate(do_sample=False): the baseline
   hf-prompt-lookup  model.generate(do_sample=False, prompt_lookup_num_tokens=10)
   rest              our engine with REST's published drafter (retrieval only, 64 nodes)
-  restdecode        our engine with our default drafter (retrieval + context)
+  restdecode        our engine with our default drafter (retrieval + context, each step's
+                    tree sized by this machine's latency profile, measured once)
   plain             our engine without drafting
+  restdecode-memory restdecode that also searches its own earlier outputs of the run
+                    (not in the default list; name it in --methods)
 
 Writes results.json, report.md and PNG plots into --out, then prints the summary table.
 See docs/bench.md for the timing rules and the results.json schema.
@@ -48,6 +51,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="directory for results.json, report.md and the plots "
                              "(default: bench/out/<workload name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out: keep the prompts it finished "
+                             "(rows.partial.jsonl), run the rest (same workload, methods and "
+                             "settings required)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_benchmark(BenchConfig(
         workload=args.workload, out=args.out or default_out(args.workload), model=args.model, limit=args.limit,
         max_new_tokens=args.max_new_tokens, methods=methods, turns=args.turns,
-        datastore=args.datastore, progress=not args.no_progress))
+        datastore=args.datastore, progress=not args.no_progress, resume=args.resume))
     print(summary_table(outcome.document))
     print()
     print(f"results: {outcome.results}")

@@ -102,10 +102,18 @@ def _load(args):
         from restdecode.datastore import Datastore
 
         datastore = Datastore.open(store_path, tokenizer)
-    return model, tokenizer, restdecode_drafter(datastore), store_path
+    from restdecode.drafting import MemoryDrafter
+    from restdecode.latency import profile_for
+
+    # The memory carries this session's replies over to the next ones.
+    drafter = restdecode_drafter(datastore, profile_for(model), MemoryDrafter())
+    return model, tokenizer, drafter, store_path
 
 
 def _describe(drafter) -> str:
+    planned = getattr(drafter, "drafter", None)  # a PlannedDrafter wraps the real sources
+    if planned is not None:
+        return f"{_describe(planned)}, trees sized by the latency profile"
     parts = getattr(drafter, "drafters", None)
     if parts:
         return " + ".join(type(part).__name__ for part in parts)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = load_workload(args.prompts, limit=args.limit)
     model, tokenizer = load(args.model)
-    drafter = build_drafter(tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
+    drafter = build_drafter(model, tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
     differing, steps, tokens = [], 0, 0
     for prompt in tqdm(prompts, desc="check-lossless", unit="prompt", file=sys.stderr):
         outcome = compare_one(model, tokenizer, prompt, drafter, args.max_new_tokens)

@@ -40,23 +40,31 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared with check-lossless: length and drafting."""
     parser.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
     parser.add_argument("--budget", type=int, default=None,
-                        help="draft tree nodes per step (default: the default drafter's, "
-                             "restdecode.drafting.DEFAULT_BUDGET)")
+                        help="verify a fixed draft tree of this many nodes every step (default: "
+                             "size each step's tree by this machine's measured latency profile)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, no speculation")
 
 
-def build_drafter(tokenizer, datastore: str | None, *, budget: int | None = None,
+def build_drafter(model, tokenizer, datastore: str | None, *, budget: int | None = None,
                   no_draft: bool = False):
     """The default drafter (:func:`restdecode.drafting.default_drafter`) over the datastore at
-    path ``datastore`` (context lookup only when None), or ``NoDrafter`` with ``no_draft``."""
-    from restdecode.drafting import DEFAULT_BUDGET, NoDrafter, default_drafter
+    path ``datastore`` (context lookup only when None), or ``NoDrafter`` with ``no_draft``.
+
+    Without ``budget``, trees are sized by the model's latency profile on this machine
+    (:func:`restdecode.latency.profile_for`: measured once, about a minute, then cached).
+    """
+    from restdecode.drafting import NoDrafter, default_drafter
 
     if no_draft:
         return NoDrafter()
     from restdecode.datastore import Datastore
 
     store = Datastore.open(datastore, tokenizer) if datastore is not None else None
-    return default_drafter(store, budget=DEFAULT_BUDGET if budget is None else budget)
+    if budget is not None:
+        return default_drafter(store, budget=budget)
+    from restdecode.latency import profile_for
+
+    return default_drafter(store, profile=profile_for(model))
 
 
 def parse_messages(text: str) -> list[dict]:
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     messages = parse_messages(args.messages) if args.messages else None
     model, tokenizer = load(args.model)
-    drafter = build_drafter(tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
+    drafter = build_drafter(model, tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
     events = stream(model, tokenizer, args.prompt, messages=messages, drafter=drafter,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     top_p=args.top_p, top_k=args.top_k, stop=args.stop or None, seed=args.seed)

@@ -8,11 +8,14 @@ from restdecode.drafting.base import (
 )
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
-from restdecode.drafting.defaults import DEFAULT_BUDGET, default_drafter
+from restdecode.drafting.defaults import CANDIDATE_BUDGET, DEFAULT_BUDGET, default_drafter
+from restdecode.drafting.memory import MemoryDrafter
+from restdecode.drafting.planner import PlannedDrafter
 from restdecode.drafting.retrieval import RetrievalDrafter
 from restdecode.drafting.tree import CompiledTree, DraftTree
 
 __all__ = [
+    "CANDIDATE_BUDGET",
     "DEFAULT_BUDGET",
     "CombinedDrafter",
     "CompiledTree",
@@ -20,7 +23,9 @@ __all__ = [
     "ContinuationDrafter",
     "DraftTree",
     "Drafter",
+    "MemoryDrafter",
     "NoDrafter",
+    "PlannedDrafter",
     "RetrievalDrafter",
     "WeightedContinuations",
     "default_drafter",

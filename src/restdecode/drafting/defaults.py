@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
-from restdecode.drafting.base import ContinuationDrafter
+from restdecode.drafting.base import Drafter
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
+from restdecode.drafting.memory import MemoryDrafter
+from restdecode.drafting.planner import CostModel, PlannedDrafter
 from restdecode.drafting.retrieval import RetrievalDrafter, SuffixSearcher
 
-# Nodes per draft tree. On 2 CPU cores one verification of SmolLM2-135M costs ~1.4x a plain step
-# at 8-16 nodes but ~3x at 64, while merged retrieval + context drafting accepts ~2.2-2.35 tokens
-# per step at 8-16 nodes (offline simulation): a dozen nodes is where time per token is lowest.
+# Nodes per draft tree when no latency profile is given. On 2 CPU cores one verification of
+# SmolLM2-135M costs ~1.4x a plain step at 8-16 nodes but ~3x at 64, while merged retrieval +
+# context drafting accepts ~2.2-2.35 tokens per step at 8-16 nodes (offline simulation).
 DEFAULT_BUDGET = 12
 
+# Nodes of the candidate tree a latency-aware planner chooses from. The planner rarely keeps
+# more than a dozen on a CPU; 32 leaves room for confident deep chains and for GPUs.
+CANDIDATE_BUDGET = 32
 
-def default_drafter(datastore: SuffixSearcher | None, *, budget: int = DEFAULT_BUDGET) -> ContinuationDrafter:
-    """Datastore retrieval merged with context lookup under one node ``budget``; context lookup
-    alone without a datastore."""
-    if datastore is None:
-        return ContextDrafter(budget=budget)
-    return CombinedDrafter([RetrievalDrafter(datastore), ContextDrafter()], budget=budget)
+# Per-step work besides the verification forward (search, tree, acceptance, commit), seconds;
+# measured at 1-2 ms for SmolLM2 on 2 cores (GenerationStats.time_draft + time_accept_commit).
+STEP_OVERHEAD_S = 0.0015
+
+
+def default_drafter(
+    datastore: SuffixSearcher | None,
+    *,
+    profile: CostModel | None = None,
+    memory: MemoryDrafter | None = None,
+    budget: int | None = None,
+) -> Drafter:
+    """restdecode's default drafter: datastore retrieval merged with context lookup.
+
+    * ``profile`` (a :class:`restdecode.latency.LatencyProfile`, see
+      :func:`restdecode.latency.profile_for`): each step verifies the part of a
+      ``CANDIDATE_BUDGET``-node candidate tree with the most expected tokens per predicted second,
+      down to a plain step (:class:`PlannedDrafter`). Without one, or with an explicit ``budget``,
+      a fixed tree of ``budget`` (default ``DEFAULT_BUDGET``) nodes.
+    * ``memory``: a :class:`MemoryDrafter` used as the context source, so that earlier outputs
+      are searched too; the caller keeps it to ``forget()`` when it wants.
+    * ``datastore`` None: context (and memory) lookup alone.
+    """
+    context = memory if memory is not None else ContextDrafter()
+    sources = [context] if datastore is None else [RetrievalDrafter(datastore), context]
+    if profile is None or budget is not None:
+        return _merged(sources, DEFAULT_BUDGET if budget is None else budget)
+    return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET), profile, overhead=STEP_OVERHEAD_S)
+
+
+def _merged(sources: list, budget: int):
+    if len(sources) == 1:
+        sources[0].budget = budget
+        return sources[0]
+    return CombinedDrafter(sources, budget=budget)

@@ -1,0 +1,93 @@
+"""MemoryDrafter: earlier outputs are searched like the context, never across their ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from restdecode.drafting import ContextDrafter, DraftTree, MemoryDrafter
+from restdecode.drafting.memory import SEPARATOR
+
+
+def tree_paths(tree: DraftTree) -> set[tuple[int, ...]]:
+    return {tuple(int(tree.tokens[j]) for j in tree.path_to(i)) for i in range(len(tree))}
+
+
+def run_generation(drafter, prompt: list[int], output: list[int]) -> None:
+    """What the decoding loop does: reset, then propose on the growing context."""
+    drafter.reset()
+    context = prompt + output[:1]
+    drafter.propose(context)
+    for token in output[1:]:
+        context = context + [token]
+        drafter.propose(context)
+
+
+def test_an_earlier_output_is_drafted_in_a_new_generation():
+    memory = MemoryDrafter(budget=16)
+    run_generation(memory, prompt=[90, 91], output=[5, 6, 7, 8, 9])
+    run_generation(memory, prompt=[92, 93], output=[40])  # its reset remembered the first output
+    assert memory.memory_tokens == 5
+    tree = memory.propose([92, 93, 40, 6, 7])
+    assert (8, 9) in tree_paths(tree)
+    # A plain context drafter has no such memory.
+    assert len(ContextDrafter(budget=16).propose([92, 93, 40, 6, 7])) == 0
+
+
+def test_prompts_are_not_remembered():
+    memory = MemoryDrafter(budget=16)
+    run_generation(memory, prompt=[1, 2, 3, 4], output=[50, 51])
+    memory.reset()
+    assert memory.memory_tokens == 2
+    assert len(memory.propose([7, 1, 2])) == 0  # "1 2 3 4" was a prompt, not an output
+
+
+def test_continuations_stop_at_the_end_of_an_output():
+    memory = MemoryDrafter(budget=16, span=6)
+    run_generation(memory, prompt=[90], output=[5, 6, 7])
+    run_generation(memory, prompt=[91], output=[8, 9, 10])
+    memory.reset()
+    tree = memory.propose([92, 5, 6])
+    assert tree_paths(tree) == {(7,)}  # not (7, 8, 9, ...) from the next output
+    assert SEPARATOR not in tree.tokens.tolist()
+
+
+def test_memory_keeps_the_newest_outputs_within_max_tokens():
+    memory = MemoryDrafter(budget=16, max_tokens=5)
+    run_generation(memory, prompt=[90], output=[1, 2, 3])
+    run_generation(memory, prompt=[90], output=[4, 5, 6])
+    run_generation(memory, prompt=[90], output=[7, 8])
+    memory.reset()
+    assert memory.memory_tokens == 5
+    assert (6,) in tree_paths(memory.propose([99, 4, 5]))
+    assert len(memory.propose([99, 4, 5, 1, 2])) == 0  # the oldest output is gone
+
+
+def test_forget_empties_the_memory():
+    memory = MemoryDrafter(budget=16)
+    run_generation(memory, prompt=[90, 91], output=[5, 6, 7, 8])
+    memory.forget()
+    assert memory.memory_tokens == 0
+    memory.reset()
+    assert memory.memory_tokens == 0 and len(memory.propose([92, 5, 6])) == 0
+
+
+def test_a_context_that_does_not_extend_the_last_starts_a_new_generation():
+    memory = MemoryDrafter(budget=16)
+    run_generation(memory, prompt=[90, 91], output=[5, 6, 7, 8])
+    tree = memory.propose([70, 71, 6, 7])  # no reset: the loop was not told
+    assert memory.memory_tokens == 4 and (8,) in tree_paths(tree)
+
+
+def test_within_one_generation_it_drafts_like_a_context_drafter():
+    rng = np.random.default_rng(0)
+    context = rng.integers(0, 4, 80).tolist()
+    memory, plain = MemoryDrafter(budget=20), ContextDrafter(budget=20)
+    for n in range(2, len(context)):
+        a, b = memory.propose(context[:n]), plain.propose(context[:n])
+        assert tree_paths(a) == tree_paths(b)
+
+
+def test_negative_max_tokens_is_refused():
+    with pytest.raises(ValueError, match="max_tokens"):
+        MemoryDrafter(max_tokens=-1)
