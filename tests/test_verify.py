@@ -73,6 +73,25 @@ def test_tree_logits_equal_sequential_decoding(arch, attn, tree, prefix, pending
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("length", [0, 1, 5])
+def test_chains_use_the_models_causal_mask_where_all_layers_are_full(arch, length, monkeypatch):
+    import restdecode.verify as verify_module
+
+    built = []
+    real = verify_module.tree_attention_mask
+    monkeypatch.setattr(verify_module, "tree_attention_mask",
+                        lambda *args: built.append(1) or real(*args))
+    model = model_for(arch, "sdpa")
+    tree = DraftTree.chain(list(range(3, 3 + length)))
+    prefix = [5, 9, 2, 7]
+    with torch.inference_mode():
+        got = verify(model, prefill(model, prefix), 11, tree.compile(), past_length=len(prefix))
+        want = sequential_slot_logits(model, prefix, 11, tree)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert bool(built) == (arch == "gemma3")  # Gemma 3 has sliding-window layers
+
+
 def test_gemma3_deep_tree_crosses_sliding_window():
     """A chain deeper than the sliding window (6): slots must stop seeing their far ancestors."""
     model = model_for("gemma3", "sdpa")

@@ -158,8 +158,8 @@ def test_calibration_counts_only_nodes_whose_parent_was_accepted():
     tree = DraftTree(np.arange(4), np.array([-1, 0, -1, 2]), np.array([0.95, 0.95, 0.15, 0.15]))
     calibration.update(tree, [0, 1])  # path 0 -> 1 accepted; node 2 rejected; node 3 untested
     high, low = calibration.bucket(np.array([0.95, 0.15]))
-    assert calibration.trials[high] == 2 and calibration.successes[high] == 2
-    assert calibration.trials[low] == 1 and calibration.successes[low] == 0
+    assert calibration.trials[0, high] == 2 and calibration.successes[0, high] == 2
+    assert calibration.trials[0, low] == 1 and calibration.successes[0, low] == 0
     assert calibration.trials.sum() == 3
 
 
@@ -171,6 +171,47 @@ def test_calibration_from_rejections_shrinks_the_plan():
     for _ in range(50):
         calibration.update(tree, [])  # the first node always fails
     assert len(plan_tree(tree, cost, 0, calibration=calibration)) == 0
+
+
+def test_groups_learn_apart_and_start_from_the_pooled_estimate():
+    rng = np.random.default_rng(1)
+    calibration = AcceptanceCalibration(groups=3, prior_strength=8.0)
+    # The same raw score is right 90% of the time in group 2 (long matches), 20% in group 0.
+    for _ in range(400):
+        for group, true_rate in ((0, 0.2), (2, 0.9)):
+            calibration.update(chain([0.5]), [0] if rng.random() < true_rate else [], group)
+    short, unseen, long = (calibration.calibrate(np.array([0.5]), g)[0] for g in (0, 1, 2))
+    assert short == pytest.approx(0.2, abs=0.08) and long == pytest.approx(0.9, abs=0.08)
+    pooled = calibration.observed_rates()[calibration.bucket(np.array([0.5]))[0]]
+    assert unseen == pytest.approx(pooled, abs=0.02)  # no evidence of its own: the pooled rate
+    assert np.isnan(calibration.observed_rates(1)).all()
+
+
+def test_match_length_groups():
+    from restdecode.drafting.planner import MATCH_LENGTH_EDGES, match_length_group
+
+    class Matched:
+        def __init__(self, length):
+            self.last_match_length = length
+
+    groups = [match_length_group(Matched(n)) for n in (0, 2, 3, 4, 5, 6, 8, 9, 12, 13, 16)]
+    assert groups == [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert match_length_group(object()) == 0 and max(groups) == len(MATCH_LENGTH_EDGES)
+
+
+def test_planned_drafter_learns_per_match_length():
+    class MatchingDrafter(RecordingDrafter):
+        def propose(self, token_ids):
+            self.last_match_length = len(token_ids)  # stands for the suffix match length
+            return super().propose(token_ids)
+
+    drafter = PlannedDrafter(MatchingDrafter(chain([0.9, 0.9])), linear_cost(per_node=0.3))
+    for _ in range(200):
+        drafter.observe_tree(drafter.propose([1, 2]), [])  # 2-token matches always fail
+        tree = drafter.propose(list(range(12)))
+        drafter.observe_tree(tree, list(range(len(tree))))  # 12-token matches always pass
+    assert len(drafter.propose([1, 2])) == 0
+    assert len(drafter.propose(list(range(12)))) == 2
 
 
 class RecordingDrafter:

@@ -41,6 +41,11 @@ class CombinedDrafter(ContinuationDrafter):
             for drafter, weight in zip(self.drafters, self.weights)
         ])
 
+    @property
+    def last_match_length(self) -> int:
+        """The longest suffix match among the sources' last proposals (0: none matched)."""
+        return max((int(getattr(d, "last_match_length", 0) or 0) for d in self.drafters), default=0)
+
     def observe(self, accepted_ids: Sequence[int]) -> None:
         """Forward to every source."""
         for drafter in self.drafters:

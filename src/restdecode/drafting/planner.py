@@ -40,37 +40,53 @@ class AcceptanceCalibration:
     """P(node accepted | its parent accepted) as a function of the node's raw score, learned online.
 
     Raw scores are binned (``edges``; a score of 1.0 falls in the last bin). Each bin counts trials
-    (verified nodes whose parent was accepted) and successes. The estimate for a raw score s in a
-    bin is ``(successes + prior_strength * s) / (trials + prior_strength)``: the raw score itself
-    until evidence accumulates, the bin's observed rate after many trials. Counts persist across
-    generations (a run's evidence stays useful); :meth:`clear` forgets them.
+    (verified nodes whose parent was accepted) and successes, per *group* of steps (e.g. by how
+    long the drafter's suffix match was: a count share from a 12-token match is worth more than
+    the same share from a 2-token one). With k = ``prior_strength``, a raw score s in a bin is
+    estimated as
+
+    * pooled over groups: ``(successes + k * s) / (trials + k)``: the raw score itself until
+      evidence accumulates, the bin's observed rate after many trials;
+    * in group g (when there are several): ``(successes_g + k * pooled) / (trials_g + k)``: the
+      pooled estimate until the group has its own evidence.
+
+    Counts persist across generations (a run's evidence stays useful); :meth:`clear` forgets them.
     """
 
     def __init__(self, *, edges: Sequence[float] = DEFAULT_BUCKET_EDGES,
-                 prior_strength: float = 8.0) -> None:
+                 prior_strength: float = 8.0, groups: int = 1) -> None:
         self.edges = np.asarray(edges, dtype=np.float64)
         if self.edges.size < 2 or np.any(np.diff(self.edges) <= 0):
             raise ValueError(f"edges must be at least two increasing values, got {list(edges)}")
         if prior_strength <= 0:
             raise ValueError(f"prior_strength must be > 0, got {prior_strength}")
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
         self.prior_strength = float(prior_strength)
-        self.trials = np.zeros(self.edges.size - 1)
-        self.successes = np.zeros(self.edges.size - 1)
+        self.trials = np.zeros((groups, self.edges.size - 1))
+        self.successes = np.zeros((groups, self.edges.size - 1))
+
+    @property
+    def groups(self) -> int:
+        return int(self.trials.shape[0])
 
     def bucket(self, scores: np.ndarray) -> np.ndarray:
         """Bin index of each raw score (values outside the edges go to the first / last bin)."""
         inner_edges = self.edges[1:-1]
         return np.searchsorted(inner_edges, np.asarray(scores, dtype=np.float64), side="right")
 
-    def calibrate(self, scores: np.ndarray) -> np.ndarray:
+    def calibrate(self, scores: np.ndarray, group: int = 0) -> np.ndarray:
         """Estimated conditional acceptance probability of each raw score, in [0, 1]."""
         raw = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
         bins = self.bucket(raw)
-        estimate = (self.successes[bins] + self.prior_strength * raw) / (
-            self.trials[bins] + self.prior_strength)
+        k = self.prior_strength
+        pooled = (self.successes.sum(axis=0)[bins] + k * raw) / (self.trials.sum(axis=0)[bins] + k)
+        if self.groups == 1:
+            return np.clip(pooled, 0.0, 1.0)
+        estimate = (self.successes[group, bins] + k * pooled) / (self.trials[group, bins] + k)
         return np.clip(estimate, 0.0, 1.0)
 
-    def update(self, tree: DraftTree, accepted_nodes: Sequence[int]) -> None:
+    def update(self, tree: DraftTree, accepted_nodes: Sequence[int], group: int = 0) -> None:
         """Count the outcome of one verified ``tree``: ``accepted_nodes`` are the node indices
         (not slots) on the accepted path. Only nodes whose parent was accepted were really
         tested, so only they count."""
@@ -81,18 +97,30 @@ class AcceptanceCalibration:
         parents = tree.parents
         tested = (parents < 0) | accepted[np.maximum(parents, 0)]
         bins = self.bucket(raw_scores(tree)[tested])
-        np.add.at(self.trials, bins, 1.0)
-        np.add.at(self.successes, bins, accepted[tested].astype(np.float64))
+        np.add.at(self.trials[group], bins, 1.0)
+        np.add.at(self.successes[group], bins, accepted[tested].astype(np.float64))
 
-    def observed_rates(self) -> np.ndarray:
-        """Observed acceptance rate per bin (NaN where nothing was observed)."""
+    def observed_rates(self, group: int | None = None) -> np.ndarray:
+        """Observed acceptance rate per bin, pooled or of one group (NaN where none observed)."""
+        successes = self.successes.sum(axis=0) if group is None else self.successes[group]
+        trials = self.trials.sum(axis=0) if group is None else self.trials[group]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return self.successes / self.trials
+            return successes / trials
 
     def clear(self) -> None:
         """Forget all observations."""
         self.trials[:] = 0
         self.successes[:] = 0
+
+
+# Steps are grouped by the drafter's suffix match length: < 3, 3, 4-5, 6-8, 9-12, >= 13 tokens.
+MATCH_LENGTH_EDGES: tuple[int, ...] = (3, 4, 6, 9, 13)
+
+
+def match_length_group(drafter: object) -> int:
+    """The step's group by the ``last_match_length`` the drafter reports (0 when it has none)."""
+    length = int(getattr(drafter, "last_match_length", 0) or 0)
+    return int(np.searchsorted(MATCH_LENGTH_EDGES, length, side="right"))
 
 
 def raw_scores(tree: DraftTree) -> np.ndarray:
@@ -117,19 +145,20 @@ def plan_tree(
     *,
     calibration: AcceptanceCalibration | None = None,
     overhead: float = 0.0,
+    group: int = 0,
 ) -> DraftTree:
     """The prefix-closed subtree of ``tree`` with the most expected tokens per predicted second.
 
     ``profile.predict(1 + k, cache_length)`` is the time of verifying k nodes; ``overhead`` is a
     per-step cost added to it (drafting, acceptance). Node probabilities come from ``tree.scores``
-    (conditional confidences), through ``calibration`` when given. Ties between sizes go to the
+    (conditional confidences), through ``calibration`` (its ``group``) when given. Ties between sizes go to the
     smaller tree. The result keeps the original node order (topological, siblings in order) and
     raw scores; an empty tree means a plain step is best.
     """
     if len(tree) == 0:
         return tree
     conditional = raw_scores(tree)
-    conditional = (calibration.calibrate(conditional) if calibration is not None
+    conditional = (calibration.calibrate(conditional, group) if calibration is not None
                    else np.clip(conditional, 0.0, 1.0))
     probabilities = path_probabilities(tree, conditional)
     ranking = np.lexsort((np.arange(len(tree)), -probabilities))  # ties: parent (earlier) first
@@ -159,30 +188,34 @@ def subtree(tree: DraftTree, keep: np.ndarray) -> DraftTree:
 class PlannedDrafter:
     """A drafter whose proposals are cut by :func:`plan_tree` to what is worth verifying.
 
-    Give the inner drafter a generous budget (e.g. 64 nodes): the planner decides how much of it
+    Give the inner drafter a generous budget (e.g. 32 nodes): the planner decides how much of it
     to verify. The decoding loop reports each verified tree and its accepted nodes through the
-    optional :meth:`observe_tree` hook, which feeds the calibration; ``observe`` and ``reset`` go
-    to the inner drafter (calibration counts persist across generations).
+    optional :meth:`observe_tree` hook, which feeds the calibration, per group of steps by the
+    inner drafter's suffix match length (:func:`match_length_group`); ``observe`` and ``reset``
+    go to the inner drafter (calibration counts persist across generations).
     """
 
     def __init__(self, drafter: Drafter, profile: CostModel, *,
                  calibration: AcceptanceCalibration | None = None, overhead: float = 0.0) -> None:
         self.drafter = drafter
         self.profile = profile
-        self.calibration = calibration if calibration is not None else AcceptanceCalibration()
+        self.calibration = (calibration if calibration is not None
+                            else AcceptanceCalibration(groups=len(MATCH_LENGTH_EDGES) + 1))
         self.overhead = overhead
+        self._group = 0  # of the last proposal, for the observation that follows it
 
     def propose(self, token_ids: Sequence[int]) -> DraftTree:
         """The inner drafter's tree, planned against a cache of ``len(token_ids) - 1`` positions
         (the context without the pending token)."""
         candidate = self.drafter.propose(token_ids)
+        self._group = min(match_length_group(self.drafter), self.calibration.groups - 1)
         return plan_tree(candidate, self.profile, max(len(token_ids) - 1, 0),
-                         calibration=self.calibration, overhead=self.overhead)
+                         calibration=self.calibration, overhead=self.overhead, group=self._group)
 
     def observe_tree(self, tree: DraftTree, accepted_nodes: Sequence[int]) -> None:
         """Learn from the verified ``tree`` (as verified, after any cut by the loop) and the node
         indices on its accepted path."""
-        self.calibration.update(tree, accepted_nodes)
+        self.calibration.update(tree, accepted_nodes, self._group)
         inner_hook = getattr(self.drafter, "observe_tree", None)
         if inner_hook is not None:
             inner_hook(tree, accepted_nodes)
