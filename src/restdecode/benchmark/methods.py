@@ -215,6 +215,7 @@ def build_methods(names: list[str], model: "PreTrainedModel", tokenizer: "PreTra
 
 def _build_method(name, model, tokenizer, datastore, profile) -> Method:
     from restdecode.drafting import MemoryDrafter, NoDrafter
+    from restdecode.drafting.defaults import CONTEXT_SPAN
 
     if name == "hf-greedy":
         return HFGenerate(name, model, tokenizer)
@@ -225,7 +226,7 @@ def _build_method(name, model, tokenizer, datastore, profile) -> Method:
     if name == "restdecode":
         return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore, profile))
     if name == "restdecode-memory":
-        memory = MemoryDrafter()
+        memory = MemoryDrafter(span=CONTEXT_SPAN)
         return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore, profile, memory),
                             memory)
     return EngineMethod(name, model, tokenizer, NoDrafter())

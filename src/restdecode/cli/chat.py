@@ -103,10 +103,11 @@ def _load(args):
 
         datastore = Datastore.open(store_path, tokenizer)
     from restdecode.drafting import MemoryDrafter
+    from restdecode.drafting.defaults import CONTEXT_SPAN
     from restdecode.latency import profile_for
 
     # The memory carries this session's replies over to the next ones.
-    drafter = restdecode_drafter(datastore, profile_for(model), MemoryDrafter())
+    drafter = restdecode_drafter(datastore, profile_for(model), MemoryDrafter(span=CONTEXT_SPAN))
     return model, tokenizer, drafter, store_path
 
 
