@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from restdecode.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, restdecode_drafter, rest_drafter
+from restdecode.benchmark.methods import (
+    DEFAULT_METHODS,
+    METHOD_NAMES,
+    rest_drafter,
+    restdecode_drafter,
+)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Where `make demo` builds the ShareGPT datastore of a model (relative to restdecode_home()).
@@ -109,12 +114,13 @@ class _PartialRows:
 
     def __init__(self, out: Path, identity: dict, *, resume: bool) -> None:
         import json
+        import os
 
-        from restdecode.benchmark.runner import Row
         from restdecode.errors import RestdecodeError
 
         self.path = out / "rows.partial.jsonl"
-        self.rows: list[Row] = []
+        self.rows: list = []
+        header = json.dumps({"run": identity}) + "\n"
         if resume and self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines()
             found = json.loads(lines[0]).get("run") if lines else None
@@ -122,10 +128,13 @@ class _PartialRows:
                 raise RestdecodeError(
                     f"{self.path} holds another run ({found}); cannot resume {identity}")
             self.rows = _finished_rows(lines[1:])
-            self.path.write_text(lines[0] + "\n", encoding="utf-8")
-            self.append(self.rows)
-            return
-        self.path.write_text(json.dumps({"run": identity}) + "\n", encoding="utf-8")
+        # Rewritten through a temporary file: an interruption now loses nothing already kept.
+        temp = self.path.with_name(f".{self.path.name}.tmp")
+        temp.write_text(header, encoding="utf-8")
+        self.path, final = temp, self.path
+        self.append(self.rows)
+        os.replace(temp, final)
+        self.path = final
 
     def append(self, rows) -> None:
         """Append one prompt's rows (or several prompts'), each prompt closed by a done line."""
