@@ -79,8 +79,9 @@ def verify(
     # A chain (a plain step included) needs nothing but the causal mask the model builds itself,
     # and the unmasked attention path is the one plain decoding takes: cheaper, and the same
     # kernels as the baseline. Sliding-window layers keep their own, tree-aware masks.
-    mask = None if _is_chain(tree) and _layer_types(model) == [FULL] * len(_layer_types(model)) \
-        else tree_attention_mask(model, cache, tree, past_length)
+    all_full = all(layer_type == FULL for layer_type in _layer_types(model))
+    mask = None if all_full and _is_chain(tree) else tree_attention_mask(model, cache, tree,
+                                                                        past_length)
     output = model(
         input_ids=input_ids,
         attention_mask=mask,

@@ -120,7 +120,6 @@ class _PartialRows:
 
         self.path = out / "rows.partial.jsonl"
         self.rows: list = []
-        header = json.dumps({"run": identity}) + "\n"
         if resume and self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines()
             found = json.loads(lines[0]).get("run") if lines else None
@@ -130,21 +129,25 @@ class _PartialRows:
             self.rows = _finished_rows(lines[1:])
         # Rewritten through a temporary file: an interruption now loses nothing already kept.
         temp = self.path.with_name(f".{self.path.name}.tmp")
-        temp.write_text(header, encoding="utf-8")
-        self.path, final = temp, self.path
-        self.append(self.rows)
-        os.replace(temp, final)
-        self.path = final
+        with temp.open("w", encoding="utf-8") as lines:
+            lines.write(json.dumps({"run": identity}) + "\n")
+            _write_rows(lines, self.rows)
+        os.replace(temp, self.path)
 
     def append(self, rows) -> None:
-        """Append one prompt's rows (or several prompts'), each prompt closed by a done line."""
-        import json
-
+        """Append one prompt's rows (or several prompts')."""
         with self.path.open("a", encoding="utf-8") as lines:
-            for index, row in enumerate(rows):
-                lines.write(json.dumps(row.to_json()) + "\n")
-                if index + 1 == len(rows) or rows[index + 1].prompt_id != row.prompt_id:
-                    lines.write(json.dumps({"done": row.prompt_id}) + "\n")
+            _write_rows(lines, rows)
+
+
+def _write_rows(lines, rows) -> None:
+    """Rows as JSON lines, each prompt's rows closed by a ``{"done": prompt_id}`` line."""
+    import json
+
+    for index, row in enumerate(rows):
+        lines.write(json.dumps(row.to_json()) + "\n")
+        if index + 1 == len(rows) or rows[index + 1].prompt_id != row.prompt_id:
+            lines.write(json.dumps({"done": row.prompt_id}) + "\n")
 
 
 def _finished_rows(lines: list[str]) -> list:

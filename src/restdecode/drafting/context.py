@@ -61,6 +61,8 @@ class ContextDrafter(ContinuationDrafter):
         """Forget the indexed context."""
         self._tokens = np.empty(1024, dtype=np.int64)
         self._length = 0
+        self._context_start = 0  # where the context begins in the indexed tokens (subclasses
+        # may index other tokens before it, e.g. a memory of earlier outputs)
         self._tail: list[int] = []  # the last min_suffix - 1 tokens, to form the next n-grams
         self._ends: dict[tuple[int, ...], list[int]] = {}
         self.last_match_length = 0
@@ -81,16 +83,19 @@ class ContextDrafter(ContinuationDrafter):
     def _sync(self, token_ids: Sequence[int]) -> None:
         """Index the tokens ``token_ids`` has beyond the indexed context (all of them when it is
         not an extension of it: a new generation started without ``reset``)."""
-        if len(token_ids) < self._length or (
-            self._length
+        start = self._context_start
+        indexed = self._length - start
+        if len(token_ids) < indexed or (
+            indexed
             and (
-                int(token_ids[self._length - 1]) != self._tokens[self._length - 1]
-                or int(token_ids[0]) != self._tokens[0]
+                int(token_ids[indexed - 1]) != self._tokens[start + indexed - 1]
+                or int(token_ids[0]) != self._tokens[start]
             )
         ):
             self.reset()
-        if len(token_ids) > self._length:
-            self._append(context_array(token_ids[self._length:]))
+            indexed = self._length - self._context_start
+        if len(token_ids) > indexed:
+            self._append(context_array(token_ids[indexed:]))
 
     def _append(self, new_tokens: np.ndarray) -> None:
         start = self._length

@@ -41,7 +41,6 @@ class MemoryDrafter(ContextDrafter):
         self._outputs: deque[np.ndarray] = deque()
         self._memory_tokens = 0
         self._prompt_length: int | None = None  # of the current generation, once seen
-        self._context_start = 0  # where the current context begins in the indexed sequence
         super().__init__(**context_options)
 
     @property
@@ -70,30 +69,15 @@ class MemoryDrafter(ContextDrafter):
         self._remember(context_array(output))
 
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
-        """Continuations of the longest suffix's occurrences in memory and current context."""
+        """Continuations of the longest suffix's occurrences in memory and current context.
+
+        A context that does not extend the indexed one starts a new generation (as
+        :meth:`reset`: the output seen so far is remembered)."""
+        found = super().continuations(token_ids)
         if self._prompt_length is None:
             # The first proposal of a generation sees the prompt plus its first token.
             self._prompt_length = max(len(token_ids) - 1, 0)
-        found = super().continuations(token_ids)
         return _cut_at_separators(found)
-
-    def _sync(self, token_ids: Sequence[int]) -> None:
-        """Index what the context gained; a context that does not extend the indexed one starts
-        a new generation (as :meth:`reset`, the output seen so far is remembered)."""
-        indexed = self._length - self._context_start
-        start = self._context_start
-        if len(token_ids) < indexed or (
-            indexed
-            and (
-                int(token_ids[indexed - 1]) != self._tokens[start + indexed - 1]
-                or int(token_ids[0]) != self._tokens[start]
-            )
-        ):
-            self.reset()
-            self._prompt_length = max(len(token_ids) - 1, 0)
-            indexed = 0
-        if len(token_ids) > indexed:
-            self._append(context_array(token_ids[indexed:]))
 
     def _remember(self, output: np.ndarray) -> None:
         if output.size == 0 or self.max_tokens == 0:
