@@ -119,6 +119,23 @@ def test_summary_speedups_are_ratios_of_summed_times():
     assert rest["identical_fraction"] == 0.5
     assert rest["e2e"]["speedup_vs_plain"] is None  # plain was not run
     assert summary["hf-greedy"]["mean_accepted"] == 1.0
+    assert summary["hf-greedy"]["decode"]["speedup_vs"]["rest"] == pytest.approx(1.2 / 2.7)
+    assert rest["slow_prompts"] == 0
+
+
+def test_slow_prompts_count_prompts_below_the_threshold_of_hf_greedy():
+    rows = [
+        _row("hf-greedy", "a", 10, 2.0, 0.2, [1] * 10, True),  # decode 1.8
+        _row("hf-greedy", "b", 6, 1.0, 0.1, [1] * 6, True),  # decode 0.9
+        _row("restdecode", "a", 10, 0.4, 0.2, [4, 3, 3], True),  # 9x faster
+        _row("restdecode", "b", 6, 1.1, 0.1, [1] * 6, True),  # 0.9x: slow
+        _row("plain", "a", 10, 2.0, 0.2, [1] * 10, True),  # exactly 1.0x: not slow
+        _row("plain", "b", 6, 1.0, 0.1, [1] * 6, True),
+    ]
+    summary = summarize(rows, ["hf-greedy", "restdecode", "plain"])
+    assert summary["restdecode"]["slow_prompts"] == 1
+    assert summary["plain"]["slow_prompts"] == 0
+    assert summarize(rows[2:4], ["restdecode"])["restdecode"]["slow_prompts"] is None
 
 
 # ----------------------------------------------------------------------------- HumanEval
@@ -212,6 +229,8 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
         assert summary["e2e"]["seconds"] == pytest.approx(e2e)
         assert summary["e2e"]["speedup_vs_hf_greedy"] == pytest.approx(baseline / e2e)
         assert summary["identical_fraction"] == 1.0 and summary["pass_at_1"] is None
+        assert summary["decode"]["speedup_vs"]["hf-greedy"] == summary["decode"]["speedup_vs_hf_greedy"]
+        assert 0 <= summary["slow_prompts"] <= 2
     # The store holds the tiny model's own answers: retrieval drafts get accepted.
     assert document["summary"]["rest"]["mean_accepted"] > 1.2
     assert document["summary"]["plain"]["mean_accepted"] == 1.0
@@ -221,6 +240,8 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
     assert not (out / "rows.partial.jsonl").exists()
     report = (out / "report.md").read_text()
     assert "| restdecode |" in report and "(tokens_per_s.png)" in report
+    assert "vs rest decode | vs hf-prompt-lookup decode" in report
+    assert "prompts < 0.95x hf-greedy" in report
 
 
 def test_resume_keeps_finished_prompts_and_runs_the_rest(tiny_dir, tiny_store, tmp_path, capsys):

@@ -4,7 +4,9 @@ Definitions (documented for users in docs/bench.md):
 
 * decode tokens of a row = ``new_tokens - 1`` (the first token comes out of the prefill);
 * ``tokens_per_s`` = summed tokens / summed seconds over the method's rows;
-* ``speedup_vs_X`` = X's summed seconds / this method's summed seconds, over the same prompts;
+* ``speedup_vs_X`` = X's summed seconds / this method's summed seconds, over the same prompts
+  (``speedup_vs`` holds it for every method of the run);
+* ``slow_prompts`` = prompts whose own decode speedup vs hf-greedy is below ``SLOW_BELOW``;
 * ``mean_accepted`` = summed new tokens / summed model forwards (prefill forward included);
 * ``identical_fraction`` = share of rows whose tokens equal hf-greedy's;
 * ``pass_at_1`` = share of HumanEval rows whose truncated completion passed the tests.
@@ -26,6 +28,8 @@ from restdecode.latency import cpu_model
 
 SCHEMA_VERSION = 1
 TIMINGS = ("decode", "e2e")
+SLOW_BELOW = 0.95  # issue 5: at most 5% of prompts may run below 0.95x of hf-greedy
+PEERS = ("rest", "hf-prompt-lookup")  # the report's extra speedup columns, when they ran
 
 
 def summarize(rows: list[Row], methods: list[str]) -> dict[str, dict]:
@@ -33,10 +37,23 @@ def summarize(rows: list[Row], methods: list[str]) -> dict[str, dict]:
     seconds = {m: {t: sum(_seconds(r, t) for r in rows if r.method == m) for t in TIMINGS}
                for m in methods}
     summary = {}
+    baseline_decode = {(row.prompt_id, row.turn): row.decode_s for row in rows
+                       if row.method == BASELINE}
     for method in methods:
         own = [row for row in rows if row.method == method]
         summary[method] = _method_summary(own, seconds, method)
+        summary[method]["slow_prompts"] = _slow_prompts(own, baseline_decode)
     return summary
+
+
+def _slow_prompts(rows: list[Row], baseline_decode: dict[tuple[str, int], float]) -> int | None:
+    """How many of ``rows`` ran below ``SLOW_BELOW`` of hf-greedy's decode speed (None
+    without hf-greedy)."""
+    if not baseline_decode:
+        return None
+    return sum(1 for row in rows if (row.prompt_id, row.turn) in baseline_decode
+               and row.decode_s > 0
+               and baseline_decode[(row.prompt_id, row.turn)] / row.decode_s < SLOW_BELOW)
 
 
 def _seconds(row: Row, timing: str) -> float:
@@ -68,6 +85,8 @@ def _method_summary(rows: list[Row], seconds: dict[str, dict[str, float]], metho
             "tokens_per_s": _ratio(sum(_tokens(row, timing) for row in rows), own_seconds),
             "speedup_vs_hf_greedy": _ratio(seconds.get(BASELINE, {}).get(timing), own_seconds),
             "speedup_vs_plain": _ratio(seconds.get(PLAIN, {}).get(timing), own_seconds),
+            "speedup_vs": {other: _ratio(times[timing], own_seconds)
+                           for other, times in seconds.items()},
         }
     return summary
 
@@ -132,16 +151,27 @@ def results_document(rows: list[Row], methods: list[str], *, workload: str, mode
 
 def summary_table(document: dict) -> str:
     """The per-method summary as a Markdown table."""
-    has_pass = any(s["pass_at_1"] is not None for s in document["summary"].values())
-    header = ["method", "tok/s decode", "tok/s e2e", "vs hf-greedy decode", "vs hf-greedy e2e",
-              "vs plain decode", "accepted/step", "identical"] + (["pass@1"] if has_pass else [])
+    summaries = document["summary"]
+    has_pass = any(s["pass_at_1"] is not None for s in summaries.values())
+    peers = [peer for peer in PEERS if peer in summaries]
+    has_slow = any(s.get("slow_prompts") is not None for s in summaries.values())
+    header = (["method", "tok/s decode", "tok/s e2e", "vs hf-greedy decode", "vs hf-greedy e2e",
+               "vs plain decode"] + [f"vs {peer} decode" for peer in peers]
+              + ["accepted/step"] + ([f"prompts < {SLOW_BELOW}x hf-greedy"] if has_slow else [])
+              + ["identical"] + (["pass@1"] if has_pass else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, s in document["summary"].items():
-        cells = [method, _fmt(s["decode"]["tokens_per_s"], ".1f"), _fmt(s["e2e"]["tokens_per_s"], ".1f"),
-                 _fmt(s["decode"]["speedup_vs_hf_greedy"], ".2f", "x"),
+    for method, s in summaries.items():
+        decode = s["decode"]
+        cells = [method, _fmt(decode["tokens_per_s"], ".1f"), _fmt(s["e2e"]["tokens_per_s"], ".1f"),
+                 _fmt(decode["speedup_vs_hf_greedy"], ".2f", "x"),
                  _fmt(s["e2e"]["speedup_vs_hf_greedy"], ".2f", "x"),
-                 _fmt(s["decode"]["speedup_vs_plain"], ".2f", "x"), _fmt(s["mean_accepted"], ".2f"),
-                 _fmt(s["identical_fraction"], ".0%")]
+                 _fmt(decode["speedup_vs_plain"], ".2f", "x")]
+        cells += [_fmt(decode.get("speedup_vs", {}).get(peer), ".2f", "x") for peer in peers]
+        cells.append(_fmt(s["mean_accepted"], ".2f"))
+        if has_slow:
+            cells.append("n/a" if s.get("slow_prompts") is None
+                         else f"{s['slow_prompts']}/{s['rows']}")
+        cells.append(_fmt(s["identical_fraction"], ".0%"))
         if has_pass:
             cells.append(_fmt(s["pass_at_1"], ".1%"))
         lines.append("| " + " | ".join(cells) + " |")
