@@ -123,6 +123,20 @@ def test_summary_speedups_are_ratios_of_summed_times():
     assert rest["slow_prompts"] == 0
 
 
+def test_forwards_table_gives_shares_of_decoding_forwards_by_tokens_committed():
+    from restdecode.benchmark.report import forwards_table
+
+    rows = [
+        _row("hf-greedy", "a", 4, 1.0, 0.1, [1, 1, 1, 1], True),
+        _row("restdecode", "a", 14, 1.0, 0.1, [1, 2, 1, 8, 2], True),  # prefill first
+    ]
+    table = forwards_table({"rows": [row.to_json() for row in rows]})
+    assert table.splitlines()[0] == "| method | 1 | 2 | 3 | 4 | 5 | 6+ |"
+    assert table.splitlines()[2] == "| restdecode | 25% | 50% | 0% | 0% | 0% | 25% |"
+    assert "hf-greedy" not in table  # never committed more than one token a forward
+    assert forwards_table({"rows": [rows[0].to_json()]}) == ""
+
+
 def test_slow_prompts_count_prompts_below_the_threshold_of_hf_greedy():
     rows = [
         _row("hf-greedy", "a", 10, 2.0, 0.2, [1] * 10, True),  # decode 1.8
@@ -242,6 +256,7 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
     assert "| restdecode |" in report and "(tokens_per_s.png)" in report
     assert "vs rest decode | vs hf-prompt-lookup decode" in report
     assert "prompts < 0.95x hf-greedy" in report
+    assert "| rest | " in report.split("by tokens committed")[1]
 
 
 def test_resume_keeps_finished_prompts_and_runs_the_rest(tiny_dir, tiny_store, tmp_path, capsys):

@@ -178,6 +178,28 @@ def summary_table(document: dict) -> str:
     return "\n".join(lines)
 
 
+FORWARD_BINS = 6  # the last column gathers forwards that committed this many tokens or more
+
+
+def forwards_table(document: dict) -> str:
+    """Share of each drafting method's decoding forwards (prefill excluded) by tokens committed,
+    as a Markdown table; empty when no method ever committed more than one token a forward."""
+    counts: dict[str, list[int]] = {}
+    for row in document["rows"]:
+        bins = counts.setdefault(row["method"], [0] * FORWARD_BINS)
+        for committed in row["accepted_per_step"][1:]:
+            bins[min(committed, FORWARD_BINS) - 1] += 1
+    drafting = {method: bins for method, bins in counts.items() if sum(bins[1:])}
+    if not drafting:
+        return ""
+    labels = [str(n) for n in range(1, FORWARD_BINS)] + [f"{FORWARD_BINS}+"]
+    lines = ["| method | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    for method, bins in drafting.items():
+        total = sum(bins)
+        lines.append(f"| {method} | " + " | ".join(f"{count / total:.0%}" for count in bins) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
@@ -203,6 +225,10 @@ def report_markdown(document: dict, plots: list[Path]) -> str:
         "e2e = whole generation. Speedups are ratios of summed times over the same prompts.",
         "",
     ]
+    forwards = forwards_table(document)
+    if forwards:
+        lines += ["Share of decoding forwards by tokens committed (prefill excluded):", "",
+                  forwards, ""]
     lines += [f"![{plot.stem}]({plot.name})" for plot in plots]
     return "\n".join(lines) + "\n"
 
