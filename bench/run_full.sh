@@ -1,12 +1,15 @@
 #!/bin/bash
 # The issue-4/5 full runs: MT-Bench (80 first turns) or HumanEval (164), 256 new tokens, six
 # methods, SmolLM2-135M-Instruct. Builds the datastore the workload needs when missing, and
-# resumes an interrupted run (bench --resume) when bench/out/<workload>-full holds one.
-#   bench/run_full.sh mtbench | humaneval
+# resumes an interrupted run (bench --resume) when bench/out/<workload>-full[-compiled] holds one.
+#   bench/run_full.sh mtbench|humaneval [--compile]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RESTDECODE_HOME="${RESTDECODE_HOME:-$HOME/.cache/restdecode}"
-workload="${1:?usage: bench/run_full.sh mtbench|humaneval}"
+workload="${1:?usage: bench/run_full.sh mtbench|humaneval [--compile]}"
+compile=()
+suffix=""
+if [ "${2:-}" = "--compile" ]; then compile=(--compile); suffix="-compiled"; fi
 case "$workload" in
   mtbench) source=sharegpt; store="$RESTDECODE_HOME/datastores/sharegpt-smollm2.rds" ;;
   humaneval) source=code:stdlib; store="$RESTDECODE_HOME/datastores/code-stdlib-smollm2.rds" ;;
@@ -14,9 +17,9 @@ case "$workload" in
 esac
 [ -f "$store" ] || .venv/bin/restdecode build-datastore --model smollm2-135m-instruct \
   --source "$source" --out "$store"
-out="bench/out/$workload-full"
+out="bench/out/$workload-full$suffix"
 resume=()
 [ -f "$out/rows.partial.jsonl" ] && resume=(--resume)
 exec .venv/bin/restdecode bench "$workload" --max-new-tokens 256 \
   --methods hf-greedy,hf-prompt-lookup,rest,restdecode,plain,restdecode-memory \
-  --datastore "$store" --out "$out" "${resume[@]}"
+  --datastore "$store" --out "$out" "${compile[@]}" "${resume[@]}"

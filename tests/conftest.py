@@ -10,6 +10,14 @@ from tiny_models import TINY_ARCHITECTURES
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _profiles_in_a_temporary_dir(tmp_path_factory, monkeypatch):
+    """Latency profiles of tiny test models go to one directory per test session, never into
+    the user's cache (the real models and datastores there are still used)."""
+    directory = tmp_path_factory.getbasetemp() / "profiles"
+    monkeypatch.setattr("restdecode.latency.profiles_dir", lambda: directory)
+
+
 @pytest.fixture(params=TINY_ARCHITECTURES)
 def arch(request) -> str:
     """Each tiny architecture in turn: Llama, Qwen2, Gemma 3."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -23,10 +24,12 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 def chat(tiny_dir: Path, stdin: str, *extra: str) -> subprocess.CompletedProcess:
+    # Its own home: the tiny model's latency profile must not land in the user's cache.
+    env = os.environ | {"RESTDECODE_HOME": str(tiny_dir.parent / "home")}
     return subprocess.run(
         [sys.executable, "-m", "restdecode", "chat", "--model", str(tiny_dir),
          "--max-new-tokens", "12", *extra],
-        input=stdin, capture_output=True, text=True, timeout=120)
+        input=stdin, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_chat_through_a_pipe_replies_to_each_line_until_exit(tiny_dir):

@@ -38,6 +38,15 @@ def test_check_lossless_reports_identical_outputs_as_json(model_dir, prompts_fil
     assert report["identical"] == report["total"] == 3 and report["differing"] == []
 
 
+def test_check_lossless_through_the_compiled_forward(model_dir, prompts_file, capsys):
+    status = main(["check-lossless", "--model", str(model_dir), "--prompts", f"prompts:{prompts_file}",
+                   "--max-new-tokens", "24", "--json", "--compile", "--budget", "8"])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert status == 0 and "compiled in" in captured.err
+    assert report["identical"] == report["total"] == 3  # fixed 8-node trees: masked forwards
+
+
 def test_check_lossless_limit_and_text_output(model_dir, prompts_file, capsys):
     status = main(["check-lossless", "--model", str(model_dir), "--prompts", f"prompts:{prompts_file}",
                    "--limit", "1", "--max-new-tokens", "8"])

@@ -34,16 +34,25 @@ def reference_greedy(model, prompt_ids: list[int], max_new_tokens: int, **kwargs
     return out[0, len(prompt_ids):].tolist()
 
 
+def oracle_generations(model, decoding_model=None, *, runs: int = 3, max_new_tokens: int = 40,
+                       seed: int = 7):
+    """``(prompt, transformers' greedy tokens, the oracle drafter, our result)`` for ``runs``
+    random prompts; ours decodes through ``decoding_model`` (default: ``model``)."""
+    rng = np.random.default_rng(seed)
+    for run in range(runs):
+        prompt = rng.integers(3, BYTE_VOCAB, int(rng.integers(2, 12))).tolist()
+        want = reference_greedy(model, prompt, max_new_tokens)
+        drafter = OracleDrafter(len(prompt), want, BYTE_VOCAB, seed=run)
+        got = generate(decoding_model or model, tokenizer(), input_ids=prompt, drafter=drafter,
+                       max_new_tokens=max_new_tokens)
+        yield prompt, want, drafter, got
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
 def test_greedy_with_drafts_is_token_identical_to_transformers(arch):
     model = byte_model(arch)
-    rng = np.random.default_rng(7)
     total_steps = total_tokens = 0
-    for seed in range(3):
-        prompt = rng.integers(3, BYTE_VOCAB, int(rng.integers(2, 12))).tolist()
-        want = reference_greedy(model, prompt, 40)
-        drafter = OracleDrafter(len(prompt), want, BYTE_VOCAB, seed=seed)
-        got = generate(model, tokenizer(), input_ids=prompt, drafter=drafter, max_new_tokens=40)
+    for prompt, want, drafter, got in oracle_generations(model):
         assert got.token_ids == want
         assert got.text == tokenizer().decode(want, skip_special_tokens=True)
         assert drafter.observed == want  # the drafter saw every committed token once

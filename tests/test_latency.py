@@ -13,6 +13,8 @@ import torch
 from restdecode import latency
 from restdecode.latency import LatencyProfile, measure_profile, profile_for, profile_path
 
+REAL_PROFILES_DIR = latency.profiles_dir  # before conftest redirects it for every test
+
 SMALL_GRID = dict(widths=(1, 2, 5), cache_lengths=(3, 20), repeats=1)
 
 
@@ -159,6 +161,7 @@ def test_model_and_dtype_separate_cached_profiles(tmp_path):
 
 
 def test_default_cache_dir_is_under_restdecode_home(tmp_path, monkeypatch):
+    monkeypatch.setattr(latency, "profiles_dir", REAL_PROFILES_DIR)  # conftest redirects it
     monkeypatch.setenv("RESTDECODE_HOME", str(tmp_path))
     profile_for(llama(), progress=False, **SMALL_GRID)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from restdecode.accept import Sampler, accept_greedy, accept_sampling
+from restdecode.compiled import eager
 from restdecode.drafting.base import NoDrafter
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
@@ -291,9 +292,11 @@ def _context_limit(model) -> int | None:
 
 
 def prefill(model, cache, prompt_ids: list[int]) -> torch.Tensor:
-    """Run the prompt through the model into ``cache``; float32 logits after its last token."""
+    """Run the prompt through the model into ``cache``; float32 logits after its last token.
+
+    A compiled model's prefill runs eagerly: once per generation, at any prompt length."""
     input_ids = torch.tensor([prompt_ids], device=model.device)
-    output = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    output = eager(model)(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     trim_cache(cache)
     return output.logits[0, -1].float()
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from restdecode.compiled import COMPILE_OPTIONS, eager, is_compiled
 from restdecode.drafting.tree import DraftTree
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def _filled_cache(model, cache_length: int, vocab: int, rng: np.random.Generator
     cache = new_cache(model)
     if cache_length > 0:
         tokens = torch.as_tensor(rng.integers(0, vocab, (1, cache_length)), device=model.device)
-        model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        eager(model)(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
         trim_cache(cache)
     return cache
 
@@ -258,8 +259,8 @@ def profile_key(model: "PreTrainedModel") -> dict:
     """What a profile's timings depend on: model (name + config hash), attention implementation,
     dtype, device, CPU model, core count, torch threads and version."""
     config_json = model.config.to_json_string(use_diff=False)
-    return {
-        "model": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+    key = {
+        "model": str(getattr(model.config, "_name_or_path", "") or type(eager(model)).__name__),
         "config_sha256": hashlib.sha256(config_json.encode()).hexdigest()[:16],
         "attention": str(getattr(model.config, "_attn_implementation", "")),
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -269,6 +270,9 @@ def profile_key(model: "PreTrainedModel") -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
+    if is_compiled(model):  # only then, so that eager profiles keep their keys
+        key["compiled"] = json.dumps(COMPILE_OPTIONS, sort_keys=True)
+    return key
 
 
 def _device_name(device: torch.device) -> str:
@@ -295,6 +299,13 @@ def profile_path(key: dict, cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / f"{name}-{digest}.json"
 
 
+def profiles_dir() -> Path:
+    """Where measured profiles are cached: ``restdecode_home() / "profiles"``."""
+    from restdecode.assets import restdecode_home
+
+    return restdecode_home() / "profiles"
+
+
 def profile_for(
     model: "PreTrainedModel",
     *,
@@ -305,15 +316,13 @@ def profile_for(
 ) -> LatencyProfile:
     """The latency profile of ``model`` on this machine: cached, else measured and cached.
 
-    ``cache_dir`` defaults to ``restdecode_home() / "profiles"``; ``refresh`` measures again;
+    ``cache_dir`` defaults to :func:`profiles_dir`; ``refresh`` measures again;
     ``measure_options`` go to :func:`measure_profile`; the grid (default: every width up to 32,
     then 40, 48, 64, at cache lengths 128 and 512) is cut to the model's context by
     :func:`fitting_grid`, and a cached profile is reused only if it was measured on that grid.
     """
     if cache_dir is None:
-        from restdecode.assets import restdecode_home
-
-        cache_dir = restdecode_home() / "profiles"
+        cache_dir = profiles_dir()
     key = profile_key(model)
     path = profile_path(key, cache_dir)
     options = {"widths": DEFAULT_WIDTHS, "cache_lengths": DEFAULT_CACHE_LENGTHS} | measure_options

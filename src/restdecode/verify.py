@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from restdecode.compiled import is_compiled
 from restdecode.drafting.tree import CompiledTree
 from restdecode.errors import DecodingError
 
@@ -78,10 +79,11 @@ def verify(
     positions = past_length + tree.depth_offsets.to(device)
     # A chain (a plain step included) needs nothing but the causal mask the model builds itself,
     # and the unmasked attention path is the one plain decoding takes: cheaper, and the same
-    # kernels as the baseline. Sliding-window layers keep their own, tree-aware masks.
+    # kernels as the baseline. Sliding-window layers keep their own, tree-aware masks. A
+    # compiled forward always gets the mask: one graph for chains and trees instead of two.
     all_full = all(layer_type == FULL for layer_type in _layer_types(model))
-    mask = None if all_full and _is_chain(tree) else tree_attention_mask(model, cache, tree,
-                                                                        past_length)
+    unmasked = all_full and _is_chain(tree) and not is_compiled(model)
+    mask = None if unmasked else tree_attention_mask(model, cache, tree, past_length)
     output = model(
         input_ids=input_ids,
         attention_mask=mask,

@@ -36,6 +36,7 @@ class BenchConfig:
     datastore: Path | None = None
     progress: bool = True
     resume: bool = False
+    compile: bool = False  # our engine's methods through a torch.compile'd forward
 
 
 @dataclass
@@ -74,7 +75,8 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     prompts = load_workload(config.workload, limit=config.limit, turns=config.turns)
     model, tokenizer = load(config.model)
     datastore = _open_datastore(datastore_path, tokenizer) if datastore_path else None
-    methods = build_methods(config.methods, model, tokenizer, datastore, progress=config.progress)
+    methods = build_methods(config.methods, model, tokenizer, datastore, progress=config.progress,
+                            compile=config.compile)
     hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the progress bar
     load_before = report.load_average()
     config.out.mkdir(parents=True, exist_ok=True)
@@ -172,9 +174,12 @@ def _finished_rows(lines: list[str]) -> list:
 
 def _run_identity(config: BenchConfig, datastore_path: Path | None) -> dict:
     """What must match for a resumed run to continue an interrupted one."""
-    return {"workload": config.workload, "model": config.model, "methods": config.methods,
-            "max_new_tokens": config.max_new_tokens, "turns": config.turns, "limit": config.limit,
-            "datastore": str(datastore_path) if datastore_path else None}
+    identity = {"workload": config.workload, "model": config.model, "methods": config.methods,
+                "max_new_tokens": config.max_new_tokens, "turns": config.turns,
+                "limit": config.limit, "datastore": str(datastore_path) if datastore_path else None}
+    if config.compile:  # only then: runs interrupted before the option existed still resume
+        identity["compile"] = True
+    return identity
 
 
 def _open_datastore(path: Path, tokenizer):
@@ -204,6 +209,7 @@ def _settings(config: BenchConfig) -> dict:
 
     return {"max_new_tokens": config.max_new_tokens, "limit": config.limit, "turns": config.turns,
             "warmup_tokens": WARMUP_TOKENS, "greedy": True, "batch_size": 1,
+            "compiled_engine": config.compile,
             "timing": "decode_s = e2e_s - prefill_s; prefill_s = a max_new_tokens=1 generation "
                       "of the same prompt, for every method"}
 

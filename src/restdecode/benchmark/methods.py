@@ -37,6 +37,7 @@ BASELINE = "hf-greedy"
 PLAIN = "plain"
 NEEDS_DATASTORE: frozenset[str] = frozenset({"rest"})
 NEEDS_PROFILE: frozenset[str] = frozenset({"restdecode", "restdecode-memory"})
+HF_METHODS: frozenset[str] = frozenset({"hf-greedy", "hf-prompt-lookup"})  # transformers' own loop
 
 # REST's published configuration (He et al. 2024, FasterDecoding/REST): longest suffix searched
 # from 16 down to 2 tokens, at most 5,000 occurrences, continuations of 10 tokens, 64 tree nodes.
@@ -199,28 +200,39 @@ def check_method_names(names: list[str], *, has_datastore: bool) -> None:
 
 def build_methods(names: list[str], model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
                   datastore: "Datastore | None", profile: "LatencyProfile | None" = None,
-                  *, progress: bool = True) -> list[Method]:
+                  *, progress: bool = True, compile: bool = False) -> list[Method]:
     """The methods called ``names``, in that order, sharing one loaded model.
 
     ``restdecode`` methods plan their trees with ``profile``; when None, the model's latency
     profile on this machine (:func:`restdecode.latency.profile_for`: cached, else measured now).
+    With ``compile``, our engine's methods run the model through a compiled forward
+    (:mod:`restdecode.compiled`, its graphs built here) while the ``hf-*`` methods stay eager.
     """
     check_method_names(names, has_datastore=datastore is not None)
+    engine_model = model
+    if compile and set(names) - HF_METHODS:
+        from restdecode.compiled import build_graphs, compile_forward
+
+        engine_model = compile_forward(model)
+        build_graphs(engine_model)
     if profile is None and NEEDS_PROFILE.intersection(names):
         from restdecode.latency import profile_for
 
-        profile = profile_for(model, progress=progress)
-    return [_build_method(name, model, tokenizer, datastore, profile) for name in names]
+        profile = profile_for(engine_model, progress=progress)
+    return [_build_method(name, engine_model, tokenizer, datastore, profile) for name in names]
 
 
 def _build_method(name, model, tokenizer, datastore, profile) -> Method:
+    """Method ``name``; ``model`` may be compiled, the ``hf-*`` methods take the eager one."""
+    from restdecode.compiled import eager
     from restdecode.drafting import MemoryDrafter, NoDrafter
     from restdecode.drafting.defaults import CONTEXT_SPAN
 
     if name == "hf-greedy":
-        return HFGenerate(name, model, tokenizer)
+        return HFGenerate(name, eager(model), tokenizer)
     if name == "hf-prompt-lookup":
-        return HFGenerate(name, model, tokenizer, prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
+        return HFGenerate(name, eager(model), tokenizer,
+                          prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
     if name == "rest":
         return EngineMethod(name, model, tokenizer, rest_drafter(datastore))
     if name == "restdecode":

@@ -217,6 +217,8 @@ def report_markdown(document: dict, plots: list[Path]) -> str:
         f"max new tokens: {settings['max_new_tokens']}, greedy, batch 1",
         f"- machine: {machine['cpu']}, {machine['cores']} cores, torch threads {machine['torch_threads']}",
         f"- date: {document['date']}; command: `{document['command']}`",
+        *(["- our engine's methods ran a `torch.compile`'d forward (`--compile`); the hf-* "
+           "methods ran eagerly"] if settings.get("compiled_engine") else []),
         *_busy_warning(document),
         "",
         summary_table(document),

@@ -55,6 +55,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted run in --out: keep the prompts it finished "
                              "(rows.partial.jsonl), run the rest (same workload, methods and "
                              "settings required)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run our engine's methods (rest, restdecode, plain, restdecode-memory) "
+                             "through a torch.compile'd forward; hf-* stay eager. Building the "
+                             "graphs takes minutes on a CPU, before anything is timed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_benchmark(BenchConfig(
         workload=args.workload, out=args.out or default_out(args.workload), model=args.model, limit=args.limit,
         max_new_tokens=args.max_new_tokens, methods=methods, turns=args.turns,
-        datastore=args.datastore, progress=not args.no_progress, resume=args.resume))
+        datastore=args.datastore, progress=not args.no_progress, resume=args.resume,
+        compile=args.compile))
     print(summary_table(outcome.document))
     print()
     print(f"results: {outcome.results}")

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
+from restdecode.cli.generate import add_compile_argument
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 PLAIN_PROBE_TOKENS = 8
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -43,6 +45,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=512, metavar="N",
                         help="longest reply in tokens (default: 512)")
     parser.add_argument("--system", default=None, metavar="TEXT", help="optional system message")
+    add_compile_argument(parser)
 
 
 @dataclass
@@ -88,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
 def _load(args):
     from restdecode.benchmark import default_datastore
     from restdecode.benchmark.methods import restdecode_drafter
+    from restdecode.cli.generate import load_model
     from restdecode.errors import RestdecodeError
-    from restdecode.models import load
 
     store_path = args.datastore or default_datastore(args.model)
     if store_path is not None and not Path(store_path).is_file():
         raise RestdecodeError(f"datastore {store_path} does not exist")
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_model(args.model, args.compile)
     if not getattr(tokenizer, "chat_template", None):
         raise RestdecodeError(f"model {args.model} has no chat template: use `restdecode generate`")
     datastore = None

@@ -36,12 +36,11 @@ def run(args: argparse.Namespace) -> int:
     """Exit status 0 when every output is identical, 1 otherwise."""
     from tqdm import tqdm
 
-    from restdecode.cli.generate import build_drafter
-    from restdecode.models import load
+    from restdecode.cli.generate import build_drafter, load_model
     from restdecode.workloads import load_workload
 
     prompts = load_workload(args.prompts, limit=args.limit)
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_model(args.model, args.compile)
     drafter = build_drafter(model, tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
     differing, steps, tokens = [], 0, 0
     for prompt in tqdm(prompts, desc="check-lossless", unit="prompt", file=sys.stderr):
@@ -73,6 +72,7 @@ def compare_one(model, tokenizer, prompt, drafter, max_new_tokens: int) -> dict:
     """Our greedy output vs ``model.generate(do_sample=False)`` for one workload prompt."""
     import torch
 
+    from restdecode.compiled import eager
     from restdecode.decode import generate, prompt_token_ids
 
     ids = prompt_token_ids(tokenizer, prompt.text, prompt.messages)
@@ -82,7 +82,7 @@ def compare_one(model, tokenizer, prompt, drafter, max_new_tokens: int) -> dict:
         reference = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
                                    max_new_tokens=max_new_tokens)[0, len(ids):].tolist()
     first = first_difference(ours.token_ids, reference)
-    gap = top2_logit_gap(model, ids + reference[:first]) if first is not None else None
+    gap = top2_logit_gap(eager(model), ids + reference[:first]) if first is not None else None
     return {"id": prompt.id, "first_difference": first, "top2_logit_gap": gap,
             "ours": ours.token_ids, "reference": reference,
             "steps": ours.stats.steps, "decoded_tokens": sum(ours.stats.accepted_per_step)}

@@ -43,6 +43,31 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify a fixed draft tree of this many nodes every step (default: "
                              "size each step's tree by this machine's measured latency profile)")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, no speculation")
+    add_compile_argument(parser)
+
+
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile``, shared by every command that decodes."""
+    parser.add_argument("--compile", action="store_true",
+                        help="verify drafts through a torch.compile'd forward: faster steps once "
+                             "its graphs are built, which takes minutes on a CPU (pays off for "
+                             "long runs only)")
+
+
+def load_model(name: str, compile: bool = False):
+    """Model and tokenizer; with ``compile``, the model wrapped for a compiled forward whose
+    graphs are built before returning (it says so on stderr: it takes minutes on a CPU)."""
+    from restdecode.models import load
+
+    model, tokenizer = load(name)
+    if compile:
+        from restdecode.compiled import build_graphs, compile_forward
+
+        print("compiling the model's forward (minutes on a CPU, once per process) ...",
+              file=sys.stderr, flush=True)
+        model = compile_forward(model)
+        print(f"compiled in {build_graphs(model):.0f} s", file=sys.stderr, flush=True)
+    return model, tokenizer
 
 
 def build_drafter(model, tokenizer, datastore: str | None, *, budget: int | None = None,
@@ -101,10 +126,9 @@ def format_stats(stats) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the model, generate, print text (stdout) and stats (stderr)."""
     from restdecode.decode import stream
-    from restdecode.models import load
 
     messages = parse_messages(args.messages) if args.messages else None
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_model(args.model, args.compile)
     drafter = build_drafter(model, tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
     events = stream(model, tokenizer, args.prompt, messages=messages, drafter=drafter,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
