@@ -78,17 +78,16 @@ def build_graphs(model: CompiledModel, *, cache_length: int = 16) -> float:
 
     import numpy as np
 
+    from restdecode.decode import prefill
     from restdecode.drafting.tree import DraftTree
-    from restdecode.verify import commit, new_cache, trim_cache, verify
+    from restdecode.verify import commit, new_cache, verify
 
     started = time.perf_counter()
     cache = new_cache(model)
-    context = torch.arange(1, cache_length + 1, device=model.device).unsqueeze(0)
     plain = DraftTree.empty().compile(model.device)
     tree = DraftTree(np.array([3, 4, 5]), np.array([-1, -1, 0])).compile(model.device)
     with torch.inference_mode():
-        eager(model)(input_ids=context, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        trim_cache(cache)
+        prefill(model, cache, list(range(1, cache_length + 1)))
         past = cache_length
         # (tree, slots kept): contiguous cache in the first two forwards, a view in the others.
         for compiled_tree, kept in ((plain, [0]), (tree, []), (plain, [0]), (tree, [0, 2]),

@@ -217,13 +217,12 @@ def _timed_rounds(model, cache, cache_length: int, trees: dict, repeats: int,
 
 def _filled_cache(model, cache_length: int, vocab: int, rng: np.random.Generator):
     """A verification-ready cache holding ``cache_length`` random tokens."""
-    from restdecode.verify import new_cache, trim_cache
+    from restdecode.decode import prefill
+    from restdecode.verify import new_cache
 
     cache = new_cache(model)
     if cache_length > 0:
-        tokens = torch.as_tensor(rng.integers(0, vocab, (1, cache_length)), device=model.device)
-        eager(model)(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        trim_cache(cache)
+        prefill(model, cache, rng.integers(0, vocab, cache_length).tolist())
     return cache
 
 
