@@ -62,6 +62,7 @@ def main() -> None:
         configurations[f"planned (default, {CANDIDATE_BUDGET} candidates)"] = (
             lambda: default_drafter(datastore, profile=profile))
 
+    tokens = sum(len(outputs[p.id]) for p in prompts)
     print(f"{run['workload']}: {len(prompts)} prompts, hf-greedy outputs of {args.results}")
     print("| drafter | tokens per forward | mean nodes | steps committing >= 2 / 3 / 4 / 6 |"
           + (" predicted ms per token |" if profile else ""))
@@ -70,7 +71,6 @@ def main() -> None:
         drafter = make()
         steps = [step for p in prompts
                  for step in replay(drafter, prompt_ids[p.id], outputs[p.id])]
-        tokens = sum(len(outputs[p.id]) for p in prompts)
         forwards = len(prompts) + len(steps)  # prefill included, as the bench counts
         committed = np.array([s.committed for s in steps])
         reach = " / ".join(f"{np.mean(committed >= k):.0%}" for k in (2, 3, 4, 6))

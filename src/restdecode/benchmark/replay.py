@@ -26,17 +26,17 @@ class ReplayStep:
 
 
 def greedy_accepted_path(tree: DraftTree, future: Sequence[int]) -> list[int]:
-    """Node indices of the longest root path of ``tree`` spelling a prefix of ``future``."""
-    path: list[int] = []
-    parent = -1
+    """Node indices of the longest root path of ``tree`` spelling a prefix of ``future``
+    (the walk of :func:`restdecode.accept.accept_greedy`, with the output in place of argmaxes)."""
+    tokens = tree.tokens.tolist()
+    slots: list[int] = []
+    slot = 0  # the root; slot i + 1 is node i (DraftTree.children)
     for token in future:
-        child = next((node for node in range(len(tree))
-                      if tree.parents[node] == parent and tree.tokens[node] == token), None)
-        if child is None:
+        slot = next((child for child in tree.children[slot] if tokens[child - 1] == token), None)
+        if slot is None:
             break
-        path.append(child)
-        parent = child
-    return path
+        slots.append(slot)
+    return [slot - 1 for slot in slots]
 
 
 def replay(drafter, prompt_ids: Sequence[int], output_ids: Sequence[int], *,
