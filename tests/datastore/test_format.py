@@ -124,7 +124,7 @@ def test_corrupt_header_checksum(store_bytes):
     (lambda f: f.update(num_documents=2), "inconsistent lengths"),
     (lambda f: f["sections"]["suffix_array"].update(count=3), "inconsistent lengths"),
     (lambda f: f["sections"]["tokens"].update(dtype="<u4"), "dtype"),
-    (lambda f: f.update(token_width=4), "dtype"),
+    (lambda f: f.update(token_width=4), "token width 4 does not match a vocabulary of 100"),
     (lambda f: f["sections"]["tokens"].update(offset=33), "misplaced"),
     (lambda f: f.update(num_tokens="many"), "corrupt header"),
     (lambda f: f.pop("vocab_size"), "unreadable header"),

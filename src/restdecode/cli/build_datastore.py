@@ -10,6 +10,11 @@ sources:
   jsonl:PATH:FIELD    the string FIELD of each line of a JSON-lines file (.gz allowed)
   text:GLOB           every file matching GLOB (** recursive), one document each
 
+Invalid UTF-8 in a text: file is replaced by U+FFFD (a stray Latin-1 byte keeps its file);
+binary files (a NUL byte, or more than 10% invalid UTF-8) and unreadable ones are skipped.
+Skipped files are counted on stderr and in the header's source stats; a build that indexes
+nothing at all is an error unless --allow-empty.
+
 examples:
   restdecode build-datastore --model smollm2-135m-instruct --source sharegpt --out chat.rds
   restdecode build-datastore --model smollm2-135m-instruct --source code:stdlib --out code.rds
@@ -32,6 +37,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="sharegpt: keep assistant turns only (default: human and assistant turns)")
     parser.add_argument("--workers", type=int, default=2,
                         help="tokenizer threads (Rust thread pool of fast tokenizers; default 2)")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="write a datastore even if the source yields no token (default: error)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -43,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
     # Rust's thread pool reads its size once, on first use: set it before loading the tokenizer.
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.workers))
     from restdecode.datastore import Datastore, build_datastore
+    from restdecode.datastore.format import check_output_path
     from restdecode.models import load_tokenizer
 
+    check_output_path(args.out)  # before the tokenizer and the corpus: a bad --out fails at once
     tokenizer = load_tokenizer(args.model, quiet=args.quiet)
     path = build_datastore(tokenizer, args.source, args.out, assistant_only=args.assistant_only,
-                           workers=args.workers, progress=not args.quiet)
+                           workers=args.workers, progress=not args.quiet, allow_empty=args.allow_empty)
     with Datastore.open(path) as store:
         header = store.header
         print(f"{path}: {header.num_tokens:,} tokens in {header.num_documents:,} documents, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,17 +22,19 @@ import numpy as np
 from restdecode.datastore.format import (
     FORMAT_VERSION,
     DatastoreHeader,
+    check_output_path,
     suffix_array_dtype,
     token_dtype,
     token_width_for,
     write_datastore,
 )
-from restdecode.datastore.sources import Corpus, open_source
+from restdecode.datastore.sources import Corpus, open_source, skipped_files_note
 from restdecode.datastore.vocab import tokenizer_fingerprint, tokenizer_name, tokenizer_vocab_size
 from restdecode.errors import DatastoreError
 
 BATCH_DOCUMENTS = 512  # documents per tokenizer call
 BATCH_CHARACTERS = 4_000_000  # ... or fewer, when they are long (bounds memory)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def build_datastore(
@@ -42,6 +45,7 @@ def build_datastore(
     assistant_only: bool = False,
     workers: int = 2,
     progress: bool = True,
+    allow_empty: bool = False,
 ) -> Path:
     """Tokenize ``source`` with ``tokenizer`` (no special tokens) into a datastore file at ``out``.
 
@@ -49,7 +53,12 @@ def build_datastore(
     ``text:GLOB``) or a :class:`Corpus`. ``workers`` > 1 lets a fast (Rust) tokenizer encode each
     batch on its thread pool; 1 encodes on one thread. The file is written atomically: a failed
     or killed build leaves any previous file at ``out`` intact. Returns ``Path(out)``.
+
+    ``out`` is checked before anything is read. Skipped source files are reported on stderr
+    (even without ``progress``) and recorded in the header's ``source_stats``. A corpus that
+    yields no token is a :class:`DatastoreError` unless ``allow_empty``.
     """
+    check_output_path(out)
     corpus = open_source(source, assistant_only=assistant_only) if isinstance(source, str) else source
     vocab_size = tokenizer_vocab_size(tokenizer)
     started = time.perf_counter()
@@ -58,6 +67,12 @@ def build_datastore(
         tokens, doc_offsets = assemble_tokens(documents, vocab_size)
     tokenize_seconds = time.perf_counter() - started
     _say(progress, _describe_stats(corpus))
+    skipped = skipped_files_note(corpus.stats)
+    _say(True, skipped and f"warning: {corpus.description}: {skipped}")
+    if tokens.size == 0 and not allow_empty:
+        raise DatastoreError(f"{corpus.description}: nothing to index (0 documents, 0 tokens)"
+                             f"{'; ' + skipped if skipped else ''}; pass --allow-empty (allow_empty=True) "
+                             "to write an empty datastore anyway")
     return _finish(out, tokens, doc_offsets, vocab_size=vocab_size,
                    fingerprint=tokenizer_fingerprint(tokenizer), name=tokenizer_name(tokenizer),
                    source=corpus.description, source_stats=dict(corpus.stats),
@@ -157,11 +172,19 @@ def _tokenize_documents(tokenizer: Any, texts: Iterator[str], workers: int, bar:
     documents = 0
     for batch in _batches(texts):
         with _parallelism(workers):
-            encoded = encode(batch)
+            try:
+                encoded = encode(batch)
+            except (TypeError, UnicodeEncodeError):  # a lone surrogate (legal in JSON) is not UTF-8
+                encoded = encode([_without_lone_surrogates(text) for text in batch])
         documents += len(encoded)
         bar.set_postfix(docs=f"{documents:,}", refresh=False)
         bar.update(sum(len(ids) for ids in encoded))
         yield from encoded
+
+
+def _without_lone_surrogates(text: str) -> str:
+    """``text`` with each unpaired surrogate (e.g. JSON ``"\\ud800"``) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _batch_encoder(tokenizer: Any):

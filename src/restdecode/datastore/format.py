@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
+import secrets
 import struct
-import tempfile
+import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -95,6 +97,14 @@ def _align(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
+def _expected_width(vocab_size: int) -> int | None:
+    """The token width a writer picks for ``vocab_size`` (None: too large for any width)."""
+    try:
+        return token_width_for(vocab_size)
+    except DatastoreError:
+        return None
+
+
 # ----------------------------------------------------------------------------- writing
 
 
@@ -107,18 +117,21 @@ def write_datastore(
 ) -> Path:
     """Write a complete datastore file atomically (temporary file in the same folder, renamed).
 
-    A build that fails or is killed leaves any previous file at ``path`` untouched.
+    A build that fails or is killed leaves any previous file at ``path`` untouched; temporary
+    files left by killed writers of the same ``path`` are removed first. The file's mode follows
+    the umask, like any other file the user creates.
     """
-    path = Path(path)
+    path = check_output_path(path)
     arrays = {
         "tokens": np.ascontiguousarray(tokens, dtype=token_dtype(header.token_width)),
         "suffix_array": np.ascontiguousarray(suffix_array, dtype=suffix_array_dtype(len(tokens))),
         "doc_offsets": np.ascontiguousarray(doc_offsets, dtype="<i8"),
     }
     header_bytes, sections = _layout(header, arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path)
+    tmp_name = None
     try:
+        fd, tmp_name = _create_temp_file(path)
         with os.fdopen(fd, "wb") as out:
             out.write(_PRELUDE.pack(MAGIC, FORMAT_VERSION, len(header_bytes), zlib.crc32(header_bytes)))
             out.write(header_bytes)
@@ -128,10 +141,89 @@ def write_datastore(
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise DatastoreError(f"cannot write the datastore {path}: {error.strerror or error}") from error
         raise
     return path
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if a datastore can be written there (its folder is created); else a
+    :class:`DatastoreError` naming it. Cheap: meant to run before a long build."""
+    if not os.fspath(path):
+        raise DatastoreError("the output path is empty: give a file name such as store.rds")
+    path = Path(path)
+    if path.is_dir():
+        raise DatastoreError(f"output {path} is a directory: give a file name such as {path / 'store.rds'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = _create_temp_file(path)  # as root, os.access() says yes even on a read-only mount
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise DatastoreError(f"cannot write the datastore {path}: {error.strerror or error}") from error
+    return path
+
+
+_STALE_AGE_SECONDS = 24 * 3600  # temp names without a pid (older versions): stale after a day
+
+
+def _temp_pattern(path: Path) -> re.Pattern:
+    """Names of temporary files of ``path``: ``.NAME.pid<PID>.<hex>.tmp`` (or, from versions
+    before the pid was recorded, ``.NAME.<8 characters>.tmp``)."""
+    return re.compile(rf"\.{re.escape(path.name)}\.(?:pid(\d+)\.[0-9a-f]+|[a-z0-9_]{{8}})\.tmp")
+
+
+def _create_temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file next to ``path``, named after this process; mode 0666 less the umask."""
+    while True:
+        name = path.parent / f".{path.name}.pid{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(name)
+        except FileExistsError:
+            continue
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files of ``path`` whose writer is gone (killed mid-write); returns them.
+
+    The writer's pid is in the name; a temporary file of a live process is kept. Names without a
+    pid (older versions) are removed once a day old. Pids are per machine: two machines writing
+    the same file on a shared filesystem at the same moment are not supported.
+    """
+    path = Path(path)
+    pattern = _temp_pattern(path)
+    removed = []
+    try:
+        candidates = [entry for entry in os.scandir(path.parent) if pattern.fullmatch(entry.name)]
+    except OSError:
+        return removed
+    for entry in candidates:
+        pid = pattern.fullmatch(entry.name).group(1)
+        try:
+            stale = (not _process_alive(int(pid)) if pid is not None
+                     else time.time() - entry.stat().st_mtime > _STALE_AGE_SECONDS)
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # gone already, or not ours to delete
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists, owned by another user (or a pid we cannot judge: keep the file)
+    return True
 
 
 def _layout(header: DatastoreHeader, arrays: dict[str, np.ndarray]) -> tuple[bytes, dict]:
@@ -175,24 +267,29 @@ class MappedDatastore:
 def read_datastore(path: str | os.PathLike) -> MappedDatastore:
     """Map a datastore file and check everything that can be checked without reading the arrays.
 
-    Raises :class:`DatastoreError` naming the file for a missing file, bad magic, unknown
-    version, truncation, a corrupt header or lengths that do not agree with each other.
+    Raises :class:`DatastoreError` naming the file for a missing or unreadable file, bad magic,
+    unknown version, truncation, a corrupt header or lengths that do not agree with each other.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatastoreError(f"no datastore file at {path}")
-    with open(path, "rb") as handle:
-        file_size = os.fstat(handle.fileno()).st_size
-        prelude = handle.read(_PRELUDE.size)
-        _check_prelude(path, prelude, file_size)
-        _, _, header_length, header_crc = _PRELUDE.unpack(prelude)
-        if _PRELUDE.size + header_length > file_size:
-            raise DatastoreError(f"{path} is truncated: its header needs {_PRELUDE.size + header_length:,} "
-                                 f"bytes, the file has {file_size:,}")
-        header_bytes = handle.read(header_length)
-        header, sections = _parse_header(path, header_bytes, header_crc)
-        _check_sections(path, header, sections, file_size)
-        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else None
+    try:
+        if path.is_dir():
+            raise DatastoreError(f"{path} is a directory, not a datastore file")
+        if not path.is_file():
+            raise DatastoreError(f"no datastore file at {path}")
+        with open(path, "rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            prelude = handle.read(_PRELUDE.size)
+            _check_prelude(path, prelude, file_size)
+            _, _, header_length, header_crc = _PRELUDE.unpack(prelude)
+            if _PRELUDE.size + header_length > file_size:
+                raise DatastoreError(f"{path} is truncated: its header needs {_PRELUDE.size + header_length:,} "
+                                     f"bytes, the file has {file_size:,}")
+            header_bytes = handle.read(header_length)
+            header, sections = _parse_header(path, header_bytes, header_crc)
+            sections = _check_sections(path, header, sections, file_size)
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if file_size else None
+    except OSError as error:
+        raise DatastoreError(f"cannot read the datastore {path}: {error.strerror or error}") from error
     arrays = {name: _view(mapping, sections[name]) for name in SECTION_NAMES}
     _check_arrays(path, header, arrays)
     return MappedDatastore(path, header, arrays["tokens"], arrays["suffix_array"],
@@ -213,7 +310,19 @@ def _check_prelude(path: Path, prelude: bytes, file_size: int) -> None:
                              f"version {FORMAT_VERSION} only (rebuild the datastore with build-datastore)")
 
 
-def _parse_header(path: Path, header_bytes: bytes, header_crc: int) -> tuple[DatastoreHeader, dict]:
+_INT_FIELDS = ("format_version", "token_width", "vocab_size", "num_documents", "num_tokens")
+_STR_FIELDS = ("tokenizer_fingerprint", "source", "build_time", "tokenizer_name")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_header(path: Path, header_bytes: bytes, header_crc: int) -> tuple[DatastoreHeader, Any]:
     if zlib.crc32(header_bytes) != header_crc:
         raise DatastoreError(f"{path} has a corrupt header (checksum mismatch)")
     try:
@@ -221,44 +330,71 @@ def _parse_header(path: Path, header_bytes: bytes, header_crc: int) -> tuple[Dat
         sections = fields.pop("sections")
         known = {f.name for f in dataclass_fields(DatastoreHeader)}
         header = DatastoreHeader(**{key: value for key, value in fields.items() if key in known})
+    except RecursionError as error:
+        raise DatastoreError(f"{path} has an unreadable header: JSON nested too deeply") from error
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise DatastoreError(f"{path} has an unreadable header: {error!r}") from error
-    for name in ("format_version", "token_width", "vocab_size", "num_documents", "num_tokens"):
-        value = getattr(header, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise DatastoreError(f"{path} has a corrupt header: {name} = {value!r}")
+    _check_header_fields(path, header)
     return header, sections
 
 
-def _check_sections(path: Path, header: DatastoreHeader, sections: dict, file_size: int) -> None:
-    """Dtypes, alignment, lengths against the header, and that every byte is present."""
+def _check_header_fields(path: Path, header: DatastoreHeader) -> None:
+    """Types and ranges of the header fields (a hand-made header may have a valid checksum)."""
+    def corrupt(name: str) -> DatastoreError:
+        return DatastoreError(f"{path} has a corrupt header: {name} = {getattr(header, name)!r}")
+
+    for name in _INT_FIELDS:
+        value = getattr(header, name)
+        if not _is_int(value) or value < 0:
+            raise corrupt(name)
+    for name in _STR_FIELDS:
+        if not isinstance(getattr(header, name), str):
+            raise corrupt(name)
+    if not _is_number(header.build_seconds):
+        raise corrupt("build_seconds")
+    if not isinstance(header.source_stats, dict):
+        raise corrupt("source_stats")
+    if not isinstance(header.timings, dict) or not all(map(_is_number, header.timings.values())):
+        raise corrupt("timings")
+    if header.format_version != FORMAT_VERSION:
+        raise corrupt("format_version")
+    if header.vocab_size < 1:
+        raise corrupt("vocab_size")
+    expected_width = _expected_width(header.vocab_size)
+    if header.token_width != expected_width:
+        raise DatastoreError(f"{path} has a corrupt header: token width {header.token_width} does not "
+                             f"match a vocabulary of {header.vocab_size:,} tokens (expected {expected_width})")
+
+
+def _check_sections(path: Path, header: DatastoreHeader, sections: Any, file_size: int) -> dict[str, dict]:
+    """Dtypes, alignment, lengths against the header, and that every byte is present; returns
+    the section table of the known sections."""
     expected_counts = {"tokens": header.array_length, "suffix_array": header.array_length,
                        "doc_offsets": header.num_documents + 1}
-    if header.token_width not in (2, 4) or header.vocab_size > np.iinfo(token_dtype(header.token_width)).max:
-        raise DatastoreError(f"{path}: token width {header.token_width} cannot hold a vocabulary "
-                             f"of {header.vocab_size:,} tokens")
     end = 0
     for name in SECTION_NAMES:
         section = sections.get(name) if isinstance(sections, dict) else None
         if not isinstance(section, dict) or not {"offset", "dtype", "count"} <= section.keys():
             raise DatastoreError(f"{path} has a corrupt header: section '{name}' is missing")
-        if not all(isinstance(section[key], int) and section[key] >= 0 for key in ("offset", "count")):
+        if not all(_is_int(section[key]) and section[key] >= 0 for key in ("offset", "count")):
             raise DatastoreError(f"{path} has a corrupt header: section '{name}' = {section!r}")
-        if section["dtype"] not in _ALLOWED_DTYPES[name] or (
-                name == "tokens" and np.dtype(section["dtype"]).itemsize != header.token_width):
-            raise DatastoreError(f"{path}: section '{name}' has unexpected dtype {section['dtype']}")
+        dtype = section["dtype"]
+        if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES[name] or (
+                name == "tokens" and np.dtype(dtype).itemsize != header.token_width):
+            raise DatastoreError(f"{path}: section '{name}' has unexpected dtype {dtype!r}")
         if section["count"] != expected_counts[name]:
             raise DatastoreError(f"{path} has inconsistent lengths: section '{name}' holds "
                                  f"{section['count']:,} entries, the header implies {expected_counts[name]:,}")
         if section["offset"] % ALIGNMENT or section["offset"] < end:
             raise DatastoreError(f"{path}: section '{name}' is misplaced (offset {section['offset']})")
-        end = section["offset"] + section["count"] * np.dtype(section["dtype"]).itemsize
+        end = section["offset"] + section["count"] * np.dtype(dtype).itemsize
         if end > file_size:
             raise DatastoreError(f"{path} is truncated: section '{name}' needs bytes up to {end:,}, "
                                  f"the file has {file_size:,}")
     if end != file_size:
         raise DatastoreError(f"{path} has inconsistent lengths: {file_size - end:,} unexpected bytes "
                              "after the last section")
+    return {name: sections[name] for name in SECTION_NAMES}
 
 
 def _view(mapping: mmap.mmap | None, section: dict) -> np.ndarray:

@@ -30,7 +30,8 @@ import numpy as np
 
 from restdecode.errors import DatastoreError
 
-_CORRUPT = -1
+_CORRUPT = -1  # kernel status: a suffix-array entry points outside the token array
+_OUT_OF_VOCABULARY = -2  # kernel status: a continuation holds a stored value above vocab_size
 
 
 @dataclass
@@ -74,10 +75,13 @@ def search_arrays(
     if query.size < min_suffix or tokens.size == 0:
         return SearchResult.empty(span)
     match_length, num_occurrences, rows, lengths, counts = _search_kernel(
-        tokens, suffix_array, query, min_suffix, max_matches, span)
+        tokens, suffix_array, query, min_suffix, max_matches, span, vocab_size)
     if match_length == _CORRUPT:
         raise DatastoreError(f"{source}: the suffix array points outside the token array; the file "
                              "is corrupt (rebuild it)")
+    if match_length == _OUT_OF_VOCABULARY:
+        raise DatastoreError(f"{source}: the token array holds an id outside the vocabulary of "
+                             f"{vocab_size:,} tokens; the file is corrupt (rebuild it)")
     if match_length == 0:
         return SearchResult.empty(span)
     return SearchResult(int(match_length), rows, lengths, counts, int(num_occurrences))
@@ -145,9 +149,10 @@ def _occurrences(tokens, sa, query, m, pattern):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _search_kernel(tokens, sa, query, min_suffix, max_matches, span):  # pragma: no cover - compiled
+def _search_kernel(tokens, sa, query, min_suffix, max_matches, span, vocab_size):  # pragma: no cover
     """Longest matching suffix (binary search on its length: if a suffix occurs with a following
-    token, so does every shorter one), then its gathered continuations."""
+    token, so does every shorter one), then its gathered continuations (a negative first value:
+    the status of a corrupt store)."""
     pattern = np.empty(query.shape[0] + 1, dtype=np.int64)
     lo, hi = _occurrences(tokens, sa, query, min_suffix, pattern)
     if lo < 0:
@@ -165,17 +170,19 @@ def _search_kernel(tokens, sa, query, min_suffix, max_matches, span):  # pragma:
             short, best, best_lo, best_hi = mid, mid, lo, hi
         else:
             long = mid - 1
-    ok, rows, lengths, counts = _gather(tokens, sa, best_lo, best_hi, best, max_matches, span)
-    if not ok:
-        return _CORRUPT, 0, rows, lengths, counts
+    status, rows, lengths, counts = _gather(tokens, sa, best_lo, best_hi, best, max_matches, span, vocab_size)
+    if status < 0:
+        return status, 0, rows, lengths, counts
     return best, best_hi - best_lo, rows, lengths, counts
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(tokens, sa, lo, hi, m, max_matches, span):  # pragma: no cover - compiled
+def _gather(tokens, sa, lo, hi, m, max_matches, span, vocab_size):  # pragma: no cover - compiled
     """Continuations of an even sample of at most ``max_matches`` occurrences in [lo, hi),
     merged with counts. Equal continuations are neighbours in suffix-array order. The first
-    value is False when a suffix-array entry points outside the token array."""
+    value is 0, or ``_CORRUPT`` when a suffix-array entry points outside the token array, or
+    ``_OUT_OF_VOCABULARY`` when a continuation holds an id >= ``vocab_size`` (a damaged token
+    array must never hand the model an id outside its embedding)."""
     n = tokens.shape[0]
     total = hi - lo
     k = min(total, max_matches)
@@ -187,10 +194,13 @@ def _gather(tokens, sa, lo, hi, m, max_matches, span):  # pragma: no cover - com
     for i in range(k):
         position = sa[lo + (i * total) // k]
         if position < 0 or position >= n:
-            return False, np.empty((0, span), np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+            return _CORRUPT, np.empty((0, span), np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
         start = position + m
         length = 0
         while length < span and start + length < n and tokens[start + length] != 0:
+            if np.int64(tokens[start + length]) > vocab_size:  # stored values are ids + 1
+                return (_OUT_OF_VOCABULARY, np.empty((0, span), np.int64), np.empty(0, np.int64),
+                        np.empty(0, np.int64))
             length += 1
         starts[i] = start
         lengths[i] = length
@@ -219,4 +229,4 @@ def _gather(tokens, sa, lo, hi, m, max_matches, span):  # pragma: no cover - com
             for j in range(lengths[i]):
                 rows[row, j] = np.int64(tokens[starts[i] + j]) - 1
         counts[row] += 1
-    return True, rows, row_lengths, counts
+    return 0, rows, row_lengths, counts

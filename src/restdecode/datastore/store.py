@@ -34,7 +34,10 @@ class Datastore:
     def check_tokenizer(self, tokenizer: Any) -> None:
         """Raise :class:`DatastoreError` unless ``tokenizer`` has the vocabulary the store was built with."""
         fingerprint = tokenizer_fingerprint(tokenizer)
-        if fingerprint != self.header.tokenizer_fingerprint:
+        # equal fingerprints imply equal sizes, unless the header was edited: the size bounds
+        # every id a search returns, so it must not exceed the model's vocabulary
+        if fingerprint != self.header.tokenizer_fingerprint or \
+                self.header.vocab_size != tokenizer_vocab_size(tokenizer):
             built_with = f"'{self.header.tokenizer_name}' ({self.header.vocab_size:,} tokens, " \
                          f"{self.header.tokenizer_fingerprint})"
             this_one = f"'{tokenizer_name(tokenizer)}' ({tokenizer_vocab_size(tokenizer):,} tokens, {fingerprint})"
@@ -74,11 +77,18 @@ class Datastore:
         return self.file_size / max(1, self.header.num_tokens)
 
     def document(self, index: int) -> np.ndarray:
-        """Token ids of document ``index`` (int64 copy)."""
+        """Token ids of document ``index`` (int64 copy); :class:`DatastoreError` if the stored
+        offsets or tokens of that document are damaged."""
         if not 0 <= index < self.num_documents:
             raise IndexError(f"document {index} out of range (0..{self.num_documents - 1})")
-        start, end = self._mapped.doc_offsets[index], self._mapped.doc_offsets[index + 1] - 1
-        return self._mapped.tokens[start:end].astype(np.int64) - 1
+        tokens = self._mapped.tokens
+        start, end = (int(value) for value in self._mapped.doc_offsets[index:index + 2])
+        stored = tokens[start:end - 1] if 0 <= start < end <= tokens.size else None
+        if stored is None or tokens[end - 1] != 0 or (stored.size and (
+                stored.min() == 0 or stored.max() > self.header.vocab_size)):
+            raise DatastoreError(f"{self.path}: document {index} is damaged (offsets {start}..{end}); "
+                                 "the file is corrupt (rebuild it)")
+        return stored.astype(np.int64) - 1
 
     def verify(self) -> None:
         """Read the whole file and check the section checksums (slow: proportional to size)."""
