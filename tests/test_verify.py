@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tiny_models import tiny_model
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
-from restdecode.verify import commit, new_cache, trim_cache, verify
+from restdecode.verify import cache_kwargs, commit, new_cache, trim_cache, verify
 
 VOCAB = 64
 CASES = [(arch, attn) for arch in ("llama", "qwen2", "gemma3") for attn in ("sdpa", "eager")]
@@ -37,7 +37,7 @@ def trees(draw, max_nodes: int = 12) -> DraftTree:
 def prefill(model, tokens: list[int]):
     """Cache holding ``tokens`` built by our cache helpers (as the decoder does)."""
     cache = new_cache(model)
-    model(input_ids=torch.tensor([tokens]), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.tensor([tokens]), **cache_kwargs(model, cache), use_cache=True)
     trim_cache(cache)
     return cache
 
@@ -47,13 +47,13 @@ def sequential_slot_logits(model, prefix: list[int], pending: int, tree: DraftTr
     from transformers import DynamicCache
 
     base = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([prefix]), past_key_values=base, use_cache=True)
+    model(input_ids=torch.tensor([prefix]), **cache_kwargs(model, base), use_cache=True)
     slot_tokens = [pending] + tree.tokens.tolist()
     slot_parents = [-1] + (tree.parents + 1).tolist()
     caches, rows = [], []
     for slot, token in enumerate(slot_tokens):
         cache = copy.deepcopy(base if slot == 0 else caches[slot_parents[slot]])
-        out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([[token]]), **cache_kwargs(model, cache), use_cache=True)
         caches.append(cache)
         rows.append(out.logits[0, -1].float())
     return torch.stack(rows)
@@ -138,14 +138,14 @@ def test_commit_leaves_the_cache_of_a_sequential_run(arch, attn):
 
         want = DynamicCache(config=model.config)
         for token in context:
-            model(input_ids=torch.tensor([[token]]), past_key_values=want, use_cache=True)
+            model(input_ids=torch.tensor([[token]]), **cache_kwargs(model, want), use_cache=True)
         for ours, theirs in zip(cache.layers, want.layers):
             assert ours.keys.shape == theirs.keys.shape
             torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(ours.values, theirs.values, atol=1e-4, rtol=1e-4)
         # The committed cache must also predict like the sequential one.
-        got = model(input_ids=torch.tensor([[pending]]), past_key_values=cache).logits
-        ref = model(input_ids=torch.tensor([[pending]]), past_key_values=want).logits
+        got = model(input_ids=torch.tensor([[pending]]), **cache_kwargs(model, cache)).logits
+        ref = model(input_ids=torch.tensor([[pending]]), **cache_kwargs(model, want)).logits
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 

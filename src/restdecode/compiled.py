@@ -4,12 +4,13 @@
 model's, but calling it runs ``torch.compile(model.forward, dynamic=True)``. The engine passes
 it wherever it takes a model; its verification forwards then run through Inductor's fused
 kernels, while the prefill (once per generation, at any prompt length) runs eagerly through
-:func:`eager`, which would otherwise cost one more graph to build. The wrapped model itself is
+:func:`eager`, which would otherwise cost one more graph to build. ``restdecode.verify.build_graphs``
+builds the graphs up front. This module imports nothing of restdecode's. The wrapped model itself is
 not changed: ``model.generate`` (the benchmark's ``hf-*`` baselines) stays eager.
 
 Costs and caveats, measured on SmolLM2-135M, 2 CPU cores (bench/RESULTS.md):
 
-* building the graphs (:func:`build_graphs`: four kinds of forward, C++ kernels generated and
+* building the graphs (``verify.build_graphs``: four kinds of forward, C++ kernels generated and
   compiled) took about 7 minutes in every process, so it pays only for long runs: a server, a
   benchmark, a long chat;
 * one forward ran 1.2-1.3x faster (widths 1-16, 128 cached tokens), and the decode loop about
@@ -65,37 +66,6 @@ def compile_forward(model: "PreTrainedModel", **options: Any) -> CompiledModel:
 def eager(model: "PreTrainedModel | CompiledModel") -> "PreTrainedModel":
     """The plain model behind ``model`` (``model`` itself when it is not compiled)."""
     return model.eager_model if isinstance(model, CompiledModel) else model
-
-
-def build_graphs(model: CompiledModel, *, cache_length: int = 16) -> float:
-    """Run once every kind of verification forward a decode loop makes, so that their graphs
-    are built before anything is timed; returns the seconds it took.
-
-    The kinds: one slot (a plain step) or several, on a cache that is contiguous (after a step
-    that kept all its slots) or a view (after a step that dropped some). Each is one graph.
-    """
-    import time
-
-    import numpy as np
-
-    from restdecode.decode import prefill
-    from restdecode.drafting.tree import DraftTree
-    from restdecode.verify import commit, new_cache, verify
-
-    started = time.perf_counter()
-    cache = new_cache(model)
-    plain = DraftTree.empty().compile(model.device)
-    tree = DraftTree(np.array([3, 4, 5]), np.array([-1, -1, 0])).compile(model.device)
-    with torch.inference_mode():
-        prefill(model, cache, list(range(1, cache_length + 1)))
-        past = cache_length
-        # (tree, slots kept): contiguous cache in the first two forwards, a view in the others.
-        for compiled_tree, kept in ((plain, [0]), (tree, []), (plain, [0]), (tree, [0, 2]),
-                                    (tree, [])):
-            verify(model, cache, 2, compiled_tree, past)
-            commit(cache, kept, compiled_tree.num_slots)
-            past += len(kept)
-    return time.perf_counter() - started
 
 
 def is_compiled(model: Any) -> bool:

@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from restdecode.accept import Sampler, accept_greedy, accept_sampling
-from restdecode.compiled import eager
 from restdecode.drafting.base import NoDrafter
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
-from restdecode.verify import commit, new_cache, trim_cache, verify
+from restdecode.verify import commit, new_cache, prefill, verify
 
 
 @dataclass
@@ -289,16 +288,6 @@ def _check_request(model, prompt_ids: list[int], max_new_tokens: int) -> None:
 def _context_limit(model) -> int | None:
     config = model.config.get_text_config(decoder=True)
     return getattr(config, "max_position_embeddings", None)
-
-
-def prefill(model, cache, prompt_ids: list[int]) -> torch.Tensor:
-    """Run the prompt through the model into ``cache``; float32 logits after its last token.
-
-    A compiled model's prefill runs eagerly: once per generation, at any prompt length."""
-    input_ids = torch.tensor([prompt_ids], device=model.device)
-    output = eager(model)(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    trim_cache(cache)
-    return output.logits[0, -1].float()
 
 
 def _limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:

@@ -217,8 +217,7 @@ def _timed_rounds(model, cache, cache_length: int, trees: dict, repeats: int,
 
 def _filled_cache(model, cache_length: int, vocab: int, rng: np.random.Generator):
     """A verification-ready cache holding ``cache_length`` random tokens."""
-    from restdecode.decode import prefill
-    from restdecode.verify import new_cache
+    from restdecode.verify import new_cache, prefill
 
     cache = new_cache(model)
     if cache_length > 0:

@@ -9,19 +9,23 @@ Models with sliding-window layers (Gemma 3, Qwen2 with ``use_sliding_window``) g
 layer type (transformers accepts a ``{layer_type: mask}`` mapping); their cache layers hold only the
 last ``sliding_window - 1`` positions, and the mask is built against what each layer really holds.
 
-After acceptance, :func:`commit` keeps the KV entries of the accepted slots, gathered to consecutive
+:func:`prefill` fills a new cache with the prompt; after acceptance, :func:`commit` keeps the KV entries of the accepted slots, gathered to consecutive
 positions, and drops the rest, so the next step starts from the cache a sequential run would have.
 """
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import Sequence
+from functools import lru_cache
 
+import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from restdecode.compiled import is_compiled
-from restdecode.drafting.tree import CompiledTree
+from restdecode.compiled import CompiledModel, eager, is_compiled
+from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
 
 FULL, SLIDING = "full_attention", "sliding_attention"
@@ -40,6 +44,29 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
         if hasattr(layer, "activate_past_recording"):
             layer.activate_past_recording()
     return cache
+
+
+def cache_kwargs(model: PreTrainedModel, cache: DynamicCache) -> dict[str, DynamicCache]:
+    """``cache`` as the keyword ``model``'s forward takes it: ``cache`` in transformers >= 5.24,
+    ``past_key_values`` before (5.24 still accepts the old name, with a FutureWarning, until 5.40)."""
+    return {_cache_keyword(type(eager(model))): cache}
+
+
+@lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def prefill(model: PreTrainedModel, cache: DynamicCache, prompt_ids: list[int]) -> torch.Tensor:
+    """Run the prompt through the model into ``cache``; float32 logits after its last token.
+
+    A compiled model's prefill runs eagerly: once per generation, at any prompt length."""
+    input_ids = torch.tensor([prompt_ids], device=model.device)
+    output = eager(model)(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                          **cache_kwargs(model, cache))
+    trim_cache(cache)
+    return output.logits[0, -1].float()
 
 
 def _check_supported(model: PreTrainedModel) -> None:
@@ -88,8 +115,8 @@ def verify(
         input_ids=input_ids,
         attention_mask=mask,
         position_ids=positions.unsqueeze(0),
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(model, cache),
     )
     return output.logits[0].float()
 
@@ -179,3 +206,26 @@ def trim_cache(cache: DynamicCache) -> None:
         if layer.keys.shape[-2] > window - 1:
             layer.keys = layer.keys[..., -(window - 1):, :]
             layer.values = layer.values[..., -(window - 1):, :]
+
+
+def build_graphs(model: CompiledModel, *, cache_length: int = 16) -> float:
+    """Run once every kind of verification forward a decode loop makes, so that a compiled
+    model's graphs are built before anything is timed; returns the seconds it took.
+
+    The kinds: one slot (a plain step) or several, on a cache that is contiguous (after a step
+    that kept all its slots) or a view (after a step that dropped some). Each is one graph.
+    """
+    started = time.perf_counter()
+    cache = new_cache(model)
+    plain = DraftTree.empty().compile(model.device)
+    tree = DraftTree(np.array([3, 4, 5]), np.array([-1, -1, 0])).compile(model.device)
+    with torch.inference_mode():
+        prefill(model, cache, list(range(1, cache_length + 1)))
+        past = cache_length
+        # (tree, slots kept): contiguous cache in the first two forwards, a view in the others.
+        for compiled_tree, kept in ((plain, [0]), (tree, []), (plain, [0]), (tree, [0, 2]),
+                                    (tree, [])):
+            verify(model, cache, 2, compiled_tree, past)
+            commit(cache, kept, compiled_tree.num_slots)
+            past += len(kept)
+    return time.perf_counter() - started

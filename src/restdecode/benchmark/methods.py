@@ -119,7 +119,8 @@ class HFGenerate:
         cache_lengths: list[int] = []
 
         def record_cache_length(_module, _args, kwargs):
-            cache = kwargs.get("past_key_values")
+            # transformers >= 5.24 passes the cache as ``cache``, earlier ones as ``past_key_values``
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
             cache_lengths.append(int(cache.get_seq_length()) if cache is not None else 0)
 
         handle = self.model.register_forward_pre_hook(record_cache_length, with_kwargs=True)
@@ -211,7 +212,8 @@ def build_methods(names: list[str], model: "PreTrainedModel", tokenizer: "PreTra
     check_method_names(names, has_datastore=datastore is not None)
     engine_model = model
     if compile and set(names) - HF_METHODS:
-        from restdecode.compiled import build_graphs, compile_forward
+        from restdecode.compiled import compile_forward
+        from restdecode.verify import build_graphs
 
         engine_model = compile_forward(model)
         build_graphs(engine_model)

@@ -61,7 +61,8 @@ def load_model(name: str, compile: bool = False):
 
     model, tokenizer = load(name)
     if compile:
-        from restdecode.compiled import build_graphs, compile_forward
+        from restdecode.compiled import compile_forward
+        from restdecode.verify import build_graphs
 
         print("compiling the model's forward (minutes on a CPU, once per process) ...",
               file=sys.stderr, flush=True)
