@@ -110,7 +110,7 @@ def test_stop_strings_end_the_text_as_transformers_does(arch, prompt):
     at = next(i for i in range(4, len(text) - 1) if text[i:i + 2].isascii() and text[i:i + 2].isalnum())
     stop = text[at:at + 2]
     want = reference_greedy(model, prompt_ids, 30, stop_strings=[stop], tokenizer=tok)
-    got = generate(model, tok, prompt, max_new_tokens=30, stop=[stop])
+    got = generate(model, tok, prompt, max_new_tokens=30, stop_strings=[stop])
     assert got.token_ids == want and len(want) < 30
     assert got.stats.stop_reason == "stop_string" and stop in (prompt + got.text)[-len(got.text) - 1:]
 
@@ -169,7 +169,7 @@ def test_incremental_detokenisation_holds_back_split_characters():
 
     tok = tokenizer()
     text = "añb 世界 ✓ ok"
-    output = _Output(tok, eos=set(), max_new_tokens=100, stop=None)
+    output = _Output(tok, eos=set(), max_new_tokens=100, stop_strings=None)
     pieces = [piece for token in tok(text)["input_ids"] for piece in output.add([token])]
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
     assert "世" in pieces  # three byte tokens, one piece
@@ -187,7 +187,7 @@ class RandomTreeDrafter:
                      for _ in range(int(rng.integers(0, 4)))]
         return trie_tree(sequences)
 
-    def observe(self, accepted_ids):
+    def observe(self, feedback):
         pass
 
     def reset(self):

@@ -110,8 +110,8 @@ class OracleDrafter:
         rng.shuffle(branches)
         return trie_tree([b for b in branches if len(b)])
 
-    def observe(self, accepted_ids) -> None:
-        self.observed.extend(int(t) for t in accepted_ids)
+    def observe(self, feedback) -> None:
+        self.observed.extend(int(t) for t in feedback.committed)
 
     def reset(self) -> None:
         self.observed = []

@@ -10,15 +10,17 @@ plain greedy decoding; sampled output has exactly the model's (processed) distri
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
 from restdecode.accept import Sampler, accept_greedy, accept_sampling
-from restdecode.drafting.base import NoDrafter
+from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
+from restdecode.options import GenerationOptions, check_messages, resolve_options
 from restdecode.verify import commit, new_cache, prefill, verify
 
 
@@ -90,30 +92,21 @@ def generate(
     *,
     messages: list[dict] | None = None,
     input_ids: Sequence[int] | None = None,
-    drafter=None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    stop: Sequence[str] | None = None,
-    seed: int | None = None,
+    drafter: Drafter | None = None,
+    options: GenerationOptions | None = None,
+    **option_values: Any,
 ) -> GenerationResult:
     """Generate a continuation of ``prompt`` / ``messages`` (chat template) / ``input_ids``.
 
     Exactly one input is given. ``drafter`` (a ``restdecode.drafting`` Drafter) proposes draft
-    trees; ``None`` decodes plainly. ``temperature == 0`` is greedy, otherwise tokens are sampled
-    after ``temperature``, ``top_k`` (0: off) and ``top_p`` (1.0: off), from a generator seeded
-    with ``seed``. Generation ends at an end-of-sequence token (kept in ``token_ids``), after
-    ``max_new_tokens``, or at the token completing one of the ``stop`` strings (kept in the text,
-    as ``transformers``' ``stop_strings`` does).
+    trees; ``None`` decodes plainly. ``options`` (:class:`GenerationOptions`), or its fields as
+    keywords (``max_new_tokens=64, temperature=0.7, ...``, applied on top of ``options``), say
+    how: greedy at temperature 0, otherwise sampled losslessly. Generation ends at an
+    end-of-sequence token (kept in ``token_ids``), after ``max_new_tokens``, or at the token
+    completing one of the ``stop_strings`` (kept in the text, as ``transformers`` does).
     """
-    events = _decode(model, tokenizer, prompt, messages, input_ids, drafter, max_new_tokens,
-                     temperature, top_p, top_k, stop, seed)
-    while True:
-        try:
-            next(events)
-        except StopIteration as done:
-            return done.value
+    return stream(model, tokenizer, prompt, messages=messages, input_ids=input_ids,
+                  drafter=drafter, options=options, **option_values).drain()
 
 
 def stream(
@@ -123,32 +116,56 @@ def stream(
     *,
     messages: list[dict] | None = None,
     input_ids: Sequence[int] | None = None,
-    drafter=None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    stop: Sequence[str] | None = None,
-    seed: int | None = None,
-) -> Iterator[str]:
-    """Like :func:`generate`, yielding text pieces as tokens are accepted.
+    drafter: Drafter | None = None,
+    options: GenerationOptions | None = None,
+    **option_values: Any,
+) -> "TextStream":
+    """Like :func:`generate`, as an iterator of text pieces, yielded as tokens are accepted.
 
     The pieces join to ``generate(...).text``; a character split over several tokens is held back
-    until complete. The generator's return value (``StopIteration.value``) is the
-    :class:`GenerationResult`.
+    until complete. Once exhausted, ``.result`` is the :class:`GenerationResult` (it is also the
+    iterator's return value, ``StopIteration.value``). The options and the prompt are checked
+    here, before the first piece is asked for.
     """
-    return (yield from _decode(model, tokenizer, prompt, messages, input_ids, drafter,
-                               max_new_tokens, temperature, top_p, top_k, stop, seed))
-
-
-def _decode(model, tokenizer, prompt, messages, input_ids, drafter, max_new_tokens, temperature,
-            top_p, top_k, stop, seed) -> Iterator[str]:
-    started = time.perf_counter()
+    options = resolve_options(options, **option_values)
+    if messages is not None:
+        check_messages(messages)
     prompt_ids = prompt_token_ids(tokenizer, prompt, messages, input_ids)
-    _check_request(model, prompt_ids, max_new_tokens)
-    output = _Output(tokenizer, eos_token_ids(model, tokenizer), max_new_tokens, stop,
-                     prompt_ids=prompt_ids)
-    decoder = _Decoder(model, drafter, _TokenChooser(temperature, top_p, top_k, seed), prompt_ids)
+    _check_request(model, prompt_ids)
+    return TextStream(_decode(model, tokenizer, prompt_ids, drafter, options))
+
+
+class TextStream(Iterator[str]):
+    """The text pieces of one generation; ``result`` is set once they are exhausted."""
+
+    def __init__(self, events: Generator[str, None, GenerationResult]) -> None:
+        self._events = events
+        self.result: GenerationResult | None = None
+
+    def __next__(self) -> str:
+        try:
+            return next(self._events)
+        except StopIteration as done:
+            self.result = done.value
+            raise
+
+    def drain(self) -> GenerationResult:
+        """Run to the end, dropping the pieces; the result."""
+        for _ in self:
+            pass
+        return self.result
+
+    def close(self) -> None:
+        """Stop generating (as a generator's ``close``)."""
+        self._events.close()
+
+
+def _decode(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
+            options: GenerationOptions) -> Generator[str, None, GenerationResult]:
+    started = time.perf_counter()
+    output = _Output(tokenizer, eos_token_ids(model, tokenizer), options.max_new_tokens,
+                     options.stop_strings, prompt_ids=prompt_ids)
+    decoder = _Decoder(model, drafter, _TokenChooser(options), prompt_ids)
     stats = decoder.stats
     waited = 0.0  # time spent in the caller between pieces, not ours to count
 
@@ -202,7 +219,7 @@ class _Decoder:
         self.past_length = len(self.context)
         self.context.append(first)
         self.drafter.reset()
-        self.drafter.observe([first])
+        self.drafter.observe(StepFeedback([first]))
         return [first]
 
     @torch.inference_mode()
@@ -237,10 +254,7 @@ class _Decoder:
         commit(self.cache, slots, tree.num_slots)
         self.past_length += len(slots)
         self.context += tokens
-        self.drafter.observe(tokens)
-        observe_tree = getattr(self.drafter, "observe_tree", None)  # optional Drafter hook
-        if observe_tree is not None:
-            observe_tree(draft, [slot - 1 for slot in slots[1:]])  # node index = slot - 1
+        self.drafter.observe(StepFeedback(tokens, draft, [slot - 1 for slot in slots[1:]]))
 
 
 def prompt_token_ids(tokenizer, prompt: str | None = None, messages: list[dict] | None = None,
@@ -274,9 +288,7 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-def _check_request(model, prompt_ids: list[int], max_new_tokens: int) -> None:
-    if max_new_tokens < 0:
-        raise DecodingError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+def _check_request(model, prompt_ids: list[int]) -> None:
     limit = _context_limit(model)
     if limit is not None and len(prompt_ids) >= limit:
         raise DecodingError(
@@ -298,11 +310,12 @@ def _limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:
 class _TokenChooser:
     """Greedy or sampled choice of the first token and acceptance over verified trees."""
 
-    def __init__(self, temperature: float, top_p: float, top_k: int, seed: int | None) -> None:
-        self.sampler = Sampler(temperature, top_k, top_p) if temperature > 0 else None
+    def __init__(self, options: GenerationOptions) -> None:
+        self.sampler = (None if options.greedy
+                        else Sampler(options.temperature, options.top_k, options.top_p))
         self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        if options.seed is not None:
+            self.generator.manual_seed(options.seed)
         else:
             self.generator.seed()
 
@@ -320,12 +333,12 @@ class _TokenChooser:
 class _Output:
     """The generated tokens and text so far, with the end conditions checked token by token."""
 
-    def __init__(self, tokenizer, eos: set[int], max_new_tokens: int, stop: Sequence[str] | None,
-                 prompt_ids: Sequence[int] = ()):
+    def __init__(self, tokenizer, eos: set[int], max_new_tokens: int,
+                 stop_strings: Sequence[str] | None, prompt_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.eos = eos
         self.max_new_tokens = max_new_tokens
-        self.stop = [s for s in (stop or []) if s]
+        self.stop = [s for s in (stop_strings or []) if s]
         # As transformers' StopStringCriteria, a stop string may begin in the prompt's last
         # characters (but must end in generated text).
         longest = max((len(s) for s in self.stop), default=1)

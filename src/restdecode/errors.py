@@ -19,3 +19,7 @@ class DatastoreError(RestdecodeError):
 
 class DecodingError(RestdecodeError):
     """Generation cannot proceed as asked (e.g. prompt longer than the model's context)."""
+
+
+class OptionsError(RestdecodeError):
+    """A generation option or chat message is out of range or of the wrong type."""

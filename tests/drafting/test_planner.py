@@ -16,6 +16,7 @@ from restdecode.drafting.planner import (
     path_probabilities,
     plan_tree,
 )
+from restdecode.drafting.base import StepFeedback
 from restdecode.drafting.tree import DraftTree
 
 
@@ -190,26 +191,24 @@ def test_groups_learn_apart_and_start_from_the_pooled_estimate():
 def test_match_length_groups():
     from restdecode.drafting.planner import MATCH_LENGTH_EDGES, match_length_group
 
-    class Matched:
-        def __init__(self, length):
-            self.last_match_length = length
-
-    groups = [match_length_group(Matched(n)) for n in (0, 2, 3, 4, 5, 6, 8, 9, 12, 13, 16)]
+    tree = chain([0.5])
+    groups = [match_length_group(tree.with_match_length(n))
+              for n in (0, 2, 3, 4, 5, 6, 8, 9, 12, 13, 16)]
     assert groups == [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    assert match_length_group(object()) == 0 and max(groups) == len(MATCH_LENGTH_EDGES)
+    assert match_length_group(tree) == 0 and max(groups) == len(MATCH_LENGTH_EDGES)
 
 
 def test_planned_drafter_learns_per_match_length():
     class MatchingDrafter(RecordingDrafter):
         def propose(self, token_ids):
-            self.last_match_length = len(token_ids)  # stands for the suffix match length
-            return super().propose(token_ids)
+            # the context's length stands for the suffix match length
+            return super().propose(token_ids).with_match_length(len(token_ids))
 
     drafter = PlannedDrafter(MatchingDrafter(chain([0.9, 0.9])), linear_cost(per_node=0.3))
     for _ in range(200):
-        drafter.observe_tree(drafter.propose([1, 2]), [])  # 2-token matches always fail
+        drafter.observe(StepFeedback([5], drafter.propose([1, 2]), []))  # 2-token matches fail
         tree = drafter.propose(list(range(12)))
-        drafter.observe_tree(tree, list(range(len(tree))))  # 12-token matches always pass
+        drafter.observe(StepFeedback([5], tree, list(range(len(tree)))))  # 12-token ones pass
     assert len(drafter.propose([1, 2])) == 0
     assert len(drafter.propose(list(range(12)))) == 2
 
@@ -223,8 +222,8 @@ class RecordingDrafter:
         self.calls.append(("propose", list(token_ids)))
         return self.tree
 
-    def observe(self, accepted_ids):
-        self.calls.append(("observe", list(accepted_ids)))
+    def observe(self, feedback):
+        self.calls.append(("observe", list(feedback.committed)))
 
     def reset(self):
         self.calls.append(("reset",))
@@ -237,7 +236,7 @@ def test_planned_drafter_plans_and_forwards():
     planned = drafter.propose([1, 2, 3, 4])
     assert kept_nodes(inner.tree, planned) == [0, 1]
     assert cost.cache_lengths == [3]  # the context without the pending token
-    drafter.observe([7, 8])
+    drafter.observe(StepFeedback([7, 8]))
     drafter.reset()
     assert inner.calls == [("propose", [1, 2, 3, 4]), ("observe", [7, 8]), ("reset",)]
 
@@ -246,7 +245,7 @@ def test_planned_drafter_learns_from_observed_trees():
     drafter = PlannedDrafter(RecordingDrafter(chain([0.9, 0.9])), linear_cost(per_node=0.3))
     assert len(drafter.propose([1, 2])) == 2
     for _ in range(60):
-        drafter.observe_tree(drafter.propose([1, 2]), [])
+        drafter.observe(StepFeedback([5], drafter.propose([1, 2]), []))
     assert len(drafter.propose([1, 2])) == 0
     drafter.reset()  # evidence survives a new generation
     assert len(drafter.propose([1, 2])) == 0

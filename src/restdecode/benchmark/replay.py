@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from restdecode.drafting import DraftTree
+from restdecode.drafting import DraftTree, StepFeedback
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,7 @@ def replay(drafter, prompt_ids: Sequence[int], output_ids: Sequence[int], *,
     """The decoding steps after prefill that ``drafter`` would take to produce ``output_ids``
     (a greedy output of the model, as recorded) from ``prompt_ids``.
 
-    Calls the drafter as the loop does (``reset``, ``observe``, ``propose``, the optional
-    ``observe_tree``), drafts cut to the depth ``max_new_tokens`` (default: the output's length)
+    Calls the drafter as the loop does (``reset``, ``observe``, ``propose``), drafts cut to the depth ``max_new_tokens`` (default: the output's length)
     leaves room for, so a stateful drafter (e.g. a planner's calibration) learns the same things.
     """
     output = list(output_ids)
@@ -54,7 +53,7 @@ def replay(drafter, prompt_ids: Sequence[int], output_ids: Sequence[int], *,
     limit = len(output) if max_new_tokens is None else max_new_tokens
     context = list(prompt_ids) + output[:1]  # the prefill chose the first token
     drafter.reset()
-    drafter.observe(output[:1])
+    drafter.observe(StepFeedback(output[:1]))
     steps: list[ReplayStep] = []
     while len(context) - len(prompt_ids) < len(output):
         produced = len(context) - len(prompt_ids)
@@ -64,8 +63,5 @@ def replay(drafter, prompt_ids: Sequence[int], output_ids: Sequence[int], *,
         committed = output[produced:produced + len(path) + 1]
         steps.append(ReplayStep(len(draft), len(committed), len(context) - 1))
         context += committed
-        drafter.observe(committed)
-        observe_tree = getattr(drafter, "observe_tree", None)
-        if observe_tree is not None:
-            observe_tree(draft, path)
+        drafter.observe(StepFeedback(committed, draft, path))
     return steps

@@ -4,6 +4,7 @@ from restdecode.drafting.base import (
     ContinuationDrafter,
     Drafter,
     NoDrafter,
+    StepFeedback,
     WeightedContinuations,
 )
 from restdecode.drafting.combined import CombinedDrafter
@@ -27,6 +28,7 @@ __all__ = [
     "NoDrafter",
     "PlannedDrafter",
     "RetrievalDrafter",
+    "StepFeedback",
     "WeightedContinuations",
     "default_drafter",
 ]

@@ -2,16 +2,15 @@
 
 A drafter guesses what follows the context; it knows nothing about models or verification.
 Conventions: ``propose(token_ids)`` receives the whole context *including* the pending token (its
-last element) and proposes a tree of what follows it; ``observe(accepted_ids)`` receives the
-tokens committed by the last step (accepted draft tokens + the bonus token); ``reset()`` starts
-a new generation.
+last element) and proposes a tree of what follows it; ``observe(feedback)`` receives what the
+last step verified and committed (:class:`StepFeedback`); ``reset()`` starts a new generation.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -19,16 +18,35 @@ import numpy as np
 from restdecode.drafting.tree import DraftTree
 
 
+@dataclass(frozen=True, eq=False)
+class StepFeedback:
+    """What one step verified and committed, handed to the drafter that proposed its tree.
+
+    * ``committed``: the tokens the step added (accepted draft tokens + the bonus token); after
+      the prefill, the first token alone;
+    * ``tree``: the tree as verified (after any depth cut by the loop; empty after the prefill);
+    * ``accepted_nodes``: indices into ``tree`` of the accepted path, root's child first.
+    """
+
+    committed: Sequence[int]
+    tree: DraftTree = field(default_factory=DraftTree.empty)
+    accepted_nodes: Sequence[int] = ()
+
+
 @runtime_checkable
 class Drafter(Protocol):
-    """Anything that proposes draft trees for the decoding loop."""
+    """Anything that proposes draft trees for the decoding loop.
+
+    A tree may carry per-node ``scores`` (conditional confidences, which the planner and
+    :class:`~restdecode.drafting.CombinedDrafter` use) and the ``match_length`` it was drawn from.
+    """
 
     def propose(self, token_ids: Sequence[int]) -> DraftTree:
         """A draft of what follows ``token_ids`` (whole context, pending token last)."""
         ...
 
-    def observe(self, accepted_ids: Sequence[int]) -> None:
-        """Learn from the tokens committed by the last step (accepted drafts + bonus)."""
+    def observe(self, feedback: StepFeedback) -> None:
+        """Learn from what the last step verified and committed."""
         ...
 
     def reset(self) -> None:
@@ -42,12 +60,14 @@ class WeightedContinuations:
 
     * ``continuations``: (n, L) int64 tokens, padded with -1 after each row's end;
     * ``lengths``: (n,) int64 true length of each row (1..L);
-    * ``weights``: (n,) float64, higher = more likely.
+    * ``weights``: (n,) float64, higher = more likely;
+    * ``match_length``: length of the context suffix they were found after (0: none, or unknown).
     """
 
     continuations: np.ndarray
     lengths: np.ndarray
     weights: np.ndarray
+    match_length: int = 0
 
     def __post_init__(self) -> None:
         continuations = np.asarray(self.continuations, dtype=np.int64)
@@ -64,6 +84,31 @@ class WeightedContinuations:
         object.__setattr__(self, "continuations", continuations)
         object.__setattr__(self, "lengths", lengths)
         object.__setattr__(self, "weights", weights)
+
+    @classmethod
+    def from_tree(cls, tree: DraftTree) -> "WeightedContinuations":
+        """Continuations whose trie is ``tree``, with each node weighing its path probability
+        (the product of its ``scores`` along the path, clipped to [0, 1]; 1 when unscored).
+
+        Each node becomes the row of its path, weighing what of its probability its children do
+        not carry on, so that the rows through a node add up to the node's probability.
+        """
+        if len(tree) == 0:
+            return cls.empty()
+        conditional = (np.ones(len(tree)) if tree.scores is None
+                       else np.clip(tree.scores, 0.0, 1.0))
+        rows = np.full((len(tree), tree.max_depth), -1, dtype=np.int64)
+        probability = np.empty(len(tree))
+        for node, parent in enumerate(tree.parents.tolist()):
+            depth = int(tree.depths[node])
+            if parent >= 0:
+                rows[node, :depth - 1] = rows[parent, :depth - 1]
+            rows[node, depth - 1] = tree.tokens[node]
+            probability[node] = conditional[node] * (probability[parent] if parent >= 0 else 1.0)
+        carried_on = np.zeros(len(tree))
+        np.add.at(carried_on, tree.parents[tree.parents >= 0], probability[tree.parents >= 0])
+        residual = np.maximum(probability - carried_on, 0.0)
+        return cls(rows, tree.depths.copy(), residual, tree.match_length)
 
     @classmethod
     def empty(cls, span: int = 0) -> "WeightedContinuations":
@@ -86,7 +131,7 @@ class WeightedContinuations:
         if weight_sum <= 0:
             return self
         return WeightedContinuations(
-            self.continuations, self.lengths, self.weights * (total / weight_sum)
+            self.continuations, self.lengths, self.weights * (total / weight_sum), self.match_length
         )
 
     def padded_to(self, span: int) -> "WeightedContinuations":
@@ -96,18 +141,18 @@ class WeightedContinuations:
         padded = np.full((len(self), span), -1, dtype=np.int64)
         width = min(span, self.span)
         padded[:, :width] = self.continuations[:, :width]
-        return WeightedContinuations(padded, np.minimum(self.lengths, span), self.weights)
+        return WeightedContinuations(padded, np.minimum(self.lengths, span), self.weights,
+                                     self.match_length)
 
     def to_tree(self, budget: int) -> DraftTree:
         """The ``budget`` heaviest nodes of the trie of these continuations."""
-        return DraftTree.from_continuations(
-            self.continuations, self.lengths, self.weights, budget
-        )
+        tree = DraftTree.from_continuations(self.continuations, self.lengths, self.weights, budget)
+        return tree.with_match_length(self.match_length)
 
 
 def concatenate(parts: Sequence[WeightedContinuations]) -> WeightedContinuations:
-    """All rows of ``parts`` in one set (padded to the widest); identical rows stay separate
-    rows, and add up once turned into a tree."""
+    """All rows of ``parts`` in one set (padded to the widest), matched as long as the longest
+    match among them; identical rows stay separate rows, and add up once turned into a tree."""
     if not parts:
         return WeightedContinuations.empty()
     span = max(part.span for part in parts)
@@ -116,6 +161,7 @@ def concatenate(parts: Sequence[WeightedContinuations]) -> WeightedContinuations
         np.concatenate([part.continuations for part in padded]),
         np.concatenate([part.lengths for part in padded]),
         np.concatenate([part.weights for part in padded]),
+        max(part.match_length for part in parts),
     )
 
 
@@ -147,7 +193,7 @@ class ContinuationDrafter(ABC):
         """The ``budget`` heaviest nodes of the trie of :meth:`continuations`."""
         return self.continuations(token_ids).to_tree(self.budget)
 
-    def observe(self, accepted_ids: Sequence[int]) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         """Stateless by default: nothing to learn."""
 
     def reset(self) -> None:
@@ -161,7 +207,7 @@ class NoDrafter:
         """Always the empty tree."""
         return DraftTree.empty()
 
-    def observe(self, accepted_ids: Sequence[int]) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         """Nothing to learn."""
 
     def reset(self) -> None:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from restdecode.drafting.base import ContinuationDrafter, WeightedContinuations, context_array
+from restdecode.drafting.base import (ContinuationDrafter, StepFeedback, WeightedContinuations,
+                                     context_array)
 
 # Recency only breaks ties: all the bonuses of a node together stay below one occurrence.
 _RECENCY_BONUS = 0.5
@@ -67,7 +68,7 @@ class ContextDrafter(ContinuationDrafter):
         self._ends: dict[tuple[int, ...], list[int]] = {}
         self.last_match_length = 0
 
-    def observe(self, accepted_ids: Sequence[int]) -> None:
+    def observe(self, feedback: StepFeedback) -> None:
         """Nothing to do: ``propose`` indexes whatever the context gained since last time."""
 
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
@@ -78,7 +79,7 @@ class ContextDrafter(ContinuationDrafter):
         if ends.size == 0:
             return WeightedContinuations.empty(self.span)
         ends = ends[-self.max_matches:]
-        return self._continuations_after(ends)
+        return self._continuations_after(ends, match_length)
 
     def _sync(self, token_ids: Sequence[int]) -> None:
         """Index the tokens ``token_ids`` has beyond the indexed context (all of them when it is
@@ -138,11 +139,11 @@ class ContextDrafter(ContinuationDrafter):
         agree = (positions >= 0) & (tokens[np.maximum(positions, 0)] == suffix[None, :])
         return np.where(agree.all(axis=1), offsets.size, agree.argmin(axis=1))
 
-    def _continuations_after(self, ends: np.ndarray) -> WeightedContinuations:
+    def _continuations_after(self, ends: np.ndarray, match_length: int) -> WeightedContinuations:
         """Up to ``span`` tokens after each end, weight 1 plus a small recency bonus."""
         length = self._length
         positions = ends[:, None] + np.arange(self.span)[None, :]
         inside = positions < length
         rows = np.where(inside, self._tokens[np.minimum(positions, length - 1)], -1)
         recency = _RECENCY_BONUS * (ends / length) / ends.size
-        return WeightedContinuations(rows, inside.sum(axis=1), 1.0 + recency)
+        return WeightedContinuations(rows, inside.sum(axis=1), 1.0 + recency, match_length)

@@ -54,7 +54,6 @@ def default_drafter(
 
 
 def _merged(sources: list, budget: int):
-    if len(sources) == 1:
-        sources[0].budget = budget
-        return sources[0]
-    return CombinedDrafter(sources, budget=budget)
+    for source in sources:  # each proposes as many nodes as the merged tree may keep
+        source.budget = budget
+    return sources[0] if len(sources) == 1 else CombinedDrafter(sources, budget=budget)

@@ -107,4 +107,5 @@ def _cut_at_separators(found: WeightedContinuations) -> WeightedContinuations:
     lengths = np.minimum(lengths, found.lengths)
     keep = lengths > 0
     rows = np.where(np.arange(rows.shape[1])[None, :] < lengths[:, None], rows, -1)
-    return WeightedContinuations(rows[keep], lengths[keep], found.weights[keep])
+    return WeightedContinuations(rows[keep], lengths[keep], found.weights[keep],
+                                 found.match_length)

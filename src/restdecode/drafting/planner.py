@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from restdecode.drafting.base import Drafter
+from restdecode.drafting.base import Drafter, StepFeedback
 from restdecode.drafting.tree import DraftTree
 
 DEFAULT_BUCKET_EDGES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
@@ -117,10 +117,9 @@ class AcceptanceCalibration:
 MATCH_LENGTH_EDGES: tuple[int, ...] = (3, 4, 6, 9, 13)
 
 
-def match_length_group(drafter: object) -> int:
-    """The step's group by the ``last_match_length`` the drafter reports (0 when it has none)."""
-    length = int(getattr(drafter, "last_match_length", 0) or 0)
-    return int(np.searchsorted(MATCH_LENGTH_EDGES, length, side="right"))
+def match_length_group(tree: DraftTree) -> int:
+    """The step's group by the suffix match length its tree was drawn from."""
+    return int(np.searchsorted(MATCH_LENGTH_EDGES, tree.match_length, side="right"))
 
 
 def raw_scores(tree: DraftTree) -> np.ndarray:
@@ -189,10 +188,10 @@ class PlannedDrafter:
     """A drafter whose proposals are cut by :func:`plan_tree` to what is worth verifying.
 
     Give the inner drafter a generous budget (e.g. 32 nodes): the planner decides how much of it
-    to verify. The decoding loop reports each verified tree and its accepted nodes through the
-    optional :meth:`observe_tree` hook, which feeds the calibration, per group of steps by the
-    inner drafter's suffix match length (:func:`match_length_group`); ``observe`` and ``reset``
-    go to the inner drafter (calibration counts persist across generations).
+    to verify. Each step's feedback (the verified tree and its accepted nodes) feeds the
+    calibration, per group of steps by the suffix match length the inner drafter's tree was
+    drawn from (:func:`match_length_group`); ``observe`` and ``reset`` also go to the inner
+    drafter (calibration counts persist across generations).
     """
 
     def __init__(self, drafter: Drafter, profile: CostModel, *,
@@ -208,21 +207,15 @@ class PlannedDrafter:
         """The inner drafter's tree, planned against a cache of ``len(token_ids) - 1`` positions
         (the context without the pending token)."""
         candidate = self.drafter.propose(token_ids)
-        self._group = min(match_length_group(self.drafter), self.calibration.groups - 1)
+        self._group = min(match_length_group(candidate), self.calibration.groups - 1)
         return plan_tree(candidate, self.profile, max(len(token_ids) - 1, 0),
                          calibration=self.calibration, overhead=self.overhead, group=self._group)
 
-    def observe_tree(self, tree: DraftTree, accepted_nodes: Sequence[int]) -> None:
-        """Learn from the verified ``tree`` (as verified, after any cut by the loop) and the node
-        indices on its accepted path."""
-        self.calibration.update(tree, accepted_nodes, self._group)
-        inner_hook = getattr(self.drafter, "observe_tree", None)
-        if inner_hook is not None:
-            inner_hook(tree, accepted_nodes)
-
-    def observe(self, accepted_ids: Sequence[int]) -> None:
-        """Forward to the inner drafter."""
-        self.drafter.observe(accepted_ids)
+    def observe(self, feedback: StepFeedback) -> None:
+        """Learn from the verified tree (as verified, after any cut by the loop) and its
+        accepted path; then forward to the inner drafter."""
+        self.calibration.update(feedback.tree, feedback.accepted_nodes, self._group)
+        self.drafter.observe(feedback)
 
     def reset(self) -> None:
         """Forward to the inner drafter; the calibration keeps its evidence."""

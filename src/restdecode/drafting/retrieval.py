@@ -65,4 +65,5 @@ class RetrievalDrafter(ContinuationDrafter):
         self.last_num_occurrences = int(result.num_occurrences)
         if result.match_length == 0 or len(result.lengths) == 0:
             return WeightedContinuations.empty(self.span)
-        return WeightedContinuations(result.continuations, result.lengths, result.counts)
+        return WeightedContinuations(result.continuations, result.lengths, result.counts,
+                                     int(result.match_length))

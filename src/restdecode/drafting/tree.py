@@ -25,12 +25,14 @@ class DraftTree:
     """Draft tokens arranged as a tree below the pending token.
 
     ``scores`` is an optional per-node confidence (higher is more likely to be accepted); the
-    order of siblings in the arrays is the order in which sampling tries them.
+    order of siblings in the arrays is the order in which sampling tries them. ``match_length``
+    is the length of the context suffix the drafter matched to find it (0: none, or unknown).
     """
 
     tokens: np.ndarray
     parents: np.ndarray
     scores: np.ndarray | None = None
+    match_length: int = 0
     depths: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +100,13 @@ class DraftTree:
         parents = self.parents[keep]
         parents = np.where(parents < 0, -1, new_index[np.maximum(parents, 0)])
         scores = self.scores[keep] if self.scores is not None else None
-        return DraftTree(self.tokens[keep], parents, scores)
+        return DraftTree(self.tokens[keep], parents, scores, self.match_length)
+
+    def with_match_length(self, match_length: int) -> "DraftTree":
+        """The same tree, found after a context suffix of ``match_length`` tokens."""
+        if match_length == self.match_length:
+            return self
+        return DraftTree(self.tokens, self.parents, self.scores, int(match_length))
 
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to ``node`` (inclusive)."""
