@@ -178,9 +178,20 @@ def test_bad_output_fails_before_the_tokenizer_loads(tmp_path, monkeypatch, caps
     (tmp_path / "afile").write_text("x")
     out, expected = {"directory": (str(tmp_path), "is a directory"),
                      "empty": ("", "output path is empty"),
-                     "under a file": (str(tmp_path / "afile" / "s.rds"), "cannot write the datastore")}[kind]
+                     "under a file": (str(tmp_path / "afile" / "s.rds"), "afile is not a directory")}[kind]
     assert_cli_error(capsys, ["build-datastore", "--model", "m", "--source", "text:*.txt", "--out", out],
                      expected)
+
+
+def test_unwritable_output_folder(tmp_path, monkeypatch):
+    from restdecode.datastore import format as store_format
+
+    def read_only(path):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(store_format, "_create_temp_file", read_only)  # root ignores mode bits
+    with pytest.raises(DatastoreError, match=r"cannot write the datastore .*s\.rds: Read-only file system"):
+        store_format.check_output_path(tmp_path / "s.rds")
 
 
 def test_bad_output_fails_before_the_corpus_is_read(tmp_path, make_word_tokenizer):

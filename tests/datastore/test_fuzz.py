@@ -215,7 +215,7 @@ def run_case(path: Path, setup: dict, capsys) -> dict[str, str]:
     return outcome
 
 
-def test_fuzzed_datastores_fail_cleanly_or_answer_correctly(fuzz_setup, capsys):
+def test_fuzzed_datastores_fail_cleanly_or_answer_correctly(fuzz_setup, capsys, request):
     rng = np.random.default_rng(SEED)
     tally: Counter = Counter()
     for case in range(NUM_CASES):
@@ -231,10 +231,11 @@ def test_fuzzed_datastores_fail_cleanly_or_answer_correctly(fuzz_setup, capsys):
                                "generate": "ok"}
         tally[" ".join(f"{stage}={value}" for stage, value in outcome.items())] += 1
         path.unlink()
-    with capsys.disabled():
-        print(f"\nfuzz: {NUM_CASES} cases (seed {SEED})")
-        for line, count in tally.most_common():
-            print(f"  {count:4d}  {line}")
+    if request.config.getoption("capture") == "no":  # -s: show the tally
+        with capsys.disabled():
+            print(f"\nfuzz: {NUM_CASES} cases (seed {SEED})")
+            for line, count in tally.most_common():
+                print(f"  {count:4d}  {line}")
     assert sum(tally.values()) == NUM_CASES
     stages = Counter(part for line, count in tally.items() for part in line.split() for _ in range(count))
     # the mutations reach every stage: rejected at open, damaged but answering, caught at search

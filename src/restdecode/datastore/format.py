@@ -158,6 +158,9 @@ def check_output_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise DatastoreError(f"output {path} is a directory: give a file name such as {path / 'store.rds'}")
+    parent = next((folder for folder in path.parents if folder.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DatastoreError(f"cannot write the datastore {path}: {parent} is not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = _create_temp_file(path)  # as root, os.access() says yes even on a read-only mount
