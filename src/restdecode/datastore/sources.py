@@ -271,7 +271,8 @@ def skipped_files_note(stats: dict[str, Any]) -> str:
     total = sum(counts.values())
     if not total:
         return ""
-    reasons = ", ".join(f"{count:,} {reason.removeprefix('skipped_')}" for reason, count in counts.items() if count)
+    reasons = ", ".join(f"{count:,} {reason.removeprefix('skipped_')}"
+                        for reason, count in counts.items() if count)
     names = stats.get("skipped_files", [])
     more = f" and {total - len(names):,} more" if total > len(names) else ""
     return f"skipped {total:,} file{'s' * (total != 1)} ({reasons}): {', '.join(names)}{more}"
