@@ -310,7 +310,7 @@ def test_memory_method_forgets_the_warm_up():
 
     memory = MemoryDrafter()
     memory.remember([1, 2, 3])
-    method = EngineMethod("restdecode-memory", None, None, drafter=memory, memory=memory)
+    method = EngineMethod("restdecode-memory", None, drafter=memory, memory=memory)
     method.forget()
     assert memory.memory_tokens == 0
     method.recall([[4, 5], [6]])

@@ -70,13 +70,14 @@ class InterruptAfter(io.StringIO):
 
 
 def test_session_keeps_history_and_survives_ctrl_c(tiny_dir):
-    from restdecode.benchmark.methods import restdecode_drafter
     from restdecode.cli.chat import ChatSession
+    from restdecode.drafting import DEFAULT_BUDGET
+    from restdecode.engine import Engine
     from restdecode.models import load
+    from restdecode.options import GenerationOptions
 
-    model, tokenizer = load(tiny_dir)
-    session = ChatSession(model, tokenizer, restdecode_drafter(None), temperature=0.0,
-                          max_new_tokens=10, plain_step_s=0.01)
+    engine = Engine(*load(tiny_dir), budget=DEFAULT_BUDGET, memory=True)
+    session = ChatSession(engine, GenerationOptions(max_new_tokens=10), plain_step_s=0.01)
     out = io.StringIO()
     stats = session.reply("hello", out)
     assert stats is not None and 1 <= stats.new_tokens <= 10

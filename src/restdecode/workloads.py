@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from restdecode.errors import RestdecodeError
+from restdecode.errors import OptionsError, RestdecodeError
+from restdecode.options import check_messages
 
 
 @dataclass(frozen=True)
@@ -90,32 +91,40 @@ def _humaneval() -> list[Prompt]:
 def _user_prompts(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise RestdecodeError(f"prompts file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RestdecodeError(f"prompts file {path} cannot be read as UTF-8 text ({error})") from None
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RestdecodeError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        prompt_id = str(record.get("id", f"{path.stem}/{number}"))
-        if isinstance(record.get("prompt"), str):
-            prompts.append(Prompt(id=prompt_id, text=record["prompt"]))
-        elif _is_messages(record.get("messages")):
-            prompts.append(Prompt(id=prompt_id, messages=record["messages"]))
-        else:
-            raise RestdecodeError(
-                f'{path}:{number}: expected {{"prompt": "..."}} or '
-                f'{{"messages": [{{"role": ..., "content": ...}}, ...]}}'
-            )
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            prompts.append(_user_prompt(json_record(line, f"{path}:{number}"), path, number))
     if not prompts:
         raise RestdecodeError(f"prompts file {path} holds no prompts")
     return prompts
 
 
-def _is_messages(value: object) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-    )
+def json_record(line: str, where: str) -> object:
+    """One JSON value, or a one-line error naming ``where``."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise RestdecodeError(f"{where}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise RestdecodeError(f"{where}: JSON nested too deeply") from None
+
+
+def _user_prompt(record: object, path: Path, number: int) -> Prompt:
+    expected = (f'{path}:{number}: expected {{"prompt": "..."}} or '
+                f'{{"messages": [{{"role": ..., "content": "..."}}, ...]}}')
+    if not isinstance(record, dict):
+        raise RestdecodeError(f"{expected}, got a JSON {type(record).__name__}")
+    prompt_id = str(record.get("id", f"{path.stem}/{number}"))
+    if isinstance(record.get("prompt"), str):
+        return Prompt(id=prompt_id, text=record["prompt"])
+    if "messages" in record:
+        try:
+            return Prompt(id=prompt_id, messages=check_messages(record["messages"]))
+        except OptionsError as error:
+            raise RestdecodeError(f"{path}:{number}: {error}") from None
+    raise RestdecodeError(expected)

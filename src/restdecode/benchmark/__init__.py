@@ -10,16 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from restdecode.benchmark.methods import (
-    DEFAULT_METHODS,
-    METHOD_NAMES,
-    rest_drafter,
-    restdecode_drafter,
-)
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-# Where `make demo` builds the ShareGPT datastore of a model (relative to restdecode_home()).
-DEFAULT_DATASTORES = {"smollm2-135m-instruct": "datastores/sharegpt-smollm2.rds"}
+from restdecode.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, rest_drafter
+from restdecode.engine import DEFAULT_MODEL, default_datastore
 
 
 @dataclass
@@ -49,34 +41,25 @@ class BenchOutcome:
     plots: list[Path]
 
 
-def default_datastore(model: str) -> Path | None:
-    """The datastore `make demo` builds for ``model``, if it exists."""
-    from restdecode.assets import restdecode_home
-
-    relative = DEFAULT_DATASTORES.get(model)
-    if relative is None:
-        return None
-    path = restdecode_home() / relative
-    return path if path.is_file() else None
-
-
 def run_benchmark(config: BenchConfig) -> BenchOutcome:
     """Run the benchmark described by ``config`` and write its outputs."""
     from transformers.utils import logging as hf_logging
 
     from restdecode.benchmark import humaneval, plots, report
-    from restdecode.benchmark.methods import build_methods, check_method_names
+    from restdecode.benchmark.methods import HF_METHODS, build_methods, check_method_names
     from restdecode.benchmark.runner import run_workload
-    from restdecode.models import load
+    from restdecode.compiled import eager
+    from restdecode.engine import Engine
     from restdecode.workloads import load_workload
 
     datastore_path = config.datastore or default_datastore(config.model)
     check_method_names(config.methods, has_datastore=datastore_path is not None)
     prompts = load_workload(config.workload, limit=config.limit, turns=config.turns)
-    model, tokenizer = load(config.model)
-    datastore = _open_datastore(datastore_path, tokenizer) if datastore_path else None
-    methods = build_methods(config.methods, model, tokenizer, datastore, progress=config.progress,
-                            compile=config.compile)
+    compile = config.compile and bool(set(config.methods) - HF_METHODS)
+    engine = Engine.load(config.model, datastore=datastore_path, compile=compile, draft=False,
+                         progress=config.progress)
+    methods = build_methods(config.methods, engine)
+    model, tokenizer, datastore = eager(engine.model), engine.tokenizer, engine.datastore
     hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the progress bar
     load_before = report.load_average()
     config.out.mkdir(parents=True, exist_ok=True)
@@ -182,12 +165,6 @@ def _run_identity(config: BenchConfig, datastore_path: Path | None) -> dict:
     return identity
 
 
-def _open_datastore(path: Path, tokenizer):
-    from restdecode.datastore import Datastore
-
-    return Datastore.open(path, tokenizer)
-
-
 def _model_info(name: str, model) -> dict:
     return {"name": name, "architecture": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -215,4 +192,4 @@ def _settings(config: BenchConfig) -> dict:
 
 
 __all__ = ["BenchConfig", "BenchOutcome", "DEFAULT_METHODS", "DEFAULT_MODEL", "METHOD_NAMES", "default_datastore",
-           "rest_drafter", "restdecode_drafter", "run_benchmark"]
+           "rest_drafter", "run_benchmark"]

@@ -7,8 +7,8 @@ the timing around :meth:`Method.generate`, so every method is timed the same way
 * ``hf-greedy``: ``model.generate(do_sample=False)``, the baseline;
 * ``hf-prompt-lookup``: ``model.generate(do_sample=False, prompt_lookup_num_tokens=10)``;
 * ``rest``: our engine with REST's published drafter (:func:`rest_drafter`);
-* ``restdecode``: our engine with our best default drafter (:func:`restdecode_drafter`), its
-  context source starting empty for every prompt;
+* ``restdecode``: our engine with its default drafter (``Engine.new_drafter``), its context
+  source starting empty for every prompt;
 * ``plain``: our engine with no drafting (``NoDrafter``): the cost of our loop alone;
 * ``restdecode-memory`` (not run by default): ``restdecode`` whose context source also searches
   this method's own earlier outputs of the run (:class:`restdecode.drafting.MemoryDrafter`),
@@ -29,22 +29,17 @@ if TYPE_CHECKING:
     from restdecode.datastore import Datastore
     from restdecode.drafting.base import Drafter
     from restdecode.drafting.memory import MemoryDrafter
-    from restdecode.latency import LatencyProfile
+    from restdecode.engine import Engine
 
 DEFAULT_METHODS: tuple[str, ...] = ("hf-greedy", "hf-prompt-lookup", "rest", "restdecode", "plain")
 METHOD_NAMES: tuple[str, ...] = DEFAULT_METHODS + ("restdecode-memory",)
 BASELINE = "hf-greedy"
 PLAIN = "plain"
 NEEDS_DATASTORE: frozenset[str] = frozenset({"rest"})
-NEEDS_PROFILE: frozenset[str] = frozenset({"restdecode", "restdecode-memory"})
 HF_METHODS: frozenset[str] = frozenset({"hf-greedy", "hf-prompt-lookup"})  # transformers' own loop
 
-# REST's published configuration (He et al. 2024, FasterDecoding/REST): longest suffix searched
-# from 16 down to 2 tokens, at most 5,000 occurrences, continuations of 10 tokens, 64 tree nodes.
-REST_MAX_SUFFIX = 16
-REST_MIN_SUFFIX = 2
-REST_MAX_MATCHES = 5000
-REST_SPAN = 10
+# REST's published configuration (He et al. 2024, FasterDecoding/REST): the datastore search's
+# defaults (restdecode.datastore.search) and trees of 64 nodes.
 REST_BUDGET = 64
 PROMPT_LOOKUP_TOKENS = 10
 
@@ -79,16 +74,7 @@ def rest_drafter(datastore: "Datastore") -> "Drafter":
     """REST's drafter as published: retrieval only, 64 nodes, spans 16..2, 5,000 matches, span 10."""
     from restdecode.drafting import RetrievalDrafter
 
-    return RetrievalDrafter(datastore, budget=REST_BUDGET, max_suffix=REST_MAX_SUFFIX,
-                            min_suffix=REST_MIN_SUFFIX, max_matches=REST_MAX_MATCHES, span=REST_SPAN)
-
-
-def restdecode_drafter(datastore: "Datastore | None", profile: "LatencyProfile | None" = None,
-                       memory: "MemoryDrafter | None" = None) -> "Drafter":
-    """Our best default drafter (:func:`restdecode.drafting.default_drafter`)."""
-    from restdecode.drafting import default_drafter
-
-    return default_drafter(datastore, profile=profile, memory=memory)
+    return RetrievalDrafter(datastore, budget=REST_BUDGET)
 
 
 class HFGenerate:
@@ -150,13 +136,12 @@ def _committed_per_forward(cache_lengths: list[int], prompt_length: int, new_tok
 
 
 class EngineMethod:
-    """Our decoding loop (``restdecode.decode.generate``) with a given drafter."""
+    """Our decoding loop (:meth:`restdecode.engine.Engine.generate`) with a given drafter."""
 
-    def __init__(self, name: str, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
-                 drafter: "Drafter", memory: "MemoryDrafter | None" = None) -> None:
+    def __init__(self, name: str, engine: "Engine", drafter: "Drafter",
+                 memory: "MemoryDrafter | None" = None) -> None:
         self.name = name
-        self.model = model
-        self.tokenizer = tokenizer
+        self.engine = engine
         self.drafter = drafter
         self.memory = memory
 
@@ -172,10 +157,8 @@ class EngineMethod:
                 self.memory.remember(output)
 
     def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
-        from restdecode.decode import generate
-
-        result = generate(self.model, self.tokenizer, input_ids=input_ids[0].tolist(),
-                          drafter=self.drafter, max_new_tokens=max_new_tokens)
+        result = self.engine.generate(input_ids=input_ids[0].tolist(), drafter=self.drafter,
+                                      max_new_tokens=max_new_tokens)
         return MethodRun(list(result.token_ids), engine_accepted_per_step(result.stats))
 
 
@@ -199,48 +182,32 @@ def check_method_names(names: list[str], *, has_datastore: bool) -> None:
                               "(build one with `restdecode build-datastore`)")
 
 
-def build_methods(names: list[str], model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
-                  datastore: "Datastore | None", profile: "LatencyProfile | None" = None,
-                  *, progress: bool = True, compile: bool = False) -> list[Method]:
-    """The methods called ``names``, in that order, sharing one loaded model.
+def build_methods(names: list[str], engine: "Engine") -> list[Method]:
+    """The methods called ``names``, in that order, sharing ``engine``'s model and datastore.
 
-    ``restdecode`` methods plan their trees with ``profile``; when None, the model's latency
-    profile on this machine (:func:`restdecode.latency.profile_for`: cached, else measured now).
-    With ``compile``, our engine's methods run the model through a compiled forward
-    (:mod:`restdecode.compiled`, its graphs built here) while the ``hf-*`` methods stay eager.
+    ``restdecode`` methods plan their trees with the engine's latency profile (measured now if
+    this machine has none cached). When the engine's model is compiled
+    (``Engine.load(compile=True)``), our engine's methods run through it while the ``hf-*``
+    methods take the eager model behind it.
     """
-    check_method_names(names, has_datastore=datastore is not None)
-    engine_model = model
-    if compile and set(names) - HF_METHODS:
-        from restdecode.compiled import compile_forward
-        from restdecode.verify import build_graphs
-
-        engine_model = compile_forward(model)
-        build_graphs(engine_model)
-    if profile is None and NEEDS_PROFILE.intersection(names):
-        from restdecode.latency import profile_for
-
-        profile = profile_for(engine_model, progress=progress)
-    return [_build_method(name, engine_model, tokenizer, datastore, profile) for name in names]
+    check_method_names(names, has_datastore=engine.datastore is not None)
+    return [_build_method(name, engine) for name in names]
 
 
-def _build_method(name, model, tokenizer, datastore, profile) -> Method:
-    """Method ``name``; ``model`` may be compiled, the ``hf-*`` methods take the eager one."""
+def _build_method(name: str, engine: "Engine") -> Method:
     from restdecode.compiled import eager
-    from restdecode.drafting import MemoryDrafter, NoDrafter
-    from restdecode.drafting.defaults import CONTEXT_SPAN
+    from restdecode.drafting import NoDrafter, default_memory
 
     if name == "hf-greedy":
-        return HFGenerate(name, eager(model), tokenizer)
+        return HFGenerate(name, eager(engine.model), engine.tokenizer)
     if name == "hf-prompt-lookup":
-        return HFGenerate(name, eager(model), tokenizer,
+        return HFGenerate(name, eager(engine.model), engine.tokenizer,
                           prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
     if name == "rest":
-        return EngineMethod(name, model, tokenizer, rest_drafter(datastore))
+        return EngineMethod(name, engine, rest_drafter(engine.datastore))
     if name == "restdecode":
-        return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore, profile))
+        return EngineMethod(name, engine, engine.new_drafter())
     if name == "restdecode-memory":
-        memory = MemoryDrafter(span=CONTEXT_SPAN)
-        return EngineMethod(name, model, tokenizer, restdecode_drafter(datastore, profile, memory),
-                            memory)
-    return EngineMethod(name, model, tokenizer, NoDrafter())
+        memory = default_memory()
+        return EngineMethod(name, engine, engine.new_drafter(memory=memory), memory)
+    return EngineMethod(name, engine, NoDrafter())

@@ -23,29 +23,24 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Iterator, TextIO
 
-from restdecode.cli.generate import add_compile_argument
+from restdecode.cli.common import (add_decoding_arguments, add_model_argument,
+                                   add_sampling_arguments, engine_from_args, options_from_args)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 PLAIN_PROBE_TOKENS = 8
 EXIT_COMMANDS = ("/exit", "/quit")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the chat arguments."""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model asset name, .gguf file or Hugging Face directory "
-                             f"(default: {DEFAULT_MODEL})")
+    add_model_argument(parser)
     parser.add_argument("--datastore", type=Path, default=None, metavar="FILE",
                         help="datastore to draft from (default: the one `make demo` builds for "
                              "the default model, if present; else context drafting only)")
-    parser.add_argument("--temperature", type=float, default=0.0, metavar="T",
-                        help="0 = greedy (default); > 0 samples, losslessly")
-    parser.add_argument("--max-new-tokens", type=int, default=512, metavar="N",
-                        help="longest reply in tokens (default: 512)")
+    add_decoding_arguments(parser, max_new_tokens=512)
+    add_sampling_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT", help="optional system message")
-    add_compile_argument(parser)
 
 
 @dataclass
@@ -61,22 +56,24 @@ class ReplyStats:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and drafter, then chat until EOF or /exit."""
+    from restdecode.engine import default_datastore
     from restdecode.errors import RestdecodeError
 
-    if args.max_new_tokens < 1:
-        raise RestdecodeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise RestdecodeError(f"--temperature must be >= 0, got {args.temperature}")
-    model, tokenizer, drafter, store = _load(args)
+    options = options_from_args(args)
+    if options.max_new_tokens < 1:
+        raise RestdecodeError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
+    store_path = args.datastore or default_datastore(args.model)
+    # The memory carries this session's replies over to the next ones.
+    engine = engine_from_args(args, datastore=store_path, memory=True)
+    if not getattr(engine.tokenizer, "chat_template", None):
+        raise RestdecodeError(f"model {args.model} has no chat template: use `restdecode generate`")
     interactive = sys.stdin.isatty()
-    plain_step_s = measure_plain_step(model, tokenizer)
-    _info(f"model {args.model}; drafter: {_describe(drafter)}"
-          + (f" (datastore {store})" if store else "")
+    plain_step_s = measure_plain_step(engine)
+    _info(f"model {args.model}; drafter: {_describe(engine.drafter)}"
+          + (f" (datastore {store_path})" if store_path else "")
           + f"; plain step {plain_step_s * 1000:.0f} ms"
           + ("; Ctrl-C stops a reply, Ctrl-D or /exit quits" if interactive else ""))
-    session = ChatSession(model, tokenizer, drafter, temperature=args.temperature,
-                          max_new_tokens=args.max_new_tokens, plain_step_s=plain_step_s,
-                          system=args.system)
+    session = ChatSession(engine, options, plain_step_s=plain_step_s, system=args.system)
     for message in read_messages(sys.stdin, interactive):
         if message in EXIT_COMMANDS:
             break
@@ -86,32 +83,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         session.reply(message, sys.stdout, prefix="bot> " if interactive else "")
     return 0
-
-
-def _load(args):
-    from restdecode.benchmark import default_datastore
-    from restdecode.benchmark.methods import restdecode_drafter
-    from restdecode.cli.generate import load_model
-    from restdecode.errors import RestdecodeError
-
-    store_path = args.datastore or default_datastore(args.model)
-    if store_path is not None and not Path(store_path).is_file():
-        raise RestdecodeError(f"datastore {store_path} does not exist")
-    model, tokenizer = load_model(args.model, args.compile)
-    if not getattr(tokenizer, "chat_template", None):
-        raise RestdecodeError(f"model {args.model} has no chat template: use `restdecode generate`")
-    datastore = None
-    if store_path is not None:
-        from restdecode.datastore import Datastore
-
-        datastore = Datastore.open(store_path, tokenizer)
-    from restdecode.drafting import MemoryDrafter
-    from restdecode.drafting.defaults import CONTEXT_SPAN
-    from restdecode.latency import profile_for
-
-    # The memory carries this session's replies over to the next ones.
-    drafter = restdecode_drafter(datastore, profile_for(model), MemoryDrafter(span=CONTEXT_SPAN))
-    return model, tokenizer, drafter, store_path
 
 
 def _describe(drafter) -> str:
@@ -128,19 +99,19 @@ def _info(message: str) -> None:
     print(f"[{message}]", file=sys.stderr, flush=True)
 
 
-def measure_plain_step(model, tokenizer) -> float:
+def measure_plain_step(engine) -> float:
     """Seconds per plain decoding step of our loop (no drafter) on a short chat prompt.
 
     Two generations of the same prompt (1 token, then ``PLAIN_PROBE_TOKENS``): the difference
     divided by the extra steps, so the prefill cancels out. A first, untimed one warms up.
     """
-    from restdecode.decode import generate
+    from restdecode.drafting import NoDrafter
 
     messages = [{"role": "user", "content": "Hello! How are you?"}]
 
     def timed(tokens: int) -> tuple[float, int]:
         start = time.perf_counter()
-        result = generate(model, tokenizer, messages=messages, max_new_tokens=tokens)
+        result = engine.generate(messages=messages, drafter=NoDrafter(), max_new_tokens=tokens)
         return time.perf_counter() - start, result.stats.steps
 
     timed(2)
@@ -170,13 +141,9 @@ def read_messages(stream: TextIO, interactive: bool) -> Iterator[str]:
 class ChatSession:
     """The conversation so far, and how to extend it by one streamed reply."""
 
-    def __init__(self, model, tokenizer, drafter, *, temperature: float, max_new_tokens: int,
-                 plain_step_s: float, system: str | None = None) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.drafter = drafter
-        self.temperature = temperature
-        self.max_new_tokens = max_new_tokens
+    def __init__(self, engine, options, *, plain_step_s: float, system: str | None = None) -> None:
+        self.engine = engine
+        self.options = options
         self.plain_step_s = plain_step_s
         self.system = system
         self.history: list[dict] = []
@@ -188,16 +155,14 @@ class ChatSession:
 
     def reply(self, message: str, out: TextIO, prefix: str = "") -> ReplyStats | None:
         """Stream the reply to ``message`` into ``out``, then the stats line; None if interrupted."""
-        from restdecode.decode import stream
-
         self.history.append({"role": "user", "content": message})
         out.write(prefix)
         pieces: list[str] = []
-        events = stream(self.model, self.tokenizer, messages=self.history, drafter=self.drafter,
-                        max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+        events = self.engine.stream(messages=self.history, options=self.options)
         start = time.perf_counter()
         try:
-            result = consume(events, lambda piece: _write(out, piece, pieces))
+            for piece in events:
+                _write(out, piece, pieces)
         except KeyboardInterrupt:
             events.close()
             out.write(" [stopped]\n")
@@ -205,21 +170,12 @@ class ChatSession:
             self.history.append({"role": "assistant", "content": "".join(pieces)})
             return None
         total_s = time.perf_counter() - start
+        result = events.result
         self.history.append({"role": "assistant", "content": result.text})
         stats = reply_stats(result.stats, total_s)
         out.write("\n" + stats_line(stats, self.plain_step_s) + "\n")
         out.flush()
         return stats
-
-
-def consume(events: Iterator[str], write: Callable[[str], None]):
-    """Feed every piece of a ``stream()`` generator to ``write``; return its GenerationResult."""
-    while True:
-        try:
-            piece = next(events)
-        except StopIteration as done:
-            return done.value
-        write(piece)
 
 
 def _write(out: TextIO, piece: str, pieces: list[str]) -> None:

@@ -17,13 +17,12 @@ import argparse
 import json
 import sys
 
-from restdecode.cli.generate import add_decoding_arguments
+from restdecode.cli.common import add_decoding_arguments, add_model_argument, engine_from_args
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the ``check-lossless`` arguments to ``parser``."""
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="model asset name, GGUF file or HF directory (default: smollm2-135m-instruct)")
+    add_model_argument(parser)
     parser.add_argument("--datastore", help="datastore file to draft from (default: context drafting only)")
     parser.add_argument("--prompts", default="mtbench",
                         help="mtbench, humaneval or prompts:PATH (JSONL) (default: mtbench)")
@@ -36,15 +35,15 @@ def run(args: argparse.Namespace) -> int:
     """Exit status 0 when every output is identical, 1 otherwise."""
     from tqdm import tqdm
 
-    from restdecode.cli.generate import build_drafter, load_model
+    from restdecode.options import GenerationOptions
     from restdecode.workloads import load_workload
 
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens)
     prompts = load_workload(args.prompts, limit=args.limit)
-    model, tokenizer = load_model(args.model, args.compile)
-    drafter = build_drafter(model, tokenizer, args.datastore, budget=args.budget, no_draft=args.no_draft)
+    engine = engine_from_args(args)
     differing, steps, tokens = [], 0, 0
     for prompt in tqdm(prompts, desc="check-lossless", unit="prompt", file=sys.stderr):
-        outcome = compare_one(model, tokenizer, prompt, drafter, args.max_new_tokens)
+        outcome = compare_one(engine, prompt, options)
         steps += outcome.pop("steps")
         tokens += outcome.pop("decoded_tokens")
         if outcome["first_difference"] is not None:
@@ -68,15 +67,17 @@ def run(args: argparse.Namespace) -> int:
     return 0 if not differing else 1
 
 
-def compare_one(model, tokenizer, prompt, drafter, max_new_tokens: int) -> dict:
-    """Our greedy output vs ``model.generate(do_sample=False)`` for one workload prompt."""
+def compare_one(engine, prompt, options) -> dict:
+    """Our greedy output (``engine``'s drafter) vs ``model.generate(do_sample=False)`` for one
+    workload prompt."""
     import torch
 
     from restdecode.compiled import eager
-    from restdecode.decode import generate, prompt_token_ids
+    from restdecode.decode import prompt_token_ids
 
-    ids = prompt_token_ids(tokenizer, prompt.text, prompt.messages)
-    ours = generate(model, tokenizer, input_ids=ids, drafter=drafter, max_new_tokens=max_new_tokens)
+    model, max_new_tokens = engine.model, options.max_new_tokens
+    ids = prompt_token_ids(engine.tokenizer, prompt.text, prompt.messages)
+    ours = engine.generate(input_ids=ids, options=options)
     with torch.inference_mode():
         tensor = torch.tensor([ids], device=model.device)
         reference = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,

@@ -53,6 +53,14 @@ class SearchResult:
     def __len__(self) -> int:
         return int(self.lengths.size)
 
+# REST's published search configuration (He et al. 2024), the default of every search: the
+# longest suffix of the context from 16 down to 2 tokens, at most 5,000 occurrences examined,
+# continuations of 10 tokens.
+MAX_SUFFIX = 16
+MIN_SUFFIX = 2
+MAX_MATCHES = 5000
+SPAN = 10
+
 
 def search_arrays(
     tokens: np.ndarray,
@@ -60,10 +68,10 @@ def search_arrays(
     vocab_size: int,
     context: Sequence[int] | np.ndarray,
     *,
-    max_suffix: int = 16,
-    min_suffix: int = 2,
-    max_matches: int = 5000,
-    span: int = 10,
+    max_suffix: int = MAX_SUFFIX,
+    min_suffix: int = MIN_SUFFIX,
+    max_matches: int = MAX_MATCHES,
+    span: int = SPAN,
     source: str = "datastore",
 ) -> SearchResult:
     """Search the stored arrays (``tokens`` holds ids + 1, 0 between documents)."""

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from restdecode.datastore.format import DatastoreHeader, MappedDatastore, read_datastore, verify_checksums
-from restdecode.datastore.search import SearchResult, search_arrays
+from restdecode.datastore.search import (MAX_MATCHES, MAX_SUFFIX, MIN_SUFFIX, SPAN, SearchResult,
+                                         search_arrays)
 from restdecode.datastore.vocab import tokenizer_fingerprint, tokenizer_name, tokenizer_vocab_size
 from restdecode.errors import DatastoreError
 
@@ -47,10 +48,10 @@ class Datastore:
     def search(
         self,
         context: Sequence[int] | np.ndarray,
-        max_suffix: int = 16,
-        min_suffix: int = 2,
-        max_matches: int = 5000,
-        span: int = 10,
+        max_suffix: int = MAX_SUFFIX,
+        min_suffix: int = MIN_SUFFIX,
+        max_matches: int = MAX_MATCHES,
+        span: int = SPAN,
     ) -> SearchResult:
         """Continuations of the longest suffix of ``context`` found in the store (see
         :mod:`restdecode.datastore.search` for the exact semantics)."""

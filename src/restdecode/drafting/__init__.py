@@ -9,7 +9,8 @@ from restdecode.drafting.base import (
 )
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
-from restdecode.drafting.defaults import CANDIDATE_BUDGET, DEFAULT_BUDGET, default_drafter
+from restdecode.drafting.defaults import (CANDIDATE_BUDGET, DEFAULT_BUDGET, default_drafter,
+                                          default_memory)
 from restdecode.drafting.memory import MemoryDrafter
 from restdecode.drafting.planner import PlannedDrafter
 from restdecode.drafting.retrieval import RetrievalDrafter
@@ -31,4 +32,5 @@ __all__ = [
     "StepFeedback",
     "WeightedContinuations",
     "default_drafter",
+    "default_memory",
 ]

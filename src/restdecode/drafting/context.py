@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from restdecode.datastore.search import MAX_SUFFIX, MIN_SUFFIX
 from restdecode.drafting.base import (ContinuationDrafter, StepFeedback, WeightedContinuations,
                                      context_array)
 
@@ -41,8 +42,8 @@ class ContextDrafter(ContinuationDrafter):
         self,
         *,
         budget: int = 32,
-        max_suffix: int = 16,
-        min_suffix: int = 2,
+        max_suffix: int = MAX_SUFFIX,
+        min_suffix: int = MIN_SUFFIX,
         span: int = 10,
         max_matches: int = 1000,
     ) -> None:

@@ -42,8 +42,8 @@ def default_drafter(
       down to a plain step (:class:`PlannedDrafter`). Without one, or with an explicit ``budget``,
       a fixed tree of ``budget`` (default ``DEFAULT_BUDGET``) nodes.
     * ``memory``: a :class:`MemoryDrafter` used as the context source, so that earlier outputs
-      are searched too (build it with ``span=CONTEXT_SPAN``); the caller keeps it to
-      ``forget()`` when it wants.
+      are searched too (:func:`default_memory`); the caller keeps it to ``forget()`` when it
+      wants.
     * ``datastore`` None: context (and memory) lookup alone.
     """
     context = memory if memory is not None else ContextDrafter(span=CONTEXT_SPAN)
@@ -51,6 +51,11 @@ def default_drafter(
     if profile is None or budget is not None:
         return _merged(sources, DEFAULT_BUDGET if budget is None else budget)
     return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET), profile, overhead=STEP_OVERHEAD_S)
+
+
+def default_memory() -> MemoryDrafter:
+    """An empty output memory, shaped to be :func:`default_drafter`'s context source."""
+    return MemoryDrafter(span=CONTEXT_SPAN)
 
 
 def _merged(sources: list, budget: int):

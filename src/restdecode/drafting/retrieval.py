@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from restdecode.datastore.search import MAX_MATCHES, MAX_SUFFIX, MIN_SUFFIX, SPAN
 from restdecode.drafting.base import ContinuationDrafter, WeightedContinuations, context_array
 
 
@@ -16,10 +17,10 @@ class SuffixSearcher(Protocol):
     def search(
         self,
         context: Sequence[int] | np.ndarray,
-        max_suffix: int = 16,
-        min_suffix: int = 2,
-        max_matches: int = 5000,
-        span: int = 10,
+        max_suffix: int = MAX_SUFFIX,
+        min_suffix: int = MIN_SUFFIX,
+        max_matches: int = MAX_MATCHES,
+        span: int = SPAN,
     ) -> Any:
         """A ``SearchResult``: match_length, continuations, lengths, counts, num_occurrences."""
         ...
@@ -38,10 +39,10 @@ class RetrievalDrafter(ContinuationDrafter):
         datastore: SuffixSearcher,
         *,
         budget: int = 64,
-        max_suffix: int = 16,
-        min_suffix: int = 2,
-        max_matches: int = 5000,
-        span: int = 10,
+        max_suffix: int = MAX_SUFFIX,
+        min_suffix: int = MIN_SUFFIX,
+        max_matches: int = MAX_MATCHES,
+        span: int = SPAN,
     ) -> None:
         super().__init__(budget=budget)
         self.datastore = datastore

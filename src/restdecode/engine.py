@@ -1,0 +1,166 @@
+"""The engine: one object that sets up decoding the same way for every entry point.
+
+:class:`Engine` loads the model (eager or compiled), opens the datastore with the tokenizer and
+vocabulary checks, gets the model's latency profile on this machine when drafts are sized by it,
+and builds the default drafter. ``generate``, ``stream``, the CLI commands and the benchmark all
+go through it, so a default lives in one place only.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from restdecode.errors import DatastoreError, OptionsError
+
+if TYPE_CHECKING:
+    from restdecode.datastore import Datastore
+    from restdecode.decode import GenerationResult, TextStream
+    from restdecode.drafting import Drafter, MemoryDrafter
+    from restdecode.latency import LatencyProfile
+    from restdecode.options import GenerationOptions
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# Where `make demo` builds the ShareGPT datastore of a model (relative to restdecode_home()).
+DEFAULT_DATASTORES = {DEFAULT_MODEL: "datastores/sharegpt-smollm2.rds"}
+
+
+def default_datastore(model: str) -> Path | None:
+    """The datastore `make demo` builds for ``model``, if it exists."""
+    from restdecode.assets import restdecode_home
+
+    relative = DEFAULT_DATASTORES.get(model)
+    if relative is None:
+        return None
+    path = restdecode_home() / relative
+    return path if path.is_file() else None
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Engine:
+    """A loaded model, its tokenizer, an optional datastore and the default drafter.
+
+    * ``draft=False``: plain decoding (no drafter);
+    * ``budget``: a fixed draft tree of that many nodes every step; without it, each step's tree
+      is sized by the model's latency profile on this machine (measured once, then cached);
+    * ``memory=True``: the context source also searches this engine's earlier outputs
+      (:class:`~restdecode.drafting.MemoryDrafter`, kept in ``engine.memory``).
+    """
+
+    def __init__(self, model, tokenizer, *, datastore: "Datastore | None" = None,
+                 profile: "LatencyProfile | None" = None, draft: bool = True,
+                 budget: int | None = None, memory: bool = False, name: str = "",
+                 progress: bool = True) -> None:
+        from restdecode.drafting import default_memory
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.datastore = datastore
+        self.name = name
+        self.progress = progress
+        self._profile = profile
+        if datastore is not None:
+            check_vocabulary(datastore, model)
+        if budget is not None and budget < 0:
+            raise OptionsError(f"budget must be >= 0 nodes, got {budget}")
+        self.memory = default_memory() if memory and draft else None
+        self.drafter = self.new_drafter(budget=budget) if draft else None
+
+    @classmethod
+    def load(cls, model: str = DEFAULT_MODEL, *, datastore: str | Path | None = None,
+             compile: bool = False, draft: bool = True, budget: int | None = None,
+             memory: bool = False, progress: bool = True,
+             say: Callable[[str], None] = _say) -> "Engine":
+        """Load ``model`` (asset name, GGUF file or Hugging Face directory) and ``datastore``
+        (a file from ``restdecode build-datastore``), then build the default drafter.
+
+        The datastore is checked to exist before the model is loaded. With ``compile``, the
+        model's verification forward runs through ``torch.compile``; its graphs are built here
+        (minutes on a CPU, said through ``say``).
+        """
+        from restdecode.models import load
+
+        path = Path(datastore) if datastore is not None else None
+        if path is not None and not path.is_file():
+            raise DatastoreError(f"datastore {path} does not exist (build one with "
+                                 "`restdecode build-datastore`)")
+        loaded, tokenizer = load(model)
+        if compile:
+            loaded = compile_model(loaded, say)
+        store = open_datastore(path, tokenizer) if path is not None else None
+        return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
+                   name=model, progress=progress)
+
+    @property
+    def profile(self) -> "LatencyProfile":
+        """The model's latency profile on this machine (measured on first use, then cached)."""
+        if self._profile is None:
+            from restdecode.latency import profile_for
+
+            self._profile = profile_for(self.model, progress=self.progress)
+        return self._profile
+
+    def new_drafter(self, *, budget: int | None = None,
+                    memory: "MemoryDrafter | None" = None) -> "Drafter":
+        """A fresh default drafter (:func:`restdecode.drafting.default_drafter`) over this
+        engine's datastore: sized by the latency profile, or fixed at ``budget`` nodes;
+        ``memory`` (default: the engine's, if any) as its context source."""
+        from restdecode.drafting import default_drafter
+
+        memory = memory if memory is not None else self.memory
+        if budget is not None:
+            return default_drafter(self.datastore, budget=budget, memory=memory)
+        return default_drafter(self.datastore, profile=self.profile, memory=memory)
+
+    def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
+                 input_ids: Sequence[int] | None = None, drafter: "Drafter | None" = None,
+                 options: "GenerationOptions | None" = None,
+                 **option_values: Any) -> "GenerationResult":
+        """:func:`restdecode.decode.generate` with this engine's model and drafter (or
+        ``drafter``)."""
+        return self.stream(prompt, messages=messages, input_ids=input_ids, drafter=drafter,
+                           options=options, **option_values).drain()
+
+    def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
+               input_ids: Sequence[int] | None = None, drafter: "Drafter | None" = None,
+               options: "GenerationOptions | None" = None, **option_values: Any) -> "TextStream":
+        """:func:`restdecode.decode.stream` with this engine's model and drafter (or
+        ``drafter``): text pieces, then ``.result``."""
+        from restdecode.decode import stream
+
+        return stream(self.model, self.tokenizer, prompt, messages=messages, input_ids=input_ids,
+                      drafter=drafter if drafter is not None else self.drafter, options=options,
+                      **option_values)
+
+
+def compile_model(model, say: Callable[[str], None] = _say):
+    """``model`` wrapped for a compiled verification forward, its graphs built now."""
+    from restdecode.compiled import compile_forward
+    from restdecode.verify import build_graphs
+
+    say("compiling the model's forward (minutes on a CPU, once per process) ...")
+    compiled = compile_forward(model)
+    say(f"compiled in {build_graphs(compiled):.0f} s")
+    return compiled
+
+
+def open_datastore(path: str | Path, tokenizer) -> "Datastore":
+    """The datastore at ``path``, checked to be built with ``tokenizer``."""
+    from restdecode.datastore import Datastore
+
+    return Datastore.open(path, tokenizer)
+
+
+def check_vocabulary(datastore: "Datastore", model) -> None:
+    """Refuse a datastore whose token ids may reach past the model's embedding table: a draft
+    must never hold an id the model cannot embed."""
+    model_vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+    if datastore.header.vocab_size > model_vocab:
+        raise DatastoreError(
+            f"datastore {datastore.path} holds token ids up to {datastore.header.vocab_size - 1}, "
+            f"but the model embeds only {model_vocab} ids: build it with this model's tokenizer")
