@@ -6,6 +6,9 @@ __version__ = "0.1.0"
 
 # Public names, imported lazily so that `import restdecode` (and the CLI's --help) stays fast.
 _LAZY = {
+    "Engine": "restdecode.engine",
+    "GenerationOptions": "restdecode.options",
+    "TextStream": "restdecode.decode",
     "generate": "restdecode.decode",
     "stream": "restdecode.decode",
     "GenerationResult": "restdecode.decode",

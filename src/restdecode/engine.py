@@ -85,7 +85,7 @@ class Engine:
         """
         from restdecode.models import load
 
-        path = Path(datastore) if datastore is not None else None
+        path = Path(datastore).expanduser() if datastore is not None else None
         if path is not None and not path.is_file():
             raise DatastoreError(f"datastore {path} does not exist (build one with "
                                  "`restdecode build-datastore`)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_format import rewrite_header as rewritten_header
 from restdecode.cli import main
 from restdecode.datastore import Datastore, build_datastore, build_from_token_documents
 from restdecode.errors import DatastoreError
@@ -39,15 +40,7 @@ def section_offset(path: Path, name: str) -> int:
 def rewrite_header(path: Path, change) -> None:
     """Apply ``change(fields)`` to the JSON header and recompute its checksum (a valid file
     layout with a hand-made header)."""
-    data = path.read_bytes()
-    magic, version, length, _ = struct.unpack_from("<8sIII", data)
-    fields = json.loads(data[24:24 + length])
-    change(fields)
-    body = json.dumps(fields).encode()
-    assert len(body) <= length
-    body = body.ljust(length)
-    path.write_bytes(struct.pack("<8sIII4x", magic, version, length, zlib.crc32(body)) + body
-                     + data[24 + length:])
+    path.write_bytes(rewritten_header(path.read_bytes(), change))
 
 
 def assert_cli_error(capsys, argv: list[str], *fragments: str) -> None:
