@@ -202,3 +202,15 @@ def test_clean_environment_and_isolated_mode(monkeypatch):
     isolated, names, cwd, uid = json.loads(result.stdout)
     assert isolated == 1 and cwd == "/tmp" and "RESTDECODE_TEST_SECRET" not in names
     assert uid == 65534 or os.geteuid() != 0  # root's programs run as nobody
+
+
+def test_an_interpreter_link_under_tmp_still_runs(tmp_path, monkeypatch):
+    """A venv in a fresh clone under /tmp: its python link vanishes behind the sandbox's /tmp."""
+    import sys
+
+    link = tmp_path / "python"
+    link.symlink_to(os.path.realpath(sys.executable))
+    assert str(tmp_path).startswith("/tmp/")
+    monkeypatch.setattr(sys, "executable", str(link))
+    result = run_python("print(6 * 7)", Limits(timeout_s=10.0))
+    assert result.returncode == 0 and result.stdout.strip() == "42", result.stderr

@@ -125,8 +125,15 @@ def _isolated_argv(limits: Limits) -> list[str]:
     numbers = [limits.memory_bytes, limits.processes if root else -1, limits.file_bytes,
                _cpu_seconds(limits), limits.tmpfs_bytes]
     return (["unshare", *namespaces, *([] if root else ["--map-root-user"]),
-             sys.executable, "-I", "-S", str(INIT), "root" if root else "user", sys.executable,
+             sys.executable, "-I", "-S", str(INIT), "root" if root else "user", _interpreter(),
              *map(str, numbers)])
+
+
+def _interpreter() -> str:
+    """The real interpreter behind ``sys.executable``: a venv's link may live under /tmp (a fresh
+    clone there, say), which the sandbox replaces by an empty tmpfs; check programs need only the
+    standard library, which ``-I`` gives them from the base installation."""
+    return os.path.realpath(sys.executable)
 
 
 def _cpu_seconds(limits: Limits) -> int:
