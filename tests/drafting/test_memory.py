@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from restdecode.drafting import ContextDrafter, DraftTree, MemoryDrafter
+from restdecode.drafting import ContextDrafter, DraftTree, MemoryDrafter, StepFeedback
 from restdecode.drafting.memory import SEPARATOR
 
 
@@ -14,13 +14,15 @@ def tree_paths(tree: DraftTree) -> set[tuple[int, ...]]:
 
 
 def run_generation(drafter, prompt: list[int], output: list[int]) -> None:
-    """What the decoding loop does: reset, then propose on the growing context."""
+    """What the decoding loop does, one token per step: reset, observe the prefill's token, then
+    propose on the growing context and observe each committed token."""
     drafter.reset()
+    drafter.observe(StepFeedback(output[:1]))
     context = prompt + output[:1]
-    drafter.propose(context)
     for token in output[1:]:
-        context = context + [token]
         drafter.propose(context)
+        drafter.observe(StepFeedback([token]))
+        context = context + [token]
 
 
 def test_an_earlier_output_is_drafted_in_a_new_generation():
@@ -91,3 +93,28 @@ def test_within_one_generation_it_drafts_like_a_context_drafter():
 def test_negative_max_tokens_is_refused():
     with pytest.raises(ValueError, match="max_tokens"):
         MemoryDrafter(max_tokens=-1)
+
+
+def test_the_memory_holds_every_committed_token():
+    """The last step's tokens (and the end-of-sequence token) reach the memory too: they come
+    through observe, after the last proposal."""
+    import torch
+
+    from tiny_models import tiny_model
+    from restdecode.decode import generate
+
+    model = tiny_model("llama", vocab_size=64)
+    model.generation_config.eos_token_id = None  # run to max_new_tokens
+    memory = MemoryDrafter(budget=8)
+    outputs = []
+    for prompt in ([3, 4, 5, 3, 4], [9, 8, 7]):
+        result = generate(model, LetterTokenizer(), input_ids=prompt, drafter=memory,
+                          max_new_tokens=24)
+        outputs.append(result.token_ids)
+    memory.reset()
+    assert memory.outputs == outputs and memory.memory_tokens == 48
+
+
+class LetterTokenizer:
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + int(i) % 26) for i in ids)

@@ -6,7 +6,8 @@ SuffixDecoding's key idea (Oliaro et al. 2024): a model served many requests rep
 context*: the longest suffix of the context is matched in the current context and in every
 remembered output alike, and the continuations of all its occurrences form the tree.
 
-Each generation's output (the tokens after its prompt) joins the memory when the next generation
+Each generation's output (every token the loop committed, handed over through ``observe``, the
+last step's and the end-of-sequence token included) joins the memory when the next generation
 starts (``reset``). Outputs are separated by a token id no model has, so no match and no
 continuation crosses from one output into the next. The memory keeps the most recent
 ``max_tokens`` tokens' worth of whole outputs; :meth:`forget` empties it.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from restdecode.drafting.base import WeightedContinuations, context_array
+from restdecode.drafting.base import StepFeedback, WeightedContinuations, context_array
 from restdecode.drafting.context import ContextDrafter
 
 SEPARATOR = -2  # never a token id, and not the -1 that pads continuation rows
@@ -40,8 +41,13 @@ class MemoryDrafter(ContextDrafter):
         self.max_tokens = max_tokens
         self._outputs: deque[np.ndarray] = deque()
         self._memory_tokens = 0
-        self._prompt_length: int | None = None  # of the current generation, once seen
+        self._output: list[int] = []  # committed tokens of the current generation
         super().__init__(**context_options)
+
+    @property
+    def outputs(self) -> list[list[int]]:
+        """The remembered outputs, oldest first."""
+        return [output.tolist() for output in self._outputs]
 
     @property
     def memory_tokens(self) -> int:
@@ -50,9 +56,9 @@ class MemoryDrafter(ContextDrafter):
 
     def reset(self) -> None:
         """Start a new generation: the last one's output joins the memory."""
-        if getattr(self, "_prompt_length", None) is not None:
-            self._remember(self._tokens[self._context_start + self._prompt_length:self._length])
-        self._prompt_length = None
+        if getattr(self, "_output", None):
+            self._remember(np.asarray(self._output, dtype=np.int64))
+        self._output = []
         super().reset()
         self._index_memory()
 
@@ -60,7 +66,7 @@ class MemoryDrafter(ContextDrafter):
         """Empty the memory (and the current generation)."""
         self._outputs.clear()
         self._memory_tokens = 0
-        self._prompt_length = None
+        self._output = []
         super().reset()
         self._index_memory()
 
@@ -73,11 +79,11 @@ class MemoryDrafter(ContextDrafter):
 
         A context that does not extend the indexed one starts a new generation (as
         :meth:`reset`: the output seen so far is remembered)."""
-        found = super().continuations(token_ids)
-        if self._prompt_length is None:
-            # The first proposal of a generation sees the prompt plus its first token.
-            self._prompt_length = max(len(token_ids) - 1, 0)
-        return _cut_at_separators(found)
+        return _cut_at_separators(super().continuations(token_ids))
+
+    def observe(self, feedback: StepFeedback) -> None:
+        """Keep the committed tokens: they are this generation's output."""
+        self._output.extend(int(token) for token in feedback.committed)
 
     def _remember(self, output: np.ndarray) -> None:
         if output.size == 0 or self.max_tokens == 0:
