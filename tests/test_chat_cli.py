@@ -55,6 +55,27 @@ def test_chat_rejects_a_missing_datastore(tiny_dir, tmp_path):
     assert "missing.rds" in done.stderr
 
 
+def test_replies_are_remembered_across_sessions_unless_asked_not_to(tiny_dir, tmp_path):
+    memory_file = tmp_path / "chat-memory.npz"
+    first = chat(tiny_dir, "hello there\nagain\n", "--memory-file", str(memory_file))
+    assert first.returncode == 0, first.stderr
+    assert "memory: 0 earlier replies" in first.stderr and memory_file.is_file()
+    second = chat(tiny_dir, "hi\n", "--memory-file", str(memory_file))
+    assert "memory: 2 earlier replies" in second.stderr, second.stderr
+    saved = memory_file.read_bytes()
+    session = chat(tiny_dir, "hi\n", "--memory-file", str(memory_file), "--memory", "session")
+    assert "memory: session" in session.stderr and memory_file.read_bytes() == saved
+
+
+def test_a_damaged_memory_file_is_moved_aside(tiny_dir, tmp_path):
+    memory_file = tmp_path / "chat-memory.npz"
+    memory_file.write_bytes(b"not a memory")
+    done = chat(tiny_dir, "hi\n", "--memory-file", str(memory_file))
+    assert done.returncode == 0, done.stderr
+    assert "moved it to" in done.stderr and "memory: 0 earlier replies" in done.stderr
+    assert (tmp_path / "chat-memory.npz.damaged").read_bytes() == b"not a memory"
+
+
 class InterruptAfter(io.StringIO):
     """An output stream that raises KeyboardInterrupt (as Ctrl-C would) at its n-th write."""
 

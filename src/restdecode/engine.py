@@ -8,6 +8,7 @@ go through it, so a default lives in one place only.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,13 +50,17 @@ class Engine:
     * ``budget``: a fixed draft tree of that many nodes every step; without it, each step's tree
       is sized by the model's latency profile on this machine (measured once, then cached);
     * ``memory=True``: the context source also searches this engine's earlier outputs
-      (:class:`~restdecode.drafting.MemoryDrafter`, kept in ``engine.memory``).
+      (:class:`~restdecode.drafting.MemoryDrafter`, kept in ``engine.memory``);
+      ``memory_file``: where that memory is loaded from now and saved by :meth:`save_memory`
+      (the token ids of earlier outputs only, tagged with the tokenizer's fingerprint). A damaged
+      or foreign file is moved aside to ``*.damaged`` with a warning, never fatal.
     """
 
     def __init__(self, model, tokenizer, *, datastore: "Datastore | None" = None,
                  profile: "LatencyProfile | None" = None, draft: bool = True,
-                 budget: int | None = None, memory: bool = False, name: str = "",
-                 progress: bool = True) -> None:
+                 budget: int | None = None, memory: bool = False,
+                 memory_file: str | Path | None = None, name: str = "", progress: bool = True,
+                 say: Callable[[str], None] = _say) -> None:
         from restdecode.drafting import default_memory
 
         self.model = model
@@ -68,13 +73,16 @@ class Engine:
             check_vocabulary(datastore, model)
         if budget is not None and budget < 0:
             raise OptionsError(f"budget must be >= 0 nodes, got {budget}")
+        self.say = say
         self.memory = default_memory() if memory and draft else None
+        self.memory_file = Path(memory_file).expanduser() if memory_file is not None else None
+        self.remembered_at_start = self._load_memory()
         self.drafter = self.new_drafter(budget=budget) if draft else None
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, *, datastore: str | Path | None = None,
              compile: bool = False, draft: bool = True, budget: int | None = None,
-             memory: bool = False, progress: bool = True,
+             memory: bool = False, memory_file: str | Path | None = None, progress: bool = True,
              say: Callable[[str], None] = _say) -> "Engine":
         """Load ``model`` (asset name, GGUF file or Hugging Face directory) and ``datastore``
         (a file from ``restdecode build-datastore``), then build the default drafter.
@@ -94,7 +102,7 @@ class Engine:
             loaded = compile_model(loaded, say)
         store = open_datastore(path, tokenizer) if path is not None else None
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
-                   name=model, progress=progress)
+                   memory_file=memory_file, name=model, progress=progress, say=say)
 
     @property
     def profile(self) -> "LatencyProfile":
@@ -137,6 +145,41 @@ class Engine:
                       drafter=drafter if drafter is not None else self.drafter, options=options,
                       **option_values)
 
+    def save_memory(self) -> None:
+        """Write the output memory to ``memory_file`` (atomically); nothing without one."""
+        if self.memory is not None and self.memory_file is not None:
+            self.memory.save(self.memory_file, key=self._memory_key())
+
+    def _load_memory(self) -> int:
+        """Outputs loaded from ``memory_file`` into the memory (0 when none)."""
+        if self.memory is None or self.memory_file is None:
+            return 0
+        from restdecode.drafting.memory import MemoryFileError
+
+        try:
+            return self.memory.load(self.memory_file, key=self._memory_key(),
+                                    vocab_size=_vocab_size(self.model))
+        except MemoryFileError as error:
+            aside = self.memory_file.with_name(self.memory_file.name + ".damaged")
+            os.replace(self.memory_file, aside)
+            self.say(f"warning: {error}; moved it to {aside}, starting with an empty memory")
+            return 0
+
+    def _memory_key(self) -> str:
+        from restdecode.datastore.vocab import tokenizer_fingerprint
+
+        return f"tokenizer {tokenizer_fingerprint(self.tokenizer)}"
+
+
+def default_memory_file(model: str) -> Path:
+    """Where ``chat`` (and later ``serve``) keep the output memory of ``model`` by default."""
+    import hashlib
+
+    from restdecode.assets import restdecode_home
+
+    tag = hashlib.sha256(model.encode()).hexdigest()[:8]
+    return restdecode_home() / "memory" / f"{Path(model).name or 'model'}-{tag}.npz"
+
 
 def compile_model(model, say: Callable[[str], None] = _say):
     """``model`` wrapped for a compiled verification forward, its graphs built now."""
@@ -159,8 +202,12 @@ def open_datastore(path: str | Path, tokenizer) -> "Datastore":
 def check_vocabulary(datastore: "Datastore", model) -> None:
     """Refuse a datastore whose token ids may reach past the model's embedding table: a draft
     must never hold an id the model cannot embed."""
-    model_vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+    model_vocab = _vocab_size(model)
     if datastore.header.vocab_size > model_vocab:
         raise DatastoreError(
             f"datastore {datastore.path} holds token ids up to {datastore.header.vocab_size - 1}, "
             f"but the model embeds only {model_vocab} ids: build it with this model's tokenizer")
+
+
+def _vocab_size(model) -> int:
+    return int(model.config.get_text_config(decoder=True).vocab_size)

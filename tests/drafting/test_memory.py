@@ -118,3 +118,35 @@ def test_the_memory_holds_every_committed_token():
 class LetterTokenizer:
     def decode(self, ids, skip_special_tokens=True):
         return "".join(chr(97 + int(i) % 26) for i in ids)
+
+
+def test_the_memory_survives_a_save_and_load(tmp_path):
+    memory = MemoryDrafter(budget=16)
+    run_generation(memory, prompt=[90, 91], output=[5, 6, 7, 8])
+    run_generation(memory, prompt=[92], output=[20, 21, 22])  # still the current generation
+    path = tmp_path / "memory" / "m.npz"
+    memory.save(path, key="tok A")
+    again = MemoryDrafter(budget=16)
+    assert again.load(path, key="tok A", vocab_size=100) == 2
+    assert again.outputs == [[5, 6, 7, 8], [20, 21, 22]]
+    assert (8,) in tree_paths(again.propose([1, 6, 7]))
+    assert again.load(tmp_path / "missing.npz", key="tok A", vocab_size=100) == 0
+
+
+@pytest.mark.parametrize("damage", ["other key", "small vocabulary", "bytes"])
+def test_a_foreign_or_damaged_memory_file_is_refused_whole(tmp_path, damage):
+    from restdecode.drafting.memory import MemoryFileError
+
+    memory = MemoryDrafter(budget=16)
+    run_generation(memory, prompt=[90], output=[5, 6, 70])
+    path = tmp_path / "m.npz"
+    memory.save(path, key="tok A")
+    if damage == "bytes":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2:len(data) // 2 + 40] = b"\xff" * 40
+        path.write_bytes(bytes(data))
+    fresh = MemoryDrafter(budget=16)
+    with pytest.raises(MemoryFileError):
+        fresh.load(path, key="tok B" if damage == "other key" else "tok A",
+                   vocab_size=50 if damage == "small vocabulary" else 100)
+    assert fresh.outputs == []

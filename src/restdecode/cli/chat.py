@@ -41,6 +41,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser, max_new_tokens=512)
     add_sampling_arguments(parser)
     parser.add_argument("--system", default=None, metavar="TEXT", help="optional system message")
+    parser.add_argument("--memory", choices=("persist", "session", "off"), default="persist",
+                        help="drafts also come from the model's earlier replies: 'persist' "
+                             "(default) keeps them across sessions in --memory-file (the replies' "
+                             "token ids only: no prompt, no text); 'session' only within this "
+                             "session; 'off' not at all")
+    parser.add_argument("--memory-file", type=Path, default=None, metavar="FILE",
+                        help="where --memory persist keeps the replies (default: "
+                             "$RESTDECODE_HOME/memory/<model>-<hash>.npz)")
 
 
 @dataclass
@@ -56,15 +64,18 @@ class ReplyStats:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and drafter, then chat until EOF or /exit."""
-    from restdecode.engine import default_datastore
+    from restdecode.engine import default_datastore, default_memory_file
     from restdecode.errors import RestdecodeError
 
     options = options_from_args(args)
     if options.max_new_tokens < 1:
         raise RestdecodeError(f"--max-new-tokens must be at least 1, got {options.max_new_tokens}")
     store_path = args.datastore or default_datastore(args.model)
-    # The memory carries this session's replies over to the next ones.
-    engine = engine_from_args(args, datastore=store_path, memory=True)
+    # The memory carries replies over to the next ones (and, persisted, to later sessions).
+    memory_file = (args.memory_file or default_memory_file(args.model)
+                   if args.memory == "persist" else None)
+    engine = engine_from_args(args, datastore=store_path, memory=args.memory != "off",
+                              memory_file=memory_file)
     if not getattr(engine.tokenizer, "chat_template", None):
         raise RestdecodeError(f"model {args.model} has no chat template: use `restdecode generate`")
     interactive = sys.stdin.isatty()
@@ -72,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     _info(f"model {args.model}; drafter: {_describe(engine.drafter)}"
           + (f" (datastore {store_path})" if store_path else "")
           + f"; plain step {plain_step_s * 1000:.0f} ms"
+          + (f"; memory: {engine.remembered_at_start} earlier replies from {memory_file}"
+             if memory_file else f"; memory: {args.memory}")
           + ("; Ctrl-C stops a reply, Ctrl-D or /exit quits" if interactive else ""))
     session = ChatSession(engine, options, plain_step_s=plain_step_s, system=args.system)
     for message in read_messages(sys.stdin, interactive):
@@ -82,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             _info("history cleared")
             continue
         session.reply(message, sys.stdout, prefix="bot> " if interactive else "")
+        engine.save_memory()  # after every reply: a crash or Ctrl-C loses none of them
     return 0
 
 

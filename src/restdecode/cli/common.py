@@ -72,12 +72,13 @@ def options_from_args(args: argparse.Namespace) -> "GenerationOptions":
     )
 
 
-def engine_from_args(args: argparse.Namespace, *, datastore=None, memory: bool = False) -> "Engine":
+def engine_from_args(args: argparse.Namespace, *, datastore=None, memory: bool = False,
+                     memory_file=None) -> "Engine":
     """The engine of ``--model``, ``--compile``, ``--budget``/``--no-draft`` (where the command
-    has them) and ``datastore`` (default: ``--datastore``)."""
+    has them), ``datastore`` (default: ``--datastore``) and the output memory."""
     from restdecode.engine import Engine
 
     return Engine.load(args.model, datastore=datastore if datastore is not None else args.datastore,
                        compile=args.compile, draft=not getattr(args, "no_draft", False),
-                       budget=getattr(args, "budget", None), memory=memory,
+                       budget=getattr(args, "budget", None), memory=memory, memory_file=memory_file,
                        say=lambda message: print(message, file=sys.stderr, flush=True))

@@ -10,21 +10,30 @@ Each generation's output (every token the loop committed, handed over through ``
 last step's and the end-of-sequence token included) joins the memory when the next generation
 starts (``reset``). Outputs are separated by a token id no model has, so no match and no
 continuation crosses from one output into the next. The memory keeps the most recent
-``max_tokens`` tokens' worth of whole outputs; :meth:`forget` empties it.
+``max_tokens`` tokens' worth of whole outputs; :meth:`forget` empties it. :meth:`save` and
+:meth:`load` keep it across processes (token ids of the outputs only: no prompt, no text).
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from restdecode.drafting.base import StepFeedback, WeightedContinuations, context_array
 from restdecode.drafting.context import ContextDrafter
+from restdecode.errors import RestdecodeError
 
 SEPARATOR = -2  # never a token id, and not the -1 that pads continuation rows
 DEFAULT_MEMORY_TOKENS = 200_000
+MEMORY_FILE_VERSION = 1
+
+
+class MemoryFileError(RestdecodeError):
+    """A saved memory cannot be loaded: damaged, or saved for another vocabulary."""
 
 
 class MemoryDrafter(ContextDrafter):
@@ -84,6 +93,57 @@ class MemoryDrafter(ContextDrafter):
     def observe(self, feedback: StepFeedback) -> None:
         """Keep the committed tokens: they are this generation's output."""
         self._output.extend(int(token) for token in feedback.committed)
+
+    def save(self, path: str | os.PathLike, *, key: str) -> None:
+        """Write the remembered outputs and the current generation's (token ids only) to
+        ``path`` atomically, tagged with ``key`` (e.g. the tokenizer's fingerprint: ids mean
+        nothing under another vocabulary)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        current = [np.asarray(self._output, dtype=np.int64)] if self._output else []
+        outputs = list(self._outputs) + current
+        tokens = np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.int64)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(temp, "wb") as file:
+            np.savez(file, tokens=tokens.astype(np.int64),
+                     lengths=np.array([o.size for o in outputs], dtype=np.int64),
+                     key=np.array(key), version=np.array(MEMORY_FILE_VERSION))
+        os.replace(temp, path)
+
+    def load(self, path: str | os.PathLike, *, key: str, vocab_size: int) -> int:
+        """Remember the outputs saved at ``path`` (before any remembered now); their number.
+
+        A missing file is an empty memory. A file for another ``key``, or damaged, or holding
+        an id outside ``[0, vocab_size)``, raises :class:`MemoryFileError` and loads nothing.
+        """
+        path = Path(path)
+        if not path.exists():
+            return 0
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                saved_key, version = str(data["key"]), int(data["version"])
+                tokens, lengths = data["tokens"], data["lengths"]
+        except Exception as error:  # numpy raises many kinds on a damaged archive
+            raise MemoryFileError(f"memory file {path} is damaged ({error})") from None
+        if version != MEMORY_FILE_VERSION or saved_key != key:
+            raise MemoryFileError(f"memory file {path} was saved for {saved_key!r} "
+                                  f"(version {version}), not {key!r}")
+        if (tokens.ndim != 1 or lengths.ndim != 1 or int(lengths.sum()) != tokens.size
+                or (lengths < 0).any() or (tokens.size and not (0 <= tokens.min() and
+                                                                tokens.max() < vocab_size))):
+            raise MemoryFileError(f"memory file {path} is damaged (inconsistent arrays or ids "
+                                  f"outside the vocabulary of {vocab_size})")
+        earlier = list(self._outputs)
+        self._outputs.clear()
+        self._memory_tokens = 0
+        for output in np.split(tokens.astype(np.int64), np.cumsum(lengths)[:-1]) if lengths.size else []:
+            self._remember(output)
+        for output in earlier:
+            self._remember(output)
+        super().reset()
+        self._output = []
+        self._index_memory()
+        return int(lengths.size)
 
     def _remember(self, output: np.ndarray) -> None:
         if output.size == 0 or self.max_tokens == 0:
