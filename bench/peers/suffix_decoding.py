@@ -148,7 +148,13 @@ def check_against_simulator(prompts: Sequence[Sequence[int]], outputs: Sequence[
     from restdecode.benchmark.replay import replay
 
     load_cache_class()
-    sys.modules.setdefault("pandas", types.ModuleType("pandas"))  # imported, unused by suffix_decode
+    if "pandas" not in sys.modules:  # simulator.py imports it for its CLI; suffix_decode needs none
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            stub = types.ModuleType("pandas")
+            stub.DataFrame = object
+            sys.modules["pandas"] = stub
     from arctic_inference.suffix_decoding import SuffixDecodingCache
     from arctic_inference.suffix_decoding.simulator import suffix_decode
 
