@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--suffix-min-prob", default="0.1",
                         help="SuffixDecoding min_token_prob values (comma-separated; vLLM: 0.1)")
     parser.add_argument("--suffix-spec", default="chain",
-                        help="chain (vLLM's use), tree (Arctic's tree speculation), or both: chain,tree")
+                        help="chain (as vLLM), tree (Arctic's tree speculation), or chain,tree")
     args = parser.parse_args()
     if args.peers_only and not args.peer:
         parser.error("--peers-only needs a --peer")
