@@ -18,13 +18,16 @@ from restdecode.drafting import (
 )
 
 
-def path_weights(tree: DraftTree, share: float) -> dict[tuple[int, ...], float]:
-    """path -> probability of the node (product of its scores along the path) times ``share``."""
+def merged_prefix_weights(sources: list[WeightedContinuations], source_weights: list[float]):
+    """prefix -> weight, each source's rows normalised to sum to its source weight (first-seen order)."""
     weights: dict[tuple[int, ...], float] = {}
-    for node in range(len(tree)):
-        path = tree.path_to(node)
-        probability = float(np.prod([tree.scores[k] for k in path]))
-        weights[tuple(int(tree.tokens[k]) for k in path)] = probability * share
+    for found, source_weight in zip(sources, source_weights):
+        total = float(found.weights.sum())
+        for row, length, weight in zip(found.continuations, found.lengths, found.weights):
+            share = weight * (source_weight / total)
+            for depth in range(1, int(length) + 1):
+                prefix = tuple(int(t) for t in row[:depth])
+                weights[prefix] = weights.get(prefix, 0.0) + share
     return weights
 
 
@@ -44,26 +47,18 @@ def test_merge_matches_oracle(store_and_documents, data, budget, spans, source_w
     context = data.draw(st.lists(st.integers(1, len(tokenizer) - 1), min_size=2, max_size=30))
     context_drafter = ContextDrafter(budget=budget, span=spans[0])
     retrieval_drafter = RetrievalDrafter(store, budget=budget, span=spans[1], max_matches=10**6)
+    sources = [context_drafter.continuations(context), retrieval_drafter.continuations(context)]
     combined = CombinedDrafter([context_drafter, retrieval_drafter], budget=budget, weights=source_weights)
     tree = combined.propose(context)
 
-    # Oracle: every source's own tree, each node weighing its path probability x the source's
-    # weight over the total of all path probabilities at depth 1; paths in several trees add up.
-    weights: dict[tuple[int, ...], float] = {}
-    for source, source_weight in zip([context_drafter, retrieval_drafter], source_weights):
-        own = source.propose(context)
-        top = sum(own.scores[own.parents < 0]) if len(own) else 0.0
-        if top > 0 and source_weight > 0:
-            for path, weight in path_weights(own, source_weight / top).items():
-                weights[path] = weights.get(path, 0.0) + weight
-    kept = paths(tree)
-    assert len(kept) == min(budget, len(weights)) and set(kept) <= set(weights)
-    assert all(len(p) == 1 or p[:-1] in kept for p in kept)  # prefix-closed
-    left_out = [w for p, w in weights.items() if p not in set(kept)]
-    assert min((weights[p] for p in kept), default=np.inf) >= max(left_out, default=0) - 1e-9
-    total = sum(weights[p] for p in weights if len(p) == 1)
-    expected_scores = [weights[p] / (weights[p[:-1]] if len(p) > 1 else total) for p in kept]
-    np.testing.assert_allclose(tree.scores, expected_scores, rtol=1e-6)
+    live = [(s, w) for s, w in zip(sources, source_weights) if len(s) and w > 0]
+    weights = merged_prefix_weights([s for s, _ in live], [w for _, w in live])
+    first_seen = {p: i for i, p in enumerate(weights)}
+    expected = sorted(weights, key=lambda p: (-weights[p], len(p), first_seen[p]))[:budget]
+    assert paths(tree) == expected
+    total = sum(w for _, w in live)
+    expected_scores = [weights[p] / (weights[p[:-1]] if len(p) > 1 else total) for p in expected]
+    np.testing.assert_allclose(tree.scores, expected_scores, rtol=1e-9)
 
 
 class FixedDrafter:
@@ -139,3 +134,14 @@ def test_rejects_non_drafters_and_bad_weights():
 def test_no_drafter_always_proposes_nothing():
     drafter = NoDrafter()
     assert len(drafter.propose([1, 2, 1, 2])) == 0
+
+
+def test_match_power_trusts_the_longer_match():
+    long_match = DraftTree(np.array([7]), np.array([-1]), np.array([1.0]), match_length=8)
+    short_match = DraftTree(np.array([9]), np.array([-1]), np.array([1.0]), match_length=2)
+    sources = [FixedDrafter(short_match), FixedDrafter(long_match)]
+    even = CombinedDrafter(sources, budget=2).propose([1])
+    np.testing.assert_allclose(even.scores, [0.5, 0.5])
+    trusted = CombinedDrafter(sources, budget=2, match_power=1.0).propose([1])
+    assert paths(trusted) == [(7,), (9,)]
+    np.testing.assert_allclose(trusted.scores, [0.8, 0.2])

@@ -146,8 +146,8 @@ class WeightedContinuations:
 
     def to_tree(self, budget: int) -> DraftTree:
         """The ``budget`` heaviest nodes of the trie of these continuations."""
-        tree = DraftTree.from_continuations(self.continuations, self.lengths, self.weights, budget)
-        return tree.with_match_length(self.match_length)
+        return DraftTree.from_continuations(self.continuations, self.lengths, self.weights, budget,
+                                            self.match_length)
 
 
 def concatenate(parts: Sequence[WeightedContinuations]) -> WeightedContinuations:

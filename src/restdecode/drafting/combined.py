@@ -14,14 +14,26 @@ from restdecode.drafting.base import (
 )
 
 
+def weighted_paths(drafter: Drafter, token_ids: Sequence[int]) -> WeightedContinuations:
+    """What ``drafter`` proposes after ``token_ids``, as weighted continuations."""
+    if isinstance(drafter, ContinuationDrafter):
+        return drafter.continuations(token_ids)
+    return WeightedContinuations.from_tree(drafter.propose(token_ids))
+
+
 class CombinedDrafter(ContinuationDrafter):
     """Merges the trees of several drafters into one trie of at most ``budget`` nodes.
 
     Any drafter works whose trees score their nodes (``DraftTree.scores``, conditional
-    confidences; an unscored tree counts every node as certain). A node weighs its path
-    probability in its source's tree, times the source's weight (default: 1 each), so a source
-    with a thousand matches does not drown one with three; a path that two sources propose adds
-    up. The merged tree keeps the heaviest nodes and the longest match length of its sources.
+    confidences; an unscored tree counts every node as certain): a node weighs its path
+    probability in its source's tree. A :class:`ContinuationDrafter` source gives its weighted
+    continuations themselves, before any cut to its own budget (exact, and no tree to build).
+    Each source's weights are normalised to sum to the source's weight (default: 1 each), so a
+    source with a thousand matches does not drown one with three; a path that two sources
+    propose adds up. The merged tree keeps the heaviest nodes and the longest match length.
+
+    ``match_power`` > 0 trusts a source more the longer the context suffix it matched: its weight
+    is multiplied by ``match_length ** match_power`` (a source that matched nothing counts 1).
     """
 
     def __init__(
@@ -30,8 +42,10 @@ class CombinedDrafter(ContinuationDrafter):
         *,
         budget: int,
         weights: Sequence[float] | None = None,
+        match_power: float = 0.0,
     ) -> None:
         super().__init__(budget=budget)
+        self.match_power = float(match_power)
         self.drafters = list(drafters)
         if not self.drafters:
             raise ValueError("CombinedDrafter needs at least one drafter")
@@ -44,9 +58,10 @@ class CombinedDrafter(ContinuationDrafter):
 
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
         """Every source's tree as weighted paths, each source's weights summing to its weight."""
+        found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
         return concatenate([
-            WeightedContinuations.from_tree(drafter.propose(token_ids)).normalized(weight)
-            for drafter, weight in zip(self.drafters, self.weights)
+            paths.normalized(weight * max(paths.match_length, 1) ** self.match_power)
+            for paths, weight in zip(found, self.weights)
         ])
 
     def observe(self, feedback: StepFeedback) -> None:

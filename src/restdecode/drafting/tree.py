@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numba
 import numpy as np
 import torch
 
@@ -44,9 +45,7 @@ class DraftTree:
             np.any(parents >= np.arange(parents.size)) or np.any(parents < -1)
         ):
             raise ValueError("parents must satisfy -1 <= parents[i] < i (topological order)")
-        depths = np.empty(tokens.size, dtype=np.int64)
-        for i, parent in enumerate(parents.tolist()):
-            depths[i] = 1 if parent < 0 else depths[parent] + 1
+        depths = _depths(parents)
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "parents", parents)
         object.__setattr__(self, "depths", depths)
@@ -71,6 +70,7 @@ class DraftTree:
         lengths: np.ndarray,
         weights: np.ndarray,
         budget: int,
+        match_length: int = 0,
     ) -> "DraftTree":
         """The trie of weighted continuations, cut to its ``budget`` heaviest nodes.
 
@@ -82,7 +82,7 @@ class DraftTree:
         from restdecode.drafting.trie import heaviest_subtree
 
         tokens, parents, scores = heaviest_subtree(continuations, lengths, weights, budget)
-        return cls(tokens, parents, scores)
+        return cls(tokens, parents, scores, int(match_length))
 
     def __len__(self) -> int:
         return int(self.tokens.size)
@@ -143,6 +143,15 @@ class DraftTree:
             slot_parents=slot_parents.tolist(),
             children=self.children,
         )
+
+
+@numba.njit(cache=True)
+def _depths(parents: np.ndarray) -> np.ndarray:
+    # A tree is built every decoding step: a Python loop here cost ~0.1 ms per tree.
+    depths = np.empty(parents.size, dtype=np.int64)
+    for i in range(parents.size):
+        depths[i] = 1 if parents[i] < 0 else depths[parents[i]] + 1
+    return depths
 
 
 @dataclass(frozen=True, eq=False)
