@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL = "smollm2-135m-instruct"
+from restdecode.engine import DEFAULT_MODEL as MODEL
+
 GENERATIONS = Path(__file__).with_name("mtbench_generations.json")
 
 

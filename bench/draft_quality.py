@@ -34,20 +34,111 @@ class LinearCost:
         return 1.0 + self.per_node * (np.asarray(widths, dtype=np.float64) - 1)
 
 
-def planned(datastore, cost, *, memory: bool = False, weights=None, match_power: float = 0.0):
+def planned(datastore, cost, *, memory: bool = False, weights=None, match_power: float = 0.0,
+            retrieval: bool = True, context_options: dict | None = None):
     """The default drafter's shape (retrieval + context or memory, 48 candidates, planned), with
     the merge's source weights and match-length power as given."""
     from restdecode.drafting import (CombinedDrafter, ContextDrafter, PlannedDrafter,
                                      RetrievalDrafter, default_memory)
     from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
 
-    context = default_memory() if memory else ContextDrafter(span=CONTEXT_SPAN)
-    sources = [RetrievalDrafter(datastore), context]
+    from restdecode.drafting import MemoryDrafter
+
+    options = {"span": CONTEXT_SPAN} | (context_options or {})
+    context = MemoryDrafter(**options) if memory else ContextDrafter(**options)
+    sources = [RetrievalDrafter(datastore), context] if retrieval else [context]
     for source in sources:
         source.budget = CANDIDATE_BUDGET
     merged = CombinedDrafter(sources, budget=CANDIDATE_BUDGET, weights=weights,
                              match_power=match_power)
     return PlannedDrafter(merged, cost, overhead=STEP_OVERHEAD_S)
+
+
+class MaxMergeDrafter:
+    """Experimental merge: a path weighs the *largest* of its sources' path probabilities (times
+    the source's weight), not their normalised sum, so a source sure of a path keeps its
+    confidence whatever the other sources propose."""
+
+    def __init__(self, sources, *, budget: int, weights=None):
+        self.sources = list(sources)
+        self.budget = budget
+        self.weights = weights or [1.0] * len(self.sources)
+
+    def propose(self, token_ids):
+        from restdecode.drafting import DraftTree
+
+        weight: dict[tuple, float] = {}
+        order: dict[tuple, int] = {}
+        match_length = 0
+        for source, source_weight in zip(self.sources, self.weights):
+            tree = source.propose(token_ids)
+            match_length = max(match_length, tree.match_length)
+            probability = np.empty(len(tree))
+            keys: list[tuple] = []
+            scores = tree.scores if tree.scores is not None else np.ones(len(tree))
+            for node, parent in enumerate(tree.parents.tolist()):
+                above = probability[parent] if parent >= 0 else 1.0
+                probability[node] = above * min(max(float(scores[node]), 0.0), 1.0)
+                key = (keys[parent] if parent >= 0 else ()) + (int(tree.tokens[node]),)
+                keys.append(key)
+                value = source_weight * probability[node]
+                if value > weight.get(key, -1.0):
+                    weight[key] = value
+                order.setdefault(key, len(order))
+        ranked = sorted(weight, key=lambda k: (-weight[k], len(k), order[k]))[: self.budget]
+        kept = set(ranked)
+        ranked = [k for k in ranked if all(k[:d] in kept for d in range(1, len(k)))]
+        index = {key: i for i, key in enumerate(ranked)}
+        parents = [index[k[:-1]] if len(k) > 1 else -1 for k in ranked]
+        scores = [weight[k] / (weight[k[:-1]] if len(k) > 1 else 1.0) for k in ranked]
+        return DraftTree(np.array([k[-1] for k in ranked], dtype=np.int64),
+                         np.array(parents, dtype=np.int64), np.array(scores), match_length)
+
+    def observe(self, feedback):
+        for source in self.sources:
+            source.observe(feedback)
+
+    def reset(self):
+        for source in self.sources:
+            source.reset()
+
+
+class DepthCap:
+    """Experimental: drafts cut to ``factor`` x match length + ``offset`` deep (SuffixDecoding)."""
+
+    def __init__(self, drafter, factor: float, offset: int = 0):
+        self.drafter, self.factor, self.offset = drafter, factor, offset
+
+    def propose(self, token_ids):
+        tree = self.drafter.propose(token_ids)
+        return tree.subset(tree.depths <= self.factor * tree.match_length + self.offset)
+
+    def observe(self, feedback):
+        self.drafter.observe(feedback)
+
+    def reset(self):
+        self.drafter.reset()
+
+
+def capped(datastore, cost, *, factor: float, offset: int = 0, weights=(1, 3)):
+    from restdecode.drafting import (CombinedDrafter, MemoryDrafter, PlannedDrafter,
+                                     RetrievalDrafter)
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+
+    sources = [RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET),
+               MemoryDrafter(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET)]
+    merged = CombinedDrafter(sources, budget=CANDIDATE_BUDGET, weights=list(weights))
+    return PlannedDrafter(DepthCap(merged, factor, offset), cost, overhead=STEP_OVERHEAD_S)
+
+
+def max_merged(datastore, cost, *, weights=None):
+    from restdecode.drafting import MemoryDrafter, PlannedDrafter, RetrievalDrafter
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+
+    sources = [RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET),
+               MemoryDrafter(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET)]
+    return PlannedDrafter(MaxMergeDrafter(sources, budget=CANDIDATE_BUDGET, weights=weights),
+                          cost, overhead=STEP_OVERHEAD_S)
 
 
 def configurations(datastore):
@@ -59,11 +150,20 @@ def configurations(datastore):
         "memory": lambda cost: default_drafter(datastore, profile=cost, memory=default_memory()),
     }
     for power in (1.0, 2.0):
-        variants[f"memory, match power {power:g}"] = (
+        variants[f"memory match power {power:g}"] = (
             lambda cost, power=power: planned(datastore, cost, memory=True, match_power=power))
-    for weight in (3.0,):
+    for weight in (3.0, 10.0):
         variants[f"memory x{weight:g}"] = (
             lambda cost, weight=weight: planned(datastore, cost, memory=True, weights=[1, weight]))
+    for factor, offset in ((1.0, 0), (2.0, 2)):
+        variants[f"memory x3 depth cap {factor:g}m+{offset}"] = (
+            lambda cost, factor=factor, offset=offset: capped(datastore, cost, factor=factor,
+                                                              offset=offset))
+    variants["memory max merge"] = lambda cost: max_merged(datastore, cost)
+    variants["context x3"] = lambda cost: planned(datastore, cost, weights=[1, 3])
+    variants["memory only"] = lambda cost: planned(datastore, cost, memory=True, retrieval=False)
+    variants["memory x3 suffix 32"] = lambda cost: planned(
+        datastore, cost, memory=True, weights=[1, 3], context_options={"max_suffix": 32})
     return variants
 
 
@@ -101,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="results.json(.gz) of a bench run")
     parser.add_argument("--datastore", type=Path, required=True, help="datastore to draft from")
-    parser.add_argument("--configs", default=None, help="comma-separated configuration names")
+    parser.add_argument("--configs", default=None, help="configuration names, separated by semicolons")
     parser.add_argument("--costs", default=DEFAULT_COSTS, help="per-node costs to sweep")
     parser.add_argument("--sizes", default="2,4,8,16", help="draft sizes to read the curves at")
     parser.add_argument("--limit", type=int, help="first N prompts only")
@@ -120,7 +220,7 @@ def main() -> None:
     prompts = [p for p in load_workload(run["workload"]) if p.id in outputs][: args.limit]
     prompt_ids = {p.id: encode_prompt(tokenizer, p.text, p.messages)[0].tolist() for p in prompts}
     available = configurations(datastore)
-    names = args.configs.split(",") if args.configs else list(available)
+    names = args.configs.split(";") if args.configs else list(available)
     costs = [float(c) for c in args.costs.split(",")]
     sizes = [float(s) for s in args.sizes.split(",")]
 

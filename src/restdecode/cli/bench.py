@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from restdecode.cli.common import add_model_argument
+
 METHODS_HELP = "hf-greedy,hf-prompt-lookup,rest,restdecode,plain"
 
 
@@ -33,9 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workload", metavar="WORKLOAD",
                         help="mtbench, humaneval, or prompts:PATH (JSONL of {\"prompt\": ...} "
                              "or {\"messages\": [...]})")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model asset name, .gguf file or Hugging Face directory "
-                             f"(default: {DEFAULT_MODEL})")
+    add_model_argument(parser)
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="only the first N prompts (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
