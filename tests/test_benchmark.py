@@ -343,3 +343,27 @@ def test_report_warns_when_the_machine_was_busy():
     assert "warning" not in report_markdown(document, [])
     document["machine"]["load_average_1m"] = 5.0
     assert "timings are unreliable" in report_markdown(document, [])
+
+
+def test_memory_method_starts_from_and_saves_to_its_file(tiny_dir, tmp_path):
+    import torch
+
+    from restdecode.benchmark.methods import EngineMethod
+    from restdecode.drafting import MemoryDrafter
+    from restdecode.engine import Engine
+    from restdecode.models import load
+
+    engine = Engine(*load(tiny_dir), draft=False)
+    path = tmp_path / "memory.npz"
+    memory = MemoryDrafter()
+    first = EngineMethod("restdecode-memory", engine, drafter=memory, memory=memory,
+                         memory_file=path)
+    output = first.generate(torch.tensor([[5, 6, 7, 5, 6]]), 8).token_ids
+    first.save_memory()
+    again = MemoryDrafter()
+    second = EngineMethod("restdecode-memory", engine, drafter=again, memory=again,
+                          memory_file=path)
+    assert again.outputs == [output]  # warm from the earlier run
+    second.generate(torch.tensor([[9, 9, 8]]), 4)
+    second.forget()  # after the warm-up: back to the file's outputs, not empty
+    assert again.outputs == [output]

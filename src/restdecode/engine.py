@@ -148,22 +148,31 @@ class Engine:
     def save_memory(self) -> None:
         """Write the output memory to ``memory_file`` (atomically); nothing without one."""
         if self.memory is not None and self.memory_file is not None:
-            self.memory.save(self.memory_file, key=self._memory_key())
+            self.write_memory(self.memory, self.memory_file)
+
+    def write_memory(self, memory: "MemoryDrafter", path: str | Path) -> None:
+        """Write ``memory`` to ``path`` (atomically), tagged with this engine's tokenizer."""
+        memory.save(path, key=self._memory_key())
+
+    def read_memory(self, memory: "MemoryDrafter", path: str | Path) -> int:
+        """Load the outputs saved at ``path`` into ``memory``; how many (0: no such file). A
+        damaged or foreign file is moved aside to ``*.damaged`` with a warning."""
+        from restdecode.drafting.memory import MemoryFileError
+
+        path = Path(path)
+        try:
+            return memory.load(path, key=self._memory_key(), vocab_size=_vocab_size(self.model))
+        except MemoryFileError as error:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            self.say(f"warning: {error}; moved it to {aside}, starting with an empty memory")
+            return 0
 
     def _load_memory(self) -> int:
         """Outputs loaded from ``memory_file`` into the memory (0 when none)."""
         if self.memory is None or self.memory_file is None:
             return 0
-        from restdecode.drafting.memory import MemoryFileError
-
-        try:
-            return self.memory.load(self.memory_file, key=self._memory_key(),
-                                    vocab_size=_vocab_size(self.model))
-        except MemoryFileError as error:
-            aside = self.memory_file.with_name(self.memory_file.name + ".damaged")
-            os.replace(self.memory_file, aside)
-            self.say(f"warning: {error}; moved it to {aside}, starting with an empty memory")
-            return 0
+        return self.read_memory(self.memory, self.memory_file)
 
     def _memory_key(self) -> str:
         from restdecode.datastore.vocab import tokenizer_fingerprint

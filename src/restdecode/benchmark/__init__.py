@@ -29,6 +29,7 @@ class BenchConfig:
     progress: bool = True
     resume: bool = False
     compile: bool = False  # our engine's methods through a torch.compile'd forward
+    memory_file: Path | None = None  # restdecode-memory starts from it, and is saved to it
 
 
 @dataclass
@@ -46,7 +47,8 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     from transformers.utils import logging as hf_logging
 
     from restdecode.benchmark import humaneval, plots, report
-    from restdecode.benchmark.methods import HF_METHODS, build_methods, check_method_names
+    from restdecode.benchmark.methods import (HF_METHODS, EngineMethod, build_methods,
+                                              check_method_names)
     from restdecode.benchmark.runner import run_workload
     from restdecode.compiled import eager
     from restdecode.engine import Engine
@@ -58,7 +60,7 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     compile = config.compile and bool(set(config.methods) - HF_METHODS)
     engine = Engine.load(config.model, datastore=datastore_path, compile=compile, draft=False,
                          progress=config.progress)
-    methods = build_methods(config.methods, engine)
+    methods = build_methods(config.methods, engine, memory_file=config.memory_file)
     model, tokenizer, datastore = eager(engine.model), engine.tokenizer, engine.datastore
     hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the progress bar
     load_before = report.load_average()
@@ -86,6 +88,9 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     outcome = BenchOutcome(document, report.write_results(document, config.out),
                            report.write_report(document, plot_paths, config.out), plot_paths)
     partial.path.unlink(missing_ok=True)  # results.json holds them all now
+    for method in methods:
+        if isinstance(method, EngineMethod):
+            method.save_memory()
     return outcome
 
 
@@ -162,6 +167,8 @@ def _run_identity(config: BenchConfig, datastore_path: Path | None) -> dict:
                 "limit": config.limit, "datastore": str(datastore_path) if datastore_path else None}
     if config.compile:  # only then: runs interrupted before the option existed still resume
         identity["compile"] = True
+    if config.memory_file is not None:
+        identity["memory_file"] = str(config.memory_file)
     return identity
 
 
@@ -187,6 +194,7 @@ def _settings(config: BenchConfig) -> dict:
     return {"max_new_tokens": config.max_new_tokens, "limit": config.limit, "turns": config.turns,
             "warmup_tokens": WARMUP_TOKENS, "greedy": True, "batch_size": 1,
             "compiled_engine": config.compile,
+            "memory_file": str(config.memory_file) if config.memory_file else None,
             "timing": "decode_s = e2e_s - prefill_s; prefill_s = a max_new_tokens=1 generation "
                       "of the same prompt, for every method"}
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 from restdecode.errors import RestdecodeError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -139,16 +141,25 @@ class EngineMethod:
     """Our decoding loop (:meth:`restdecode.engine.Engine.generate`) with a given drafter."""
 
     def __init__(self, name: str, engine: "Engine", drafter: "Drafter",
-                 memory: "MemoryDrafter | None" = None) -> None:
+                 memory: "MemoryDrafter | None" = None, memory_file: "Path | None" = None) -> None:
         self.name = name
         self.engine = engine
         self.drafter = drafter
         self.memory = memory
+        self.memory_file = memory_file if memory is not None else None
+        self.forget()
 
     def forget(self) -> None:
-        """Empty the output memory, if the drafter has one."""
+        """Back to the output memory the run started with: empty, or ``memory_file``'s."""
         if self.memory is not None:
             self.memory.forget()
+            if self.memory_file is not None:
+                self.engine.read_memory(self.memory, self.memory_file)
+
+    def save_memory(self) -> None:
+        """Write the output memory to ``memory_file`` (nothing without one)."""
+        if self.memory_file is not None:
+            self.engine.write_memory(self.memory, self.memory_file)
 
     def recall(self, outputs: list[list[int]]) -> None:
         """Put ``outputs`` into the output memory, if the drafter has one."""
@@ -182,8 +193,12 @@ def check_method_names(names: list[str], *, has_datastore: bool) -> None:
                               "(build one with `restdecode build-datastore`)")
 
 
-def build_methods(names: list[str], engine: "Engine") -> list[Method]:
+def build_methods(names: list[str], engine: "Engine", *,
+                  memory_file: "Path | None" = None) -> list[Method]:
     """The methods called ``names``, in that order, sharing ``engine``'s model and datastore.
+
+    ``restdecode-memory`` starts from the outputs saved in ``memory_file`` (when given and
+    present), and :meth:`EngineMethod.save_memory` writes its memory back there.
 
     ``restdecode`` methods plan their trees with the engine's latency profile (measured now if
     this machine has none cached). When the engine's model is compiled
@@ -191,10 +206,10 @@ def build_methods(names: list[str], engine: "Engine") -> list[Method]:
     methods take the eager model behind it.
     """
     check_method_names(names, has_datastore=engine.datastore is not None)
-    return [_build_method(name, engine) for name in names]
+    return [_build_method(name, engine, memory_file) for name in names]
 
 
-def _build_method(name: str, engine: "Engine") -> Method:
+def _build_method(name: str, engine: "Engine", memory_file: "Path | None") -> Method:
     from restdecode.compiled import eager
     from restdecode.drafting import NoDrafter, default_memory
 
@@ -209,5 +224,5 @@ def _build_method(name: str, engine: "Engine") -> Method:
         return EngineMethod(name, engine, engine.new_drafter())
     if name == "restdecode-memory":
         memory = default_memory()
-        return EngineMethod(name, engine, engine.new_drafter(memory=memory), memory)
+        return EngineMethod(name, engine, engine.new_drafter(memory=memory), memory, memory_file)
     return EngineMethod(name, engine, NoDrafter())

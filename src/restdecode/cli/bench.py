@@ -58,6 +58,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="run our engine's methods (rest, restdecode, plain, restdecode-memory) "
                              "through a torch.compile'd forward; hf-* stay eager. Building the "
                              "graphs takes minutes on a CPU, before anything is timed")
+    parser.add_argument("--memory-file", type=Path, default=None, metavar="FILE",
+                        help="restdecode-memory starts from the outputs saved in FILE (if it "
+                             "exists: e.g. an earlier run of another workload) and writes its "
+                             "memory back to FILE at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         workload=args.workload, out=args.out or default_out(args.workload), model=args.model, limit=args.limit,
         max_new_tokens=args.max_new_tokens, methods=methods, turns=args.turns,
         datastore=args.datastore, progress=not args.no_progress, resume=args.resume,
-        compile=args.compile))
+        compile=args.compile, memory_file=args.memory_file))
     print(summary_table(outcome.document))
     print()
     print(f"results: {outcome.results}")
