@@ -4,32 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Callable
 from typing import Any
 
-# Fingerprints of live tokenizer objects (hashing a 262k vocabulary takes a good fraction of a
-# second); keyed by the object, checked against its current length in case tokens get added.
-_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
+# Facts about live tokenizer objects, computed once: hashing a 262k vocabulary takes a good
+# fraction of a second, and even ``get_vocab`` ~90 ms for 49k tokens. Keyed by the object and
+# checked against its current length, in case tokens get added.
+_CACHES: dict[str, "weakref.WeakKeyDictionary[Any, tuple[int, Any]]"] = {}
 
 
-_VOCAB_SIZES: "weakref.WeakKeyDictionary[Any, tuple[int, int]]" = weakref.WeakKeyDictionary()
+def _cached(name: str, tokenizer: Any, compute: Callable[[Any], Any]) -> Any:
+    cache = _CACHES.setdefault(name, weakref.WeakKeyDictionary())
+    try:
+        cached = cache.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        return compute(tokenizer)
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1]
+    value = compute(tokenizer)
+    cache[tokenizer] = (len(tokenizer), value)
+    return value
 
 
 def tokenizer_vocab_size(tokenizer: Any) -> int:
-    """Number of token ids the tokenizer can produce, added tokens included (cached per live
-    tokenizer: ``get_vocab`` builds a dict of the whole vocabulary, ~90 ms for 49k tokens)."""
-    try:
-        cached = _VOCAB_SIZES.get(tokenizer)
-    except TypeError:  # not weak-referenceable
-        cached = None
-    if cached is not None and cached[0] == len(tokenizer):
-        return cached[1]
-    vocab = tokenizer.get_vocab()
-    size = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
-    try:
-        _VOCAB_SIZES[tokenizer] = (len(tokenizer), size)
-    except TypeError:
-        pass
-    return size
+    """Number of token ids the tokenizer can produce, added tokens included."""
+    return _cached("vocab_size", tokenizer, _vocab_size)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -38,20 +37,18 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     Two tokenizers with the same fingerprint map text pieces to the same ids, which is what a
     datastore needs; normalisation differences that keep the vocabulary are not detected.
     """
-    try:
-        cached = _FINGERPRINTS.get(tokenizer)
-    except TypeError:  # not weak-referenceable
-        cached = None
-    if cached is not None and cached[0] == len(tokenizer):
-        return cached[1]
+    return _cached("fingerprint", tokenizer, _fingerprint)
+
+
+def _vocab_size(tokenizer: Any) -> int:
+    vocab = tokenizer.get_vocab()
+    return max(len(tokenizer), max(vocab.values(), default=-1) + 1)
+
+
+def _fingerprint(tokenizer: Any) -> str:
     pairs = sorted((token_id, token) for token, token_id in tokenizer.get_vocab().items())
     text = "".join(f"{token_id}\t{token}\n" for token_id, token in pairs)
-    fingerprint = "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    try:
-        _FINGERPRINTS[tokenizer] = (len(tokenizer), fingerprint)
-    except TypeError:
-        pass
-    return fingerprint
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def tokenizer_name(tokenizer: Any) -> str:
