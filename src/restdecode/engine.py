@@ -98,9 +98,11 @@ class Engine:
             raise DatastoreError(f"datastore {path} does not exist (build one with "
                                  "`restdecode build-datastore`)")
         loaded, tokenizer = load(model)
+        store = open_datastore(path, tokenizer) if path is not None else None
+        if store is not None:
+            check_vocabulary(store, loaded)  # before minutes of compiling
         if compile:
             loaded = compile_model(loaded, say)
-        store = open_datastore(path, tokenizer) if path is not None else None
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
                    memory_file=memory_file, name=model, progress=progress, say=say)
 
