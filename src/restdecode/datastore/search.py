@@ -53,6 +53,7 @@ class SearchResult:
     def __len__(self) -> int:
         return int(self.lengths.size)
 
+
 # REST's published search configuration (He et al. 2024), the default of every search: the
 # longest suffix of the context from 16 down to 2 tokens, at most 5,000 occurrences examined,
 # continuations of 10 tokens.
