@@ -141,6 +141,47 @@ def max_merged(datastore, cost, *, weights=None):
                           cost, overhead=STEP_OVERHEAD_S)
 
 
+def depth_grouped(datastore, cost, *, depths: int = 4):
+    """Experimental: the planner's calibration also grouped by node depth (1, 2, ..., >= depths)
+    within each match-length group."""
+    from restdecode.drafting import PlannedDrafter
+    from restdecode.drafting.planner import (MATCH_LENGTH_EDGES, AcceptanceCalibration,
+                                             match_length_group, plan_tree, raw_scores)
+
+    class NodeGroupedCalibration(AcceptanceCalibration):
+        def update(self, tree, accepted_nodes, group=0):
+            if len(tree) == 0:
+                return
+            accepted = np.zeros(len(tree), dtype=bool)
+            accepted[np.asarray(list(accepted_nodes), dtype=np.int64)] = True
+            tested = (tree.parents < 0) | accepted[np.maximum(tree.parents, 0)]
+            bins = self.bucket(raw_scores(tree)[tested])
+            groups = np.broadcast_to(group, (len(tree),))[tested]
+            np.add.at(self.trials, (groups, bins), 1.0)
+            np.add.at(self.successes, (groups, bins), accepted[tested].astype(np.float64))
+
+    class DepthGroupedPlanner(PlannedDrafter):
+        def _groups(self, tree):
+            return self._match_group * depths + np.minimum(tree.depths - 1, depths - 1)
+
+        def propose(self, token_ids):
+            candidate = self.drafter.propose(token_ids)
+            self._match_group = match_length_group(candidate)
+            return plan_tree(candidate, self.profile, max(len(token_ids) - 1, 0),
+                             calibration=self.calibration, overhead=self.overhead,
+                             group=self._groups(candidate))
+
+        def observe(self, feedback):
+            if len(feedback.tree):
+                self.calibration.update(feedback.tree, feedback.accepted_nodes,
+                                        self._groups(feedback.tree))
+            self.drafter.observe(feedback)
+
+    inner = planned(datastore, cost, memory=True, weights=[1, 3]).drafter
+    calibration = NodeGroupedCalibration(groups=(len(MATCH_LENGTH_EDGES) + 1) * depths)
+    return DepthGroupedPlanner(inner, cost, calibration=calibration)
+
+
 def configurations(datastore):
     """name -> (cost -> drafter): the drafters compared."""
     from restdecode.drafting import default_drafter, default_memory
@@ -161,6 +202,7 @@ def configurations(datastore):
                                                               offset=offset))
     variants["memory max merge"] = lambda cost: max_merged(datastore, cost)
     variants["context x3"] = lambda cost: planned(datastore, cost, weights=[1, 3])
+    variants["memory x3 depth-grouped calibration"] = lambda cost: depth_grouped(datastore, cost)
     variants["memory only"] = lambda cost: planned(datastore, cost, memory=True, retrieval=False)
     variants["memory x3 suffix 32"] = lambda cost: planned(
         datastore, cost, memory=True, weights=[1, 3], context_options={"max_suffix": 32})
