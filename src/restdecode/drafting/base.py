@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from restdecode.drafting.tree import DraftTree
+from restdecode.drafting.tree import DraftTree, path_probabilities
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,14 +97,13 @@ class WeightedContinuations:
             return cls.empty()
         conditional = (np.ones(len(tree)) if tree.scores is None
                        else np.clip(tree.scores, 0.0, 1.0))
+        probability = path_probabilities(tree, conditional)
         rows = np.full((len(tree), tree.max_depth), -1, dtype=np.int64)
-        probability = np.empty(len(tree))
         for node, parent in enumerate(tree.parents.tolist()):
             depth = int(tree.depths[node])
             if parent >= 0:
                 rows[node, :depth - 1] = rows[parent, :depth - 1]
             rows[node, depth - 1] = tree.tokens[node]
-            probability[node] = conditional[node] * (probability[parent] if parent >= 0 else 1.0)
         carried_on = np.zeros(len(tree))
         np.add.at(carried_on, tree.parents[tree.parents >= 0], probability[tree.parents >= 0])
         residual = np.maximum(probability - carried_on, 0.0)

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from restdecode.drafting.base import Drafter, StepFeedback
-from restdecode.drafting.tree import DraftTree
+from restdecode.drafting.tree import DraftTree, path_probabilities
 
 DEFAULT_BUCKET_EDGES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                                            0.999, 1.0)
@@ -126,15 +126,6 @@ def raw_scores(tree: DraftTree) -> np.ndarray:
     """The tree's per-node scores; a drafter that gives none vouches for every node (1.0), and
     calibration learns what that is worth."""
     return tree.scores if tree.scores is not None else np.ones(len(tree))
-
-
-def path_probabilities(tree: DraftTree, conditional: np.ndarray) -> np.ndarray:
-    """Probability that each node is accepted: the product of ``conditional`` along its path."""
-    probabilities = np.empty(len(tree))
-    for node, parent in enumerate(tree.parents.tolist()):
-        above = probabilities[parent] if parent >= 0 else 1.0
-        probabilities[node] = above * conditional[node]
-    return probabilities
 
 
 def plan_tree(

@@ -145,6 +145,15 @@ class DraftTree:
         )
 
 
+def path_probabilities(tree: DraftTree, conditional: np.ndarray) -> np.ndarray:
+    """Probability that each node is accepted: the product of ``conditional`` along its path."""
+    probabilities = np.empty(len(tree))
+    for node, parent in enumerate(tree.parents.tolist()):
+        above = probabilities[parent] if parent >= 0 else 1.0
+        probabilities[node] = above * conditional[node]
+    return probabilities
+
+
 @numba.njit(cache=True)
 def _depths(parents: np.ndarray) -> np.ndarray:
     # A tree is built every decoding step: a Python loop here cost ~0.1 ms per tree.
