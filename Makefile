@@ -13,10 +13,15 @@ DEMO_STORE := $(RESTDECODE_HOME)/datastores/sharegpt-smollm2.rds
 setup: $(STAMP)
 
 # Exactly the locked versions (every dependency, hashes checked), then the project itself.
+# llama-cpp-python (the llama.cpp backend) goes last and may fail alone: it compiles llama.cpp
+# from source on first install, and without it the transformers backend still works.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	awk '/^[^ #]/ { skip = /^llama-cpp-python==/ } !skip' $(LOCK) > $(VENV)/core.lock
+	$(BIN)/pip install -q --require-hashes -r $(VENV)/core.lock
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || echo "building llama-cpp-python (the llama.cpp backend): compiling llama.cpp takes about 5-15 minutes on 2 cores, once (pip caches the wheel) ..."
+	$(BIN)/pip install -q --require-hashes -r $(LOCK) || echo "WARNING: llama-cpp-python did not install (see pip's error above): the llama.cpp backend is unavailable, the transformers backend works"
 	touch $(STAMP)
 
 test: setup
@@ -26,7 +31,7 @@ test: setup
 # others keep their pins (`make lock LOCK_ARGS=--upgrade` moves everything to the newest).
 lock:
 	test -x .venv-lock/bin/pip-compile || ($(PY) -m venv .venv-lock && .venv-lock/bin/pip install -q $(PIP_TOOLS))
-	.venv-lock/bin/pip-compile -q --generate-hashes --allow-unsafe --extra test --strip-extras \
+	.venv-lock/bin/pip-compile -q --generate-hashes --allow-unsafe --extra test --extra llamacpp --strip-extras \
 		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) pyproject.toml
 
 # The suite against the newest releases pyproject.toml allows, in a throwaway venv (not in CI).

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from restdecode.accept import Sampler, accept_greedy, accept_sampling
+from restdecode.backends import Backend, Session, as_backend
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
 from restdecode.options import GenerationOptions, check_messages, resolve_options
-from restdecode.verify import commit, new_cache, prefill, verify
 
 
 @dataclass
@@ -98,7 +98,8 @@ def generate(
 ) -> GenerationResult:
     """Generate a continuation of ``prompt`` / ``messages`` (chat template) / ``input_ids``.
 
-    Exactly one input is given. ``drafter`` (a ``restdecode.drafting`` Drafter) proposes draft
+    ``model`` is a transformers model or a :class:`~restdecode.backends.Backend` (e.g. a GGUF on
+    llama.cpp). Exactly one input is given. ``drafter`` (a ``restdecode.drafting`` Drafter) proposes draft
     trees; ``None`` decodes plainly. ``options`` (:class:`GenerationOptions`), or its fields as
     keywords (``max_new_tokens=64, temperature=0.7, ...``, applied on top of ``options``), say
     how: greedy at temperature 0, otherwise sampled losslessly. Generation ends at an
@@ -131,8 +132,9 @@ def stream(
     if messages is not None:
         check_messages(messages)
     prompt_ids = prompt_token_ids(tokenizer, prompt, messages, input_ids)
-    _check_request(model, prompt_ids)
-    return TextStream(_decode(model, tokenizer, prompt_ids, drafter, options))
+    backend = as_backend(model)
+    _check_request(backend, prompt_ids)
+    return TextStream(_decode(backend, tokenizer, prompt_ids, drafter, options))
 
 
 class TextStream(Iterator[str]):
@@ -160,12 +162,12 @@ class TextStream(Iterator[str]):
         self._events.close()
 
 
-def _decode(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
+def _decode(backend: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
             options: GenerationOptions) -> Generator[str, None, GenerationResult]:
     started = time.perf_counter()
-    output = _Output(tokenizer, eos_token_ids(model, tokenizer), options.max_new_tokens,
+    output = _Output(tokenizer, backend.eos_token_ids(tokenizer), options.max_new_tokens,
                      options.stop_strings, prompt_ids=prompt_ids)
-    decoder = _Decoder(model, drafter, _TokenChooser(options), prompt_ids)
+    decoder = _Decoder(backend, drafter, _TokenChooser(options), prompt_ids)
     stats = decoder.stats
     waited = 0.0  # time spent in the caller between pieces, not ours to count
 
@@ -196,16 +198,17 @@ def _decode(model, tokenizer, prompt_ids: list[int], drafter: Drafter | None,
 
 
 class _Decoder:
-    """The model side of one generation: KV cache, pending token, and the four stages of a step."""
+    """The model side of one generation: a backend session (the KV cache), the pending token,
+    and the four stages of a step."""
 
-    def __init__(self, model, drafter, chooser: "_TokenChooser", prompt_ids: list[int]) -> None:
-        self.model = model
+    def __init__(self, backend: Backend, drafter, chooser: "_TokenChooser",
+                 prompt_ids: list[int]) -> None:
+        self.backend = backend
         self.drafter = drafter if drafter is not None else NoDrafter()
         self.chooser = chooser
         self.context = list(prompt_ids)  # prompt + generated tokens, the pending one included
-        self.past_length = 0  # positions in the KV cache
         self.stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        self.cache = None
+        self.session: Session | None = None
 
     @property
     def pending(self) -> int:
@@ -214,9 +217,8 @@ class _Decoder:
     @torch.inference_mode()
     def start(self) -> list[int]:
         """Prefill the prompt; the first token, chosen from the prefill's logits."""
-        self.cache = new_cache(self.model)
-        first = self.chooser.first(prefill(self.model, self.cache, self.context))
-        self.past_length = len(self.context)
+        self.session = self.backend.session()
+        first = self.chooser.first(self.session.prefill(self.context))
         self.context.append(first)
         self.drafter.reset()
         self.drafter.observe(StepFeedback([first]))
@@ -233,12 +235,12 @@ class _Decoder:
             return None
         stats, mark = self.stats, time.perf_counter()
         draft = _limit_depth(self.drafter.propose(self.context), depth)
-        tree = draft.compile(self.model.device)
+        tree = draft.compile(self.backend.device)
         stats.time_draft += (now := time.perf_counter()) - mark
-        logits = verify(self.model, self.cache, self.pending, tree, self.past_length)
+        logits = self.session.verify(self.pending, tree)
         stats.time_verify += (mark := time.perf_counter()) - now
         slots, tokens = self.chooser.accept(logits, tree)
-        self._commit(slots, tokens, draft, tree)
+        self._commit(slots, tokens, draft)
         stats.time_accept_commit += time.perf_counter() - mark
         stats.steps += 1
         stats.tree_size_per_step.append(tree.num_slots - 1)
@@ -247,12 +249,12 @@ class _Decoder:
 
     def _context_room(self) -> int:
         """Deepest draft whose slots still have positions inside the model's context (-1: none)."""
-        limit = _context_limit(self.model)
-        return limit - 1 - self.past_length if limit is not None else len(self.context)
+        limit = self.backend.context_limit
+        past = self.session.past_length
+        return limit - 1 - past if limit is not None else len(self.context)
 
-    def _commit(self, slots: list[int], tokens: list[int], draft: DraftTree, tree) -> None:
-        commit(self.cache, slots, tree.num_slots)
-        self.past_length += len(slots)
+    def _commit(self, slots: list[int], tokens: list[int], draft: DraftTree) -> None:
+        self.session.commit(slots)
         self.context += tokens
         self.drafter.observe(StepFeedback(tokens, draft, [slot - 1 for slot in slots[1:]]))
 
@@ -279,27 +281,18 @@ def prompt_token_ids(tokenizer, prompt: str | None = None, messages: list[dict] 
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
-    """Every end-of-sequence id of the model's generation config (else the tokenizer's)."""
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+    """Every id that ends a generation of ``model`` (a transformers model: its generation
+    config's, else the tokenizer's; a backend: its own)."""
+    return as_backend(model).eos_token_ids(tokenizer)
 
 
-def _check_request(model, prompt_ids: list[int]) -> None:
-    limit = _context_limit(model)
+def _check_request(backend: Backend, prompt_ids: list[int]) -> None:
+    limit = backend.context_limit
     if limit is not None and len(prompt_ids) >= limit:
         raise DecodingError(
-            f"the prompt has {len(prompt_ids)} tokens; the model's context holds {limit} "
-            f"(max_position_embeddings), leaving no room to generate"
+            f"the prompt has {len(prompt_ids)} tokens; the model's context holds {limit}, "
+            f"leaving no room to generate"
         )
-
-
-def _context_limit(model) -> int | None:
-    config = model.config.get_text_config(decoder=True)
-    return getattr(config, "max_position_embeddings", None)
 
 
 def _limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:

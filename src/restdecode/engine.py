@@ -46,6 +46,10 @@ def _say(message: str) -> None:
 class Engine:
     """A loaded model, its tokenizer, an optional datastore and the default drafter.
 
+    ``model`` is a transformers model (eager or compiled) or a
+    :class:`~restdecode.backends.Backend` (e.g. a GGUF on llama.cpp); ``engine.backend`` is
+    the backend either way.
+
     * ``draft=False``: plain decoding (no drafter);
     * ``budget``: a fixed draft tree of that many nodes every step; without it, each step's tree
       is sized by the model's latency profile on this machine (measured once, then cached);
@@ -63,7 +67,10 @@ class Engine:
                  say: Callable[[str], None] = _say) -> None:
         from restdecode.drafting import default_memory
 
+        from restdecode.backends import as_backend
+
         self.model = model
+        self.backend = as_backend(model)
         self.tokenizer = tokenizer
         self.datastore = datastore
         self.name = name
@@ -81,23 +88,29 @@ class Engine:
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, *, datastore: str | Path | None = None,
-             compile: bool = False, draft: bool = True, budget: int | None = None,
-             memory: bool = False, memory_file: str | Path | None = None, progress: bool = True,
+             backend: str = "transformers", compile: bool = False, draft: bool = True,
+             budget: int | None = None, memory: bool = False,
+             memory_file: str | Path | None = None, progress: bool = True,
              say: Callable[[str], None] = _say) -> "Engine":
-        """Load ``model`` (asset name, GGUF file or Hugging Face directory) and ``datastore``
-        (a file from ``restdecode build-datastore``), then build the default drafter.
+        """Load ``model`` (asset name, GGUF file or Hugging Face directory) on ``backend``
+        (``transformers``, or ``llamacpp`` for a GGUF), and ``datastore`` (a file from
+        ``restdecode build-datastore``), then build the default drafter.
 
-        The datastore is checked to exist before the model is loaded. With ``compile``, the
-        model's verification forward runs through ``torch.compile``; its graphs are built here
-        (minutes on a CPU, said through ``say``).
+        The datastore is checked to exist before the model is loaded. With ``compile`` (the
+        transformers backend only), the model's verification forward runs through
+        ``torch.compile``; its graphs are built here (minutes on a CPU, said through ``say``).
         """
-        from restdecode.models import load
+        from restdecode.backends import check_backend_name
+        from restdecode.models import load, load_llamacpp
 
+        check_backend_name(backend)
+        if compile and backend != "transformers":
+            raise OptionsError("--compile applies to the transformers backend only")
         path = Path(datastore).expanduser() if datastore is not None else None
         if path is not None and not path.is_file():
             raise DatastoreError(f"datastore {path} does not exist (build one with "
                                  "`restdecode build-datastore`)")
-        loaded, tokenizer = load(model)
+        loaded, tokenizer = load_llamacpp(model) if backend == "llamacpp" else load(model)
         store = open_datastore(path, tokenizer) if path is not None else None
         if store is not None:
             check_vocabulary(store, loaded)  # before minutes of compiling
@@ -163,7 +176,7 @@ class Engine:
 
         path = Path(path)
         try:
-            return memory.load(path, key=self._memory_key(), vocab_size=_vocab_size(self.model))
+            return memory.load(path, key=self._memory_key(), vocab_size=self.backend.vocab_size)
         except MemoryFileError as error:
             aside = path.with_name(path.name + ".damaged")
             os.replace(path, aside)
@@ -213,12 +226,11 @@ def open_datastore(path: str | Path, tokenizer) -> "Datastore":
 def check_vocabulary(datastore: "Datastore", model) -> None:
     """Refuse a datastore whose token ids may reach past the model's embedding table: a draft
     must never hold an id the model cannot embed."""
-    model_vocab = _vocab_size(model)
+    from restdecode.backends import as_backend
+
+    model_vocab = as_backend(model).vocab_size
     if datastore.header.vocab_size > model_vocab:
         raise DatastoreError(
             f"datastore {datastore.path} holds token ids up to {datastore.header.vocab_size - 1}, "
             f"but the model embeds only {model_vocab} ids: build it with this model's tokenizer")
 
-
-def _vocab_size(model) -> int:
-    return int(model.config.get_text_config(decoder=True).vocab_size)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from restdecode.backends import as_backend
 from restdecode.compiled import COMPILE_OPTIONS, eager, is_compiled
 from restdecode.drafting.tree import DraftTree
 
@@ -153,7 +154,7 @@ def _interpolate_rows(cache_lengths: Sequence[int], rows: list[np.ndarray], cach
 
 
 def measure_profile(
-    model: "PreTrainedModel",
+    model,
     widths: Sequence[int] = DEFAULT_WIDTHS,
     cache_lengths: Sequence[int] = DEFAULT_CACHE_LENGTHS,
     *,
@@ -161,30 +162,32 @@ def measure_profile(
     seed: int = 0,
     progress: bool = True,
 ) -> LatencyProfile:
-    """Time real verification forwards of ``model`` and return the profile (median seconds).
+    """Time real verification forwards of ``model`` (a transformers model or a
+    :class:`~restdecode.backends.Backend`) and return the profile (median seconds).
 
-    For every cache length, a cache is prefilled with random tokens; then, in ``1 + repeats``
+    For every cache length, a session is prefilled with random tokens; then, in ``1 + repeats``
     rounds (the first a warm-up), every width is verified once, in a shuffled order, as a random
-    tree of ``width - 1`` nodes with :func:`restdecode.verify.verify` (4D tree mask, position
-    ids), and its slots are dropped again. Rounds spread any background load over all widths
-    instead of biasing a few.
+    tree of ``width - 1`` nodes through the backend's own ``verify`` (on transformers: 4D tree
+    mask, position ids), and its slots are dropped again. Rounds spread any background load over
+    all widths instead of biasing a few.
     """
     from tqdm.auto import tqdm
 
+    backend = as_backend(model)
     widths, cache_lengths = sorted(set(widths)), sorted(set(cache_lengths))
-    _check_fits(model, max(widths), max(cache_lengths))
+    _check_fits(backend, max(widths), max(cache_lengths))
     rng = np.random.default_rng(seed)
-    vocab = _vocab_size(model)
-    trees = {w: random_tree(w - 1, vocab, rng).compile(model.device) for w in widths}
+    vocab = backend.vocab_size
+    trees = {w: random_tree(w - 1, vocab, rng).compile(backend.device) for w in widths}
     seconds = np.empty((len(cache_lengths), len(widths)))
     total = len(cache_lengths) * len(widths) * (1 + repeats)
     with torch.inference_mode(), tqdm(total=total, desc="latency profile", unit="fwd",
                                       disable=not progress, leave=False) as bar:
         for row, cache_length in enumerate(cache_lengths):
-            cache = _filled_cache(model, cache_length, vocab, rng)
-            timings = _timed_rounds(model, cache, cache_length, trees, repeats, rng, bar)
+            session = _filled_session(backend, cache_length, rng)
+            timings = _timed_rounds(session, vocab, trees, repeats, rng, bar)
             seconds[row] = [np.median(timings[w]) for w in widths]
-    return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, profile_key(model))
+    return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, backend.profile_key())
 
 
 def random_tree(num_nodes: int, vocab_size: int, rng: np.random.Generator) -> DraftTree:
@@ -194,46 +197,37 @@ def random_tree(num_nodes: int, vocab_size: int, rng: np.random.Generator) -> Dr
     return DraftTree(tokens, np.array(parents, dtype=np.int64))
 
 
-def _timed_rounds(model, cache, cache_length: int, trees: dict, repeats: int,
-                  rng: np.random.Generator, bar) -> dict[int, list[float]]:
+def _timed_rounds(session, vocab: int, trees: dict, repeats: int, rng: np.random.Generator,
+                  bar) -> dict[int, list[float]]:
     """Seconds per width over ``repeats`` rounds, after one warm-up round."""
-    from restdecode.verify import commit, verify
-
     timings: dict[int, list[float]] = {w: [] for w in trees}
-    vocab = _vocab_size(model)
     for round_index in range(1 + repeats):
         for width in rng.permutation(list(trees)).tolist():
             tree = trees[width]
             pending = int(rng.integers(0, vocab))
             started = time.perf_counter()
-            verify(model, cache, pending, tree, cache_length)
+            session.verify(pending, tree)
             elapsed = time.perf_counter() - started
-            commit(cache, [], tree.num_slots)  # drop every slot: back to ``cache_length``
+            session.commit([])  # drop every slot: back to the same cache length
             if round_index > 0:
                 timings[width].append(elapsed)
             bar.update()
     return timings
 
 
-def _filled_cache(model, cache_length: int, vocab: int, rng: np.random.Generator):
-    """A verification-ready cache holding ``cache_length`` random tokens."""
-    from restdecode.verify import new_cache, prefill
-
-    cache = new_cache(model)
+def _filled_session(backend, cache_length: int, rng: np.random.Generator):
+    """A backend session holding ``cache_length`` random tokens."""
+    session = backend.session()
     if cache_length > 0:
-        prefill(model, cache, rng.integers(0, vocab, cache_length).tolist())
-    return cache
-
-
-def _vocab_size(model) -> int:
-    return int(model.config.get_text_config(decoder=True).vocab_size)
+        session.prefill(rng.integers(0, backend.vocab_size, cache_length).tolist())
+    return session
 
 
 def fitting_grid(model, widths: Sequence[int], cache_lengths: Sequence[int]
                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``widths`` and ``cache_lengths`` cut to what the model's context holds (a short-context
     model gets widths up to half its context and one cache length that leaves room for them)."""
-    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    limit = as_backend(model).context_limit
     widths, cache_lengths = sorted(set(widths)), sorted(set(cache_lengths))
     if limit is None:
         return tuple(widths), tuple(cache_lengths)
@@ -243,8 +237,8 @@ def fitting_grid(model, widths: Sequence[int], cache_lengths: Sequence[int]
     return tuple(widths), tuple(cache_lengths)
 
 
-def _check_fits(model, max_width: int, max_cache_length: int) -> None:
-    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+def _check_fits(backend, max_width: int, max_cache_length: int) -> None:
+    limit = backend.context_limit
     if limit is not None and max_cache_length + max_width > limit:
         raise ValueError(f"cache length {max_cache_length} + width {max_width} exceeds the "
                          f"model's {limit} positions")
@@ -254,8 +248,8 @@ def _check_fits(model, max_width: int, max_cache_length: int) -> None:
 
 
 def profile_key(model: "PreTrainedModel") -> dict:
-    """What a profile's timings depend on: model (name + config hash), attention implementation,
-    dtype, device, CPU model, core count, torch threads and version."""
+    """What a transformers model's timings depend on: model (name + config hash), attention
+    implementation, dtype, device, CPU model, core count, torch threads and version."""
     config_json = model.config.to_json_string(use_diff=False)
     key = {
         "model": str(getattr(model.config, "_name_or_path", "") or type(eager(model)).__name__),
@@ -321,7 +315,7 @@ def profile_for(
     """
     if cache_dir is None:
         cache_dir = profiles_dir()
-    key = profile_key(model)
+    key = as_backend(model).profile_key()
     path = profile_path(key, cache_dir)
     options = {"widths": DEFAULT_WIDTHS, "cache_lengths": DEFAULT_CACHE_LENGTHS} | measure_options
     options["widths"], options["cache_lengths"] = fitting_grid(model, options["widths"],

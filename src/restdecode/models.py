@@ -53,6 +53,37 @@ def load(
     return model, load_tokenizer(directory)
 
 
+def load_llamacpp(name_or_path: str | os.PathLike, *, quiet: bool = False, **backend_options):
+    """A GGUF model on the llama.cpp backend and its tokenizer.
+
+    ``name_or_path`` is a model asset name or a ``.gguf`` file (a Hugging Face directory has no
+    GGUF to run); ``backend_options`` go to :class:`~restdecode.backends.llamacpp.LlamaCppBackend`.
+    The tokenizer comes from the same cache as :func:`load_tokenizer` (the chat template and the
+    token ids are the GGUF's own).
+    """
+    from restdecode.backends.llamacpp import LlamaCppBackend
+
+    gguf = gguf_path(name_or_path, quiet=quiet)
+    return LlamaCppBackend(gguf, **backend_options), load_tokenizer(name_or_path, quiet=quiet)
+
+
+def gguf_path(name_or_path: str | os.PathLike, *, quiet: bool = False) -> Path:
+    """The GGUF file of a model asset (fetched on first use), of ``ASSET:TYPE`` (the asset's
+    weights re-quantized to TYPE, e.g. ``smollm2-135m-instruct:f32``: written once into the
+    cache), or a ``.gguf`` path."""
+    text = os.fspath(name_or_path)
+    if text in MODEL_ASSETS:
+        return assets.fetch(text, quiet=quiet)
+    asset, _, ftype = text.partition(":")
+    if asset in MODEL_ASSETS and ftype:
+        return _requantized(asset, ftype, quiet=quiet)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    raise ModelError(f"the llama.cpp backend runs GGUF files: {text!r} is neither a .gguf file "
+                     f"nor a model asset ({', '.join(MODEL_ASSETS)})")
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, *, quiet: bool = False) -> "PreTrainedTokenizerBase":
     """Load the tokenizer of a model (same ``name_or_path`` forms as :func:`load`).
 
@@ -64,9 +95,28 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, quiet: bool = False) -> "
     return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path, quiet=quiet))
 
 
+def _requantized(asset: str, ftype: str, *, quiet: bool) -> Path:
+    """The model asset's GGUF re-quantized to ``ftype`` (llama.cpp's quantizer), cached."""
+    from restdecode.backends.llamacpp import requantize
+
+    source = assets.fetch(asset, quiet=quiet)
+    target = assets.restdecode_home() / "models" / f"{source.stem}-{ftype.lower()}.gguf"
+    if not target.is_file():
+        if not quiet:
+            print(f"writing {asset} as {ftype} into {target} (once)", file=sys.stderr)
+        requantize(source, target, ftype)
+    return target
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike, *, quiet: bool = False) -> Path:
-    """The Hugging Face directory to load ``name_or_path`` from, converting a GGUF if needed."""
+    """The Hugging Face directory to load ``name_or_path`` from, converting a GGUF if needed.
+
+    ``ASSET:TYPE`` (a re-quantized asset, see :func:`gguf_path`) resolves to the asset's own
+    de-quantized directory: the transformers backend always runs the asset's weights in float32.
+    """
     text = os.fspath(name_or_path)
+    if ":" in text and text.partition(":")[0] in MODEL_ASSETS:
+        text = text.partition(":")[0]
     if text in MODEL_ASSETS:
         asset = assets.get_asset(text)
         gguf = assets.fetch(text, quiet=quiet)

@@ -1,0 +1,104 @@
+"""Verification backends: what runs the model under the decode loop.
+
+A backend evaluates token trees for the loop and nothing else; the loop (``restdecode.decode``)
+and the drafters never see which one runs. Two exist:
+
+* ``transformers`` (:class:`~restdecode.backends.transformers.TransformersBackend`): any
+  Hugging Face causal LM, eager or ``torch.compile``'d, tree verification with a 4D mask;
+* ``llamacpp`` (:class:`~restdecode.backends.llamacpp.LlamaCppBackend`): a GGUF file on
+  llama.cpp (through llama-cpp-python's low-level API), one ``llama_decode`` batch per tree.
+
+The protocol is two small classes: a :class:`Backend` (the loaded model: vocabulary, context,
+end-of-sequence ids, a key for latency profiles) opens :class:`Session` objects, each one
+sequence's KV state with three verbs: ``prefill``, ``verify``, ``commit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from restdecode.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from restdecode.drafting.tree import CompiledTree
+
+BACKENDS: tuple[str, ...] = ("transformers", "llamacpp")
+
+
+@runtime_checkable
+class Session(Protocol):
+    """One sequence's KV state on a backend.
+
+    ``past_length`` is the number of positions in its KV cache. The decode loop keeps one
+    *pending* token (chosen, not yet evaluated): ``verify`` evaluates it as slot 0 together
+    with the tree's nodes (slot i+1 = node i), and ``commit`` keeps the accepted slots.
+    """
+
+    past_length: int
+
+    def prefill(self, prompt_ids: Sequence[int]) -> "torch.Tensor":
+        """Start over with ``prompt_ids`` in the cache; float32 logits ``(vocab,)`` after its
+        last token."""
+
+    def verify(self, pending_token: int, tree: "CompiledTree") -> "torch.Tensor":
+        """Float32 logits ``(1 + n, vocab)`` at every slot, from one forward. The result may be
+        a view of the backend's buffers: valid until the next call on this session."""
+
+    def commit(self, accepted_slots: Sequence[int]) -> None:
+        """Keep the KV entries of ``accepted_slots`` (slot 0 first, then a root-to-node path)
+        of the last ``verify``, drop the other slots; ``past_length`` grows by their number."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A loaded model that opens :class:`Session` objects."""
+
+    name: str
+
+    @property
+    def device(self) -> "torch.device":
+        """Where draft trees are compiled to."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model embeds (``0 .. vocab_size - 1``)."""
+
+    @property
+    def context_limit(self) -> int | None:
+        """Positions one sequence may hold, None when unbounded."""
+
+    def eos_token_ids(self, tokenizer) -> set[int]:
+        """Token ids that end a generation."""
+
+    def session(self) -> Session:
+        """A new, empty sequence."""
+
+    def profile_key(self) -> dict:
+        """What this backend's timings depend on (model, machine, threads, ...), for latency
+        profiles."""
+
+
+def as_backend(model) -> Backend:
+    """``model`` itself when it is a backend, else a transformers model wrapped in one."""
+    if isinstance(model, Backend):
+        return model
+    from restdecode.backends.transformers import TransformersBackend
+
+    return TransformersBackend(model)
+
+
+def check_backend_name(name: str) -> str:
+    """``name`` if it is a known backend, else ModelError listing them."""
+    if name not in BACKENDS:
+        raise ModelError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    return name
+
+
+def llamacpp_available() -> bool:
+    """Whether llama-cpp-python can be imported here."""
+    from importlib.util import find_spec
+
+    return find_spec("llama_cpp") is not None

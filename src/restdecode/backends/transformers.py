@@ -1,0 +1,88 @@
+"""The transformers backend: a Hugging Face causal LM (eager or compiled) under the decode loop.
+
+The tree forward, the 4D mask and the KV gathering live in :mod:`restdecode.verify`; this module
+puts them behind the :class:`~restdecode.backends.Session` protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from restdecode import verify as tree_verify
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from restdecode.drafting.tree import CompiledTree
+
+
+class TransformersBackend:
+    """A transformers model (or :class:`~restdecode.compiled.CompiledModel`) as a backend."""
+
+    name = "transformers"
+
+    def __init__(self, model: "PreTrainedModel") -> None:
+        self.model = model
+
+    @property
+    def device(self) -> "torch.device":
+        return self.model.device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._text_config().vocab_size)
+
+    @property
+    def context_limit(self) -> int | None:
+        return getattr(self._text_config(), "max_position_embeddings", None)
+
+    def _text_config(self):
+        return self.model.config.get_text_config(decoder=True)
+
+    def eos_token_ids(self, tokenizer) -> set[int]:
+        """Every end-of-sequence id of the model's generation config (else the tokenizer's)."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+    def session(self) -> "TransformersSession":
+        return TransformersSession(self.model)
+
+    def profile_key(self) -> dict:
+        from restdecode.latency import profile_key
+
+        return profile_key(self.model)
+
+    def __repr__(self) -> str:
+        return f"TransformersBackend({self.model!r})"
+
+
+class TransformersSession:
+    """One sequence: a transformers KV cache (:func:`restdecode.verify.new_cache`)."""
+
+    def __init__(self, model: "PreTrainedModel") -> None:
+        self.model = model
+        self.cache = tree_verify.new_cache(model)
+        self.past_length = 0
+        self._slots = 0  # slots of the last verification, to be resolved by commit
+
+    def prefill(self, prompt_ids: Sequence[int]) -> "torch.Tensor":
+        if self.past_length:
+            self.cache = tree_verify.new_cache(self.model)
+        logits = tree_verify.prefill(self.model, self.cache, list(prompt_ids))
+        self.past_length = len(prompt_ids)
+        return logits
+
+    def verify(self, pending_token: int, tree: "CompiledTree") -> "torch.Tensor":
+        self._slots = tree.num_slots
+        return tree_verify.verify(self.model, self.cache, pending_token, tree, self.past_length)
+
+    def commit(self, accepted_slots: Sequence[int]) -> None:
+        tree_verify.commit(self.cache, accepted_slots, self._slots)
+        self.past_length += len(accepted_slots)
+        self._slots = 0
