@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import BYTE_VOCAB, OracleDrafter, byte_tokenizer, tiny_model, trie_tree
+from tiny_models import (BYTE_VOCAB, OracleDrafter, RandomTreeDrafter, byte_tokenizer, tiny_model,
+                         trie_tree)
 from restdecode.decode import generate, stream
 from restdecode.errors import DecodingError
 from test_accept import chi_square_p
@@ -173,25 +174,6 @@ def test_incremental_detokenisation_holds_back_split_characters():
     pieces = [piece for token in tok(text)["input_ids"] for piece in output.add([token])]
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
     assert "世" in pieces  # three byte tokens, one piece
-
-
-class RandomTreeDrafter:
-    """Random small trees: with a tiny vocabulary their tokens are often, not always, right."""
-
-    def __init__(self, vocab_size: int, rng: np.random.Generator):
-        self.vocab_size, self.rng = vocab_size, rng
-
-    def propose(self, token_ids):
-        rng = self.rng
-        sequences = [rng.integers(0, self.vocab_size, int(rng.integers(1, 4))).tolist()
-                     for _ in range(int(rng.integers(0, 4)))]
-        return trie_tree(sequences)
-
-    def observe(self, feedback):
-        pass
-
-    def reset(self):
-        pass
 
 
 class LetterTokenizer:

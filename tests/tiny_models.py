@@ -115,3 +115,22 @@ class OracleDrafter:
 
     def reset(self) -> None:
         self.observed = []
+
+
+class RandomTreeDrafter:
+    """Random small trees: with a tiny vocabulary their tokens are often, not always, right."""
+
+    def __init__(self, vocab_size: int, rng):
+        self.vocab_size, self.rng = vocab_size, rng
+
+    def propose(self, token_ids):
+        rng = self.rng
+        sequences = [rng.integers(0, self.vocab_size, int(rng.integers(1, 4))).tolist()
+                     for _ in range(int(rng.integers(0, 4)))]
+        return trie_tree(sequences)
+
+    def observe(self, feedback):
+        pass
+
+    def reset(self):
+        pass

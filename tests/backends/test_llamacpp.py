@@ -18,7 +18,7 @@ pytest.importorskip("llama_cpp")
 
 from test_accept import chi_square_p  # noqa: E402
 from tiny_gguf import write_tiny_llama_gguf  # noqa: E402
-from tiny_models import OracleDrafter, trie_tree  # noqa: E402
+from tiny_models import OracleDrafter, RandomTreeDrafter, trie_tree  # noqa: E402
 
 from restdecode.backends.llamacpp import (LlamaCppBackend, _leaf_membership,  # noqa: E402
                                           requantize)
@@ -168,22 +168,8 @@ def test_sampled_generation_has_the_model_distribution(monkeypatch):
             p3 = probs([a, b])
             for c in range(vocab):
                 expected[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
-    rng = np.random.default_rng(0)
-
-    class RandomTrees:
-        def propose(self, token_ids):
-            sequences = [rng.integers(0, vocab, int(rng.integers(1, 3))).tolist()
-                         for _ in range(int(rng.integers(1, 4)))]
-            return trie_tree(sequences)
-
-        def observe(self, feedback):
-            pass
-
-        def reset(self):
-            pass
-
     counts, multi = Counter(), 0
-    drafter = RandomTrees()
+    drafter = RandomTreeDrafter(vocab, np.random.default_rng(0))
     for seed in range(n):
         result = generate(backend, IdTokenizer(), input_ids=prompt, drafter=drafter,
                           max_new_tokens=3, temperature=temperature, seed=seed)
