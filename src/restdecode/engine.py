@@ -93,17 +93,18 @@ class Engine:
              memory_file: str | Path | None = None, progress: bool = True,
              say: Callable[[str], None] = _say) -> "Engine":
         """Load ``model`` (asset name, GGUF file or Hugging Face directory) on ``backend``
-        (``transformers``, or ``llamacpp`` for a GGUF), and ``datastore`` (a file from
-        ``restdecode build-datastore``), then build the default drafter.
+        (``transformers``; ``llamacpp`` for a GGUF; ``auto``: llama.cpp for a GGUF when it is
+        installed, else transformers), and ``datastore`` (a file from ``restdecode
+        build-datastore``), then build the default drafter.
 
         The datastore is checked to exist before the model is loaded. With ``compile`` (the
         transformers backend only), the model's verification forward runs through
         ``torch.compile``; its graphs are built here (minutes on a CPU, said through ``say``).
         """
-        from restdecode.backends import check_backend_name
+        from restdecode.backends import resolve_backend
         from restdecode.models import load, load_llamacpp
 
-        check_backend_name(backend)
+        backend = resolve_backend(backend, model, compile=compile)
         if compile and backend != "transformers":
             raise OptionsError("--compile applies to the transformers backend only")
         path = Path(datastore).expanduser() if datastore is not None else None

@@ -67,6 +67,14 @@ def load_llamacpp(name_or_path: str | os.PathLike, *, quiet: bool = False, **bac
     return LlamaCppBackend(gguf, **backend_options), load_tokenizer(name_or_path, quiet=quiet)
 
 
+def is_gguf_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` names a GGUF model (an asset, ``ASSET:TYPE`` or a .gguf file)."""
+    text = os.fspath(name_or_path)
+    if text.partition(":")[0] in MODEL_ASSETS:
+        return True
+    return Path(text).expanduser().suffix.lower() == ".gguf"
+
+
 def gguf_path(name_or_path: str | os.PathLike, *, quiet: bool = False) -> Path:
     """The GGUF file of a model asset (fetched on first use), of ``ASSET:TYPE`` (the asset's
     weights re-quantized to TYPE, e.g. ``smollm2-135m-instruct:f32``: written once into the

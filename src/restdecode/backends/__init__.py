@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from restdecode.drafting.tree import CompiledTree
 
 BACKENDS: tuple[str, ...] = ("transformers", "llamacpp")
+AUTO = "auto"  # llama.cpp for GGUF models when llama-cpp-python is installed, else transformers
 
 
 @runtime_checkable
@@ -91,10 +92,24 @@ def as_backend(model) -> Backend:
 
 
 def check_backend_name(name: str) -> str:
-    """``name`` if it is a known backend, else ModelError listing them."""
-    if name not in BACKENDS:
-        raise ModelError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    """``name`` if it is a known backend (or ``auto``), else ModelError listing them."""
+    if name != AUTO and name not in BACKENDS:
+        raise ModelError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}, {AUTO}")
     return name
+
+
+def resolve_backend(name: str, model: str, *, compile: bool = False) -> str:
+    """The backend ``name`` stands for when loading ``model`` (an asset name, a ``.gguf`` file or
+    a Hugging Face directory): ``auto`` is the fastest one installed that can run it (on a CPU,
+    llama.cpp for a GGUF; transformers for a Hugging Face directory or with ``compile``)."""
+    check_backend_name(name)
+    if name != AUTO:
+        return name
+    if compile or not llamacpp_available():
+        return "transformers"
+    from restdecode.models import is_gguf_model
+
+    return "llamacpp" if is_gguf_model(model) else "transformers"
 
 
 def llamacpp_available() -> bool:

@@ -19,10 +19,17 @@ if TYPE_CHECKING:
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """``--model``, defaulting to the embedded default model."""
+    """``--model``, defaulting to the embedded default model, and ``--backend``."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model asset name, .gguf file or Hugging Face directory "
-                             f"(default: {DEFAULT_MODEL})")
+                        help=f"model asset name, .gguf file or Hugging Face directory; "
+                             f"ASSET:TYPE re-quantizes an asset for llama.cpp, e.g. "
+                             f"{DEFAULT_MODEL}:f32 (default: {DEFAULT_MODEL})")
+    parser.add_argument("--backend", choices=("auto", "transformers", "llamacpp"),
+                        default="auto",
+                        help="what runs the model: llamacpp (a GGUF on llama.cpp, the fastest "
+                             "on a CPU), transformers (any Hugging Face causal LM; --compile), "
+                             "or auto: llamacpp for a GGUF model when llama-cpp-python is "
+                             "installed, else transformers (default: auto)")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
@@ -79,6 +86,7 @@ def engine_from_args(args: argparse.Namespace, *, datastore=None, memory: bool =
     from restdecode.engine import Engine
 
     return Engine.load(args.model, datastore=datastore if datastore is not None else args.datastore,
-                       compile=args.compile, draft=not getattr(args, "no_draft", False),
+                       backend=args.backend, compile=args.compile,
+                       draft=not getattr(args, "no_draft", False),
                        budget=getattr(args, "budget", None), memory=memory, memory_file=memory_file,
                        say=lambda message: print(message, file=sys.stderr, flush=True))
