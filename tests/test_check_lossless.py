@@ -78,9 +78,23 @@ def test_first_difference():
 
 
 def test_top2_logit_gap_is_the_margin_of_the_best_token():
+    """Measured as plain decoding saw it (prompt prefill, then one token per forward)."""
+    from restdecode.backends import as_backend
+
     model = tiny_model("qwen2", vocab_size=BYTE_VOCAB)
-    context = [5, 6, 7]
     with torch.no_grad():
-        logits = model(torch.tensor([context])).logits[0, -1]
+        logits = model(torch.tensor([[5, 6, 7, 8]])).logits[0, -1]
     top = torch.topk(logits, 2).values
-    assert top2_logit_gap(model, context) == pytest.approx(float(top[0] - top[1]), abs=1e-5)
+    gap = top2_logit_gap(as_backend(model), [5, 6], [7, 8])
+    assert gap == pytest.approx(float(top[0] - top[1]), abs=1e-5)
+
+
+@pytest.mark.assets
+def test_check_lossless_on_llama_cpp_f32_is_identical_to_its_own_greedy(capsys):
+    pytest.importorskip("llama_cpp")
+    status = main(["check-lossless", "--backend", "llamacpp", "--model",
+                   "smollm2-135m-instruct:f32", "--limit", "2", "--max-new-tokens", "32",
+                   "--budget", "6", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["backend"] == "llamacpp"
+    assert report["identical"] == report["total"] == 2
