@@ -90,7 +90,7 @@ def test_second_turn_holds_each_methods_own_first_answer(tiny_dir):
         assert "second question" in second_turn_text
         other = next(text for name, text in answers.items() if name != method.name)
         assert other not in second_turn_text
-    assert all(row.identical_to_hf_greedy is (row.method == "hf-greedy") for row in rows)
+    assert all(row.identical_to_baseline is (row.method == "hf-greedy") for row in rows)
     assert all(row.decode_s == max(row.e2e_s - row.prefill_s, 0.0) for row in rows)
 
 
@@ -99,7 +99,7 @@ def _row(method: str, prompt_id: str, new_tokens: int, e2e_s: float, prefill_s: 
     return Row(prompt_id=prompt_id, turn=1, method=method, prompt_tokens=5, new_tokens=new_tokens,
                e2e_s=e2e_s, prefill_s=prefill_s, decode_s=e2e_s - prefill_s, steps=len(accepted),
                mean_accepted=new_tokens / len(accepted), accepted_per_step=accepted,
-               identical_to_hf_greedy=identical, text="", token_ids=[])
+               identical_to_baseline=identical, text="", token_ids=[])
 
 
 def test_summary_speedups_are_ratios_of_summed_times():
@@ -112,6 +112,7 @@ def test_summary_speedups_are_ratios_of_summed_times():
     summary = summarize(rows, ["hf-greedy", "rest"])
     rest = summary["rest"]
     assert rest["e2e"]["speedup_vs_hf_greedy"] == pytest.approx(3.0 / 1.5)
+    assert rest["e2e"]["speedup_vs_baseline"] == rest["e2e"]["speedup_vs_hf_greedy"]
     assert rest["decode"]["speedup_vs_hf_greedy"] == pytest.approx((1.8 + 0.9) / (0.8 + 0.4))
     assert rest["decode"]["tokens_per_s"] == pytest.approx((9 + 5) / (0.8 + 0.4))
     assert rest["e2e"]["tokens_per_s"] == pytest.approx(16 / 1.5)
@@ -207,7 +208,7 @@ ROW_TYPES = {"prompt_id": str, "turn": int, "method": str, "prompt_tokens": int,
              "e2e_s": float, "prefill_s": float, "decode_s": float, "steps": int,
              "mean_accepted": float, "accepted_per_step": list, "text": str, "token_ids": list}
 TOP_KEYS = {"schema_version", "workload", "date", "command", "model", "datastore", "settings",
-            "machine", "versions", "methods", "summary", "rows"}
+            "machine", "versions", "methods", "baseline", "summary", "rows"}
 
 
 def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
@@ -222,6 +223,7 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
     document = json.loads((out / "results.json").read_text())
     assert TOP_KEYS <= document.keys()
     assert document["methods"] == list(DEFAULT_METHODS)
+    assert document["baseline"] == "hf-greedy" and document["settings"]["backend"] == "transformers"
     assert document["datastore"]["path"] == str(tiny_store)
     assert document["machine"]["cores"] >= 1 and document["machine"]["torch_threads"] >= 1
     assert isinstance(document["machine"]["load_average_1m_before"], float)
@@ -231,7 +233,7 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
         for key, kind in ROW_TYPES.items():
             assert isinstance(row[key], kind), (key, row[key])
         assert sum(row["accepted_per_step"]) == row["new_tokens"] == len(row["token_ids"])
-        assert row["identical_to_hf_greedy"] is True  # every method is lossless
+        assert row["identical_to_baseline"] is True  # every method is lossless
         assert row["e2e_s"] > 0 and row["prefill_s"] > 0
     for method, summary in document["summary"].items():
         own = [row for row in rows if row["method"] == method]
@@ -240,6 +242,7 @@ def test_bench_command_end_to_end(tiny_dir, tiny_store, tmp_path, capsys):
         assert summary["new_tokens"] == sum(row["new_tokens"] for row in own)
         assert summary["e2e"]["seconds"] == pytest.approx(e2e)
         assert summary["e2e"]["speedup_vs_hf_greedy"] == pytest.approx(baseline / e2e)
+        assert summary["e2e"]["speedup_vs_baseline"] == summary["e2e"]["speedup_vs_hf_greedy"]
         assert summary["identical_fraction"] == 1.0 and summary["pass_at_1"] is None
         assert summary["decode"]["speedup_vs"]["hf-greedy"] == summary["decode"]["speedup_vs_hf_greedy"]
         assert 0 <= summary["slow_prompts"] <= 2
@@ -270,7 +273,10 @@ def test_resume_keeps_finished_prompts_and_runs_the_rest(tiny_dir, tiny_store, t
 
     # As an interruption would leave it: the first prompt finished, the second cut mid-write.
     lines = [json.dumps({"run": _identity_of(full, prompts, tiny_store)})]
-    lines += [json.dumps(row) for row in first_rows] + [json.dumps({"done": first_id})]
+    # Written by an older version: the identity field had hf-greedy in its name.
+    lines += [json.dumps({("identical_to_hf_greedy" if key == "identical_to_baseline" else key): value
+                          for key, value in row.items()}) for row in first_rows]
+    lines += [json.dumps({"done": first_id})]
     second = next(row for row in full["rows"] if row["prompt_id"] != first_id)
     lines += [json.dumps(second), json.dumps(second)[:40]]
     (out / "results.json").unlink()
@@ -283,7 +289,7 @@ def test_resume_keeps_finished_prompts_and_runs_the_rest(tiny_dir, tiny_store, t
     assert [row["e2e_s"] for row in kept] == [row["e2e_s"] for row in first_rows]  # not rerun
     rerun = [row for row in resumed["rows"] if row["prompt_id"] == second["prompt_id"]]
     assert rerun[0]["e2e_s"] != second["e2e_s"]
-    assert all(row["identical_to_hf_greedy"] for row in resumed["rows"])
+    assert all(row["identical_to_baseline"] for row in resumed["rows"])
 
     # Another run's rows are never mixed in.
     (out / "rows.partial.jsonl").write_text("\n".join(lines) + "\n")
@@ -298,7 +304,7 @@ def _identity_of(document: dict, prompts: Path, store: Path) -> dict:
 
     config = BenchConfig(workload=f"prompts:{prompts}", out=Path("unused"),
                          model=document["model"]["name"], max_new_tokens=12,
-                         methods=list(document["methods"]))
+                         methods=list(document["methods"]), backend="transformers")
     return _run_identity(config, store)
 
 

@@ -1,35 +1,47 @@
 """The benchmark harness: decoding methods side by side on MT-Bench, HumanEval or your prompts.
 
-``run_benchmark(config)`` loads the model (untimed), runs every method interleaved per prompt
-(see :mod:`restdecode.benchmark.runner` for how time is measured), scores HumanEval
-completions, and writes ``results.json``, ``report.md`` and PNG plots into ``config.out``.
+``run_benchmark(config)`` loads the model (untimed) on its backend (transformers or llama.cpp:
+our engine's methods run there), runs every method interleaved per prompt (see
+:mod:`restdecode.benchmark.runner` for how time is measured), compares every row with the run's
+baseline (hf-greedy, or llamacpp-greedy on the llamacpp backend), scores HumanEval completions,
+and writes ``results.json``, ``report.md`` and PNG plots into ``config.out``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from restdecode.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, rest_drafter
 from restdecode.engine import DEFAULT_MODEL, default_datastore
 
+if TYPE_CHECKING:
+    from restdecode.engine import Engine
+
 
 @dataclass
 class BenchConfig:
-    """What to run: a workload spec (``mtbench``, ``humaneval``, ``prompts:PATH``) and options."""
+    """What to run: a workload spec (``mtbench``, ``humaneval``, ``prompts:PATH``) and options.
+
+    ``backend``: what runs the model for our engine's methods (``transformers``, ``llamacpp``,
+    or ``auto``: see :func:`restdecode.backends.resolve_backend`); ``methods`` None: that
+    backend's defaults (:func:`restdecode.benchmark.methods.default_methods`).
+    """
 
     workload: str
     out: Path
     model: str = DEFAULT_MODEL
     limit: int | None = None
     max_new_tokens: int = 128
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] | None = None
     turns: int = 1
     datastore: Path | None = None
     progress: bool = True
     resume: bool = False
     compile: bool = False  # our engine's methods through a torch.compile'd forward
     memory_file: Path | None = None  # restdecode-memory starts from it, and is saved to it
+    backend: str = "auto"
 
 
 @dataclass
@@ -47,21 +59,23 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     from transformers.utils import logging as hf_logging
 
     from restdecode.benchmark import humaneval, plots, report
-    from restdecode.benchmark.methods import (HF_METHODS, EngineMethod, build_methods,
-                                              check_method_names)
-    from restdecode.benchmark.runner import run_workload
-    from restdecode.compiled import eager
+    from restdecode.benchmark.methods import (ENGINE_METHODS, EngineMethod, baseline_for,
+                                              build_methods, check_method_names)
+    from restdecode.benchmark.runner import Baseline, run_workload
     from restdecode.engine import Engine
     from restdecode.workloads import load_workload
 
+    config = resolve_config(config)
     datastore_path = config.datastore or default_datastore(config.model)
-    check_method_names(config.methods, has_datastore=datastore_path is not None)
+    check_method_names(config.methods, has_datastore=datastore_path is not None,
+                       model=config.model)
     prompts = load_workload(config.workload, limit=config.limit, turns=config.turns)
-    compile = config.compile and bool(set(config.methods) - HF_METHODS)
-    engine = Engine.load(config.model, datastore=datastore_path, compile=compile, draft=False,
-                         progress=config.progress)
+    compile = config.compile and bool(ENGINE_METHODS.intersection(config.methods))
+    engine = Engine.load(config.model, datastore=datastore_path, backend=config.backend,
+                         compile=compile, draft=False, progress=config.progress)
     methods = build_methods(config.methods, engine, memory_file=config.memory_file)
-    model, tokenizer, datastore = eager(engine.model), engine.tokenizer, engine.datastore
+    tokenizer, datastore = engine.tokenizer, engine.datastore
+    baseline = Baseline(baseline_for(config.methods, config.backend), _end_ids(engine))
     hf_logging.set_verbosity_error()  # generate()'s per-call notices would drown the progress bar
     load_before = report.load_average()
     config.out.mkdir(parents=True, exist_ok=True)
@@ -77,13 +91,13 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     rows = done + run_workload(
         methods, tokenizer, [p for p in prompts if p.id not in done_ids],
         max_new_tokens=config.max_new_tokens, turns=config.turns, progress=config.progress,
-        on_prompt_done=partial.append, on_warmed_up=recall_done_outputs)
+        on_prompt_done=partial.append, on_warmed_up=recall_done_outputs, baseline=baseline)
     if config.workload == "humaneval":
         humaneval.score_rows(rows, prompts)
     document = report.results_document(
-        rows, config.methods, workload=config.workload, model=_model_info(config.model, model),
-        datastore=_datastore_info(datastore_path, datastore), settings=_settings(config),
-        load_before=load_before)
+        rows, config.methods, workload=config.workload, model=_model_info(config.model, engine),
+        datastore=_datastore_info(datastore_path, datastore), settings=_settings(config, engine),
+        baseline=baseline.method, load_before=load_before)
     plot_paths = plots.write_plots(document, config.out)
     outcome = BenchOutcome(document, report.write_results(document, config.out),
                            report.write_report(document, plot_paths, config.out), plot_paths)
@@ -92,6 +106,26 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
         if isinstance(method, EngineMethod):
             method.save_memory()
     return outcome
+
+
+def resolve_config(config: BenchConfig) -> BenchConfig:
+    """``config`` with its backend resolved (``auto``) and its methods defaulted for it;
+    OptionsError for ``compile`` on llama.cpp."""
+    from restdecode.backends import resolve_backend
+    from restdecode.benchmark.methods import default_methods
+    from restdecode.errors import OptionsError
+
+    backend = resolve_backend(config.backend, config.model, compile=config.compile)
+    if config.compile and backend != "transformers":
+        raise OptionsError("--compile applies to the transformers backend only")
+    methods = list(config.methods) if config.methods else default_methods(backend)
+    return replace(config, backend=backend, methods=methods)
+
+
+def _end_ids(engine: "Engine") -> frozenset[int]:
+    """Tokens that end a generation: the backend's and the tokenizer's (the hf-* methods')."""
+    ids = engine.backend.eos_token_ids(engine.tokenizer) | {engine.tokenizer.eos_token_id}
+    return frozenset(ids - {None})
 
 
 class _PartialRows:
@@ -156,26 +190,58 @@ def _finished_rows(lines: list[str]) -> list:
             finished += [row for row in pending if row.prompt_id == record["done"]]
             pending = []
         else:
+            if "identical_to_hf_greedy" in record:  # written before the baseline had a name
+                record["identical_to_baseline"] = record.pop("identical_to_hf_greedy")
             pending.append(Row(**record))
     return finished
 
 
 def _run_identity(config: BenchConfig, datastore_path: Path | None) -> dict:
-    """What must match for a resumed run to continue an interrupted one."""
+    """What must match for a resumed run to continue an interrupted one (``config`` resolved)."""
     identity = {"workload": config.workload, "model": config.model, "methods": config.methods,
                 "max_new_tokens": config.max_new_tokens, "turns": config.turns,
                 "limit": config.limit, "datastore": str(datastore_path) if datastore_path else None}
-    if config.compile:  # only then: runs interrupted before the option existed still resume
+    # Only when set: runs interrupted before these options existed still resume.
+    if config.compile:
         identity["compile"] = True
+    if config.backend != "transformers":
+        identity["backend"] = config.backend
     if config.memory_file is not None:
         identity["memory_file"] = str(config.memory_file)
     return identity
 
 
-def _model_info(name: str, model) -> dict:
+def _model_info(name: str, engine: "Engine") -> dict:
+    if engine.backend.name == "llamacpp":
+        return {"name": name, **_gguf_info(engine.backend.path)}
+    from restdecode.compiled import eager
+
+    model = eager(engine.model)
     return {"name": name, "architecture": type(model).__name__,
             "parameters": sum(p.numel() for p in model.parameters()),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+
+
+def _gguf_info(path: Path) -> dict:
+    """Architecture, parameters and llama.cpp's description (e.g. ``llama 256M Q4_1``) of a
+    GGUF file; loaded memory-mapped, so reading them costs no second copy of the weights."""
+    import ctypes
+
+    import llama_cpp
+
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(),
+                                                 llama_cpp.llama_model_default_params())
+    try:
+        text = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_meta_val_str(model, b"general.architecture", text, len(text))
+        architecture = text.value.decode(errors="replace")
+        llama_cpp.llama_model_desc(model, text, len(text))
+        return {"architecture": architecture,
+                "parameters": int(llama_cpp.llama_model_n_params(model)),
+                "description": text.value.decode(errors="replace"), "gguf": str(path),
+                "size_bytes": path.stat().st_size}
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 def _datastore_info(path: Path | None, datastore) -> dict | None:
@@ -188,16 +254,20 @@ def _datastore_info(path: Path | None, datastore) -> dict | None:
     return info
 
 
-def _settings(config: BenchConfig) -> dict:
+def _settings(config: BenchConfig, engine: "Engine") -> dict:
+    from restdecode.benchmark.methods import LLAMACPP_METHODS, llamacpp_settings
     from restdecode.benchmark.runner import WARMUP_TOKENS
 
-    return {"max_new_tokens": config.max_new_tokens, "limit": config.limit, "turns": config.turns,
-            "warmup_tokens": WARMUP_TOKENS, "greedy": True, "batch_size": 1,
-            "compiled_engine": config.compile,
-            "memory_file": str(config.memory_file) if config.memory_file else None,
-            "timing": "decode_s = e2e_s - prefill_s; prefill_s = a max_new_tokens=1 generation "
-                      "of the same prompt, for every method"}
+    settings = {"max_new_tokens": config.max_new_tokens, "limit": config.limit,
+                "turns": config.turns, "warmup_tokens": WARMUP_TOKENS, "greedy": True,
+                "batch_size": 1, "backend": config.backend, "compiled_engine": config.compile,
+                "memory_file": str(config.memory_file) if config.memory_file else None,
+                "timing": "decode_s = e2e_s - prefill_s; prefill_s = a max_new_tokens=1 "
+                          "generation of the same prompt, for every method"}
+    if config.backend == "llamacpp" or LLAMACPP_METHODS.intersection(config.methods):
+        settings["llamacpp"] = llamacpp_settings(engine)
+    return settings
 
 
-__all__ = ["BenchConfig", "BenchOutcome", "DEFAULT_METHODS", "DEFAULT_MODEL", "METHOD_NAMES", "default_datastore",
-           "rest_drafter", "run_benchmark"]
+__all__ = ["BenchConfig", "BenchOutcome", "DEFAULT_METHODS", "DEFAULT_MODEL", "METHOD_NAMES",
+           "default_datastore", "resolve_config", "rest_drafter", "run_benchmark"]

@@ -4,8 +4,11 @@ Every method turns a prompt's token ids into new token ids and reports how many 
 model forward committed (``accepted_per_step``, the prefill forward first). The runner does all
 the timing around :meth:`Method.generate`, so every method is timed the same way.
 
-* ``hf-greedy``: ``model.generate(do_sample=False)``, the baseline;
+* ``hf-greedy``: ``model.generate(do_sample=False)``, the baseline on the transformers backend;
 * ``hf-prompt-lookup``: ``model.generate(do_sample=False, prompt_lookup_num_tokens=10)``;
+* ``llamacpp-greedy``: llama-cpp-python's own loop (``Llama.generate``, greedy) on the model's
+  GGUF file, the baseline on the llamacpp backend;
+* ``llamacpp-prompt-lookup``: the same with ``LlamaPromptLookupDecoding(num_pred_tokens=10)``;
 * ``rest``: our engine with REST's published drafter (:func:`rest_drafter`);
 * ``restdecode``: our engine with its default drafter (``Engine.new_drafter``), its context
   source starting empty for every prompt;
@@ -13,16 +16,22 @@ the timing around :meth:`Method.generate`, so every method is timed the same way
 * ``restdecode-memory`` (not run by default): ``restdecode`` whose context source also searches
   this method's own earlier outputs of the run (:class:`restdecode.drafting.MemoryDrafter`),
   carried across prompts in the benchmark's order.
+
+Our engine's methods run on the engine's backend (transformers or llama.cpp); the ``hf-*`` and
+``llamacpp-*`` methods always run their own library's loop.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from restdecode.errors import RestdecodeError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import torch
@@ -33,12 +42,18 @@ if TYPE_CHECKING:
     from restdecode.drafting.memory import MemoryDrafter
     from restdecode.engine import Engine
 
-DEFAULT_METHODS: tuple[str, ...] = ("hf-greedy", "hf-prompt-lookup", "rest", "restdecode", "plain")
-METHOD_NAMES: tuple[str, ...] = DEFAULT_METHODS + ("restdecode-memory",)
-BASELINE = "hf-greedy"
+HF_GREEDY = "hf-greedy"
+LLAMACPP_GREEDY = "llamacpp-greedy"
 PLAIN = "plain"
+DEFAULT_METHODS: tuple[str, ...] = (HF_GREEDY, "hf-prompt-lookup", "rest", "restdecode", PLAIN)
+LLAMACPP_DEFAULT_METHODS: tuple[str, ...] = (LLAMACPP_GREEDY, "llamacpp-prompt-lookup", "rest",
+                                             "restdecode", PLAIN)
+METHOD_NAMES: tuple[str, ...] = DEFAULT_METHODS + (
+    "restdecode-memory", LLAMACPP_GREEDY, "llamacpp-prompt-lookup")
 NEEDS_DATASTORE: frozenset[str] = frozenset({"rest"})
-HF_METHODS: frozenset[str] = frozenset({"hf-greedy", "hf-prompt-lookup"})  # transformers' own loop
+HF_METHODS: frozenset[str] = frozenset({HF_GREEDY, "hf-prompt-lookup"})  # transformers' own loop
+LLAMACPP_METHODS: frozenset[str] = frozenset({LLAMACPP_GREEDY, "llamacpp-prompt-lookup"})
+ENGINE_METHODS: frozenset[str] = frozenset({"rest", "restdecode", PLAIN, "restdecode-memory"})
 
 # REST's published configuration (He et al. 2024, FasterDecoding/REST): the datastore search's
 # defaults (restdecode.datastore.search) and trees of 64 nodes.
@@ -70,6 +85,20 @@ class Method(Protocol):
     def recall(self, outputs: list[list[int]]) -> None:
         """Learn ``outputs`` as if generated earlier in this run (a resumed run)."""
         ...
+
+
+def default_methods(backend: str) -> list[str]:
+    """The methods run when none are named: on the llamacpp backend llama.cpp's own loops take
+    the place of transformers' ones."""
+    return list(LLAMACPP_DEFAULT_METHODS if backend == "llamacpp" else DEFAULT_METHODS)
+
+
+def baseline_for(methods: list[str], backend: str) -> str | None:
+    """The method identity and speedups are measured against: ``llamacpp-greedy`` on the
+    llamacpp backend when it runs, else ``hf-greedy``; None when that one does not run."""
+    if backend == "llamacpp" and LLAMACPP_GREEDY in methods:
+        return LLAMACPP_GREEDY
+    return HF_GREEDY if HF_GREEDY in methods else None
 
 
 def rest_drafter(datastore: "Datastore") -> "Drafter":
@@ -137,6 +166,77 @@ def _committed_per_forward(cache_lengths: list[int], prompt_length: int, new_tok
     return committed
 
 
+class LlamaCppGenerate:
+    """llama-cpp-python's own greedy loop (``Llama.generate``) on a GGUF file; with
+    ``prompt_lookup``, its speculative loop with ``LlamaPromptLookupDecoding`` drafts.
+
+    Every generation starts from an empty context (``Llama.reset``): llama-cpp-python otherwise
+    reuses the KV cache of the previous prompt's common prefix, and the full generation would
+    skip the prefill the runner's 1-token generation just did. Tokens per forward come from the
+    committed length (``n_tokens``) before each ``Llama.eval``, as :class:`HFGenerate` reads the
+    KV-cache length (llama-cpp-python also truncates rejected drafts out of it).
+    """
+
+    def __init__(self, name: str, gguf: "Path", *, n_ctx: int, n_threads: int,
+                 prompt_lookup: bool = False) -> None:
+        import llama_cpp
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=PROMPT_LOOKUP_TOKENS) \
+            if prompt_lookup else None
+        self.name = name
+        self.llm = _recording_llama()(str(gguf), n_ctx=n_ctx, n_threads=n_threads,
+                                      n_threads_batch=n_threads, draft_model=draft, verbose=False)
+        self.llm.eval_lengths = []
+        self._is_end = functools.partial(llama_cpp.llama_vocab_is_eog, self.llm._model.vocab)
+
+    def forget(self) -> None:
+        """Stateless across generations (the context is reset before each)."""
+
+    def recall(self, outputs: list[list[int]]) -> None:
+        """Stateless across generations."""
+
+    def generate(self, input_ids: "torch.Tensor", max_new_tokens: int) -> MethodRun:
+        prompt = input_ids[0].tolist()
+        self.llm.reset()
+        self.llm.eval_lengths = lengths = []
+        tokens: list[int] = []
+        generation = self.llm.generate(prompt, temp=0.0, top_k=1)
+        for token in generation:
+            tokens.append(int(token))  # an end token is kept, as generate() and our engine do
+            if self._is_end(token) or len(tokens) >= max_new_tokens:
+                break
+        generation.close()
+        return MethodRun(tokens, _committed_per_forward(lengths, len(prompt), len(tokens)))
+
+
+@functools.cache
+def _recording_llama() -> type:
+    """``llama_cpp.Llama`` noting its committed length (``n_tokens``) before every ``eval``."""
+    import llama_cpp
+
+    class RecordingLlama(llama_cpp.Llama):
+        eval_lengths: list[int]
+
+        def eval(self, tokens) -> None:
+            self.eval_lengths.append(self.n_tokens)
+            super().eval(tokens)
+
+    return RecordingLlama
+
+
+def llamacpp_settings(engine: "Engine") -> dict:
+    """Context size and threads of the ``llamacpp-*`` methods: those of the engine's llama.cpp
+    backend (else the backend's defaults: 4096 positions, every core), so that they and our
+    engine's methods run the same llama.cpp configuration."""
+    backend = engine.backend
+    if backend.name == "llamacpp":
+        return {"n_ctx": backend.n_ctx, "n_threads": backend.n_threads}
+    from restdecode.backends.llamacpp import DEFAULT_CONTEXT
+
+    return {"n_ctx": DEFAULT_CONTEXT, "n_threads": os.cpu_count() or 1}
+
+
 class EngineMethod:
     """Our decoding loop (:meth:`restdecode.engine.Engine.generate`) with a given drafter."""
 
@@ -182,8 +282,9 @@ def engine_accepted_per_step(stats) -> list[int]:
     return prefill + [int(n) for n in stats.accepted_per_step]
 
 
-def check_method_names(names: list[str], *, has_datastore: bool) -> None:
-    """Raise a user-facing error for unknown names, or for ``rest`` without a datastore."""
+def check_method_names(names: list[str], *, has_datastore: bool, model: str | None = None) -> None:
+    """Raise a user-facing error for unknown names, for ``rest`` without a datastore, and for
+    ``llamacpp-*`` methods without llama-cpp-python or (``model`` given) without a GGUF model."""
     unknown = [name for name in names if name not in METHOD_NAMES]
     if unknown:
         raise RestdecodeError(f"unknown method(s) {', '.join(unknown)}; "
@@ -191,6 +292,22 @@ def check_method_names(names: list[str], *, has_datastore: bool) -> None:
     if not has_datastore and NEEDS_DATASTORE.intersection(names):
         raise RestdecodeError("method 'rest' needs a datastore: pass --datastore FILE "
                               "(build one with `restdecode build-datastore`)")
+    _check_llamacpp_methods(names, model)
+
+
+def _check_llamacpp_methods(names: list[str], model: str | None) -> None:
+    wanted = ", ".join(name for name in names if name in LLAMACPP_METHODS)
+    if not wanted:
+        return
+    from restdecode.backends import llamacpp_available
+    from restdecode.backends.llamacpp import INSTALL_HINT
+    from restdecode.models import is_gguf_model
+
+    if not llamacpp_available():
+        raise RestdecodeError(f"{wanted} run llama-cpp-python, which is not installed: {INSTALL_HINT}")
+    if model is not None and not is_gguf_model(model):
+        raise RestdecodeError(f"{wanted} run llama.cpp on the model's GGUF file, and {model!r} "
+                              "is not a GGUF model (a model asset, ASSET:TYPE or a .gguf file)")
 
 
 def build_methods(names: list[str], engine: "Engine", *,
@@ -203,21 +320,45 @@ def build_methods(names: list[str], engine: "Engine", *,
     ``restdecode`` methods plan their trees with the engine's latency profile (measured now if
     this machine has none cached). When the engine's model is compiled
     (``Engine.load(compile=True)``), our engine's methods run through it while the ``hf-*``
-    methods take the eager model behind it.
+    methods take the eager model behind it; on another backend the ``hf-*`` methods load the
+    transformers model of ``engine.name``, only if one of them is asked for. The ``llamacpp-*``
+    methods load the GGUF file of ``engine.name`` (a second copy of the model).
     """
     check_method_names(names, has_datastore=engine.datastore is not None)
-    return [_build_method(name, engine, memory_file) for name in names]
+    hf_model = functools.cache(lambda: _transformers_model(engine))
+    return [_build_method(name, engine, memory_file, hf_model) for name in names]
 
 
-def _build_method(name: str, engine: "Engine", memory_file: "Path | None") -> Method:
+def _transformers_model(engine: "Engine") -> "PreTrainedModel":
+    """The eager transformers model: the engine's own, or loaded now for another backend."""
     from restdecode.compiled import eager
+
+    if engine.backend.name == "transformers":
+        return eager(engine.model)
+    from restdecode.models import load
+
+    return load(engine.name)[0]
+
+
+def _llamacpp_method(name: str, engine: "Engine") -> LlamaCppGenerate:
+    from restdecode.models import gguf_path
+
+    gguf = engine.backend.path if engine.backend.name == "llamacpp" else gguf_path(engine.name)
+    return LlamaCppGenerate(name, gguf, **llamacpp_settings(engine),
+                            prompt_lookup=name == "llamacpp-prompt-lookup")
+
+
+def _build_method(name: str, engine: "Engine", memory_file: "Path | None",
+                  hf_model: "Callable[[], PreTrainedModel]") -> Method:
     from restdecode.drafting import NoDrafter, default_memory
 
-    if name == "hf-greedy":
-        return HFGenerate(name, eager(engine.model), engine.tokenizer)
+    if name == HF_GREEDY:
+        return HFGenerate(name, hf_model(), engine.tokenizer)
     if name == "hf-prompt-lookup":
-        return HFGenerate(name, eager(engine.model), engine.tokenizer,
+        return HFGenerate(name, hf_model(), engine.tokenizer,
                           prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
+    if name in LLAMACPP_METHODS:
+        return _llamacpp_method(name, engine)
     if name == "rest":
         return EngineMethod(name, engine, rest_drafter(engine.datastore))
     if name == "restdecode":

@@ -3,22 +3,24 @@ global state).
 
 * ``tokens_per_s.png``: tokens/s per method, decode-only and end-to-end side by side;
 * ``accepted_per_step.png``: histogram of tokens committed per model forward, per method;
-* ``speedup_per_prompt.png``: per prompt (and turn), decode-only speedup vs hf-greedy.
+* ``speedup_per_prompt.png``: per prompt (and turn), decode-only speedup vs the run's baseline
+  (hf-greedy, or llamacpp-greedy on the llamacpp backend).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from restdecode.benchmark.methods import BASELINE
+from restdecode.benchmark.report import document_baseline
 
 
 def write_plots(document: dict, out: Path) -> list[Path]:
     """Write every plot of ``document`` (a results.json dict) into ``out``; return their paths."""
     paths = [_tokens_per_s(document, out / "tokens_per_s.png"),
              _accepted_histogram(document, out / "accepted_per_step.png")]
-    if BASELINE in document["methods"] and len(document["methods"]) > 1:
-        paths.append(_speedup_per_prompt(document, out / "speedup_per_prompt.png"))
+    baseline = document_baseline(document)
+    if baseline is not None and len(document["methods"]) > 1:
+        paths.append(_speedup_per_prompt(document, baseline, out / "speedup_per_prompt.png"))
     return paths
 
 
@@ -39,7 +41,7 @@ def _tokens_per_s(document: dict, path: Path) -> Path:
         values = [document["summary"][m][timing]["tokens_per_s"] or 0.0 for m in methods]
         bars = axes.bar(x + offset, values, width=0.4, label=f"{timing}")
         axes.bar_label(bars, fmt="%.1f", fontsize=8)
-    axes.set_xticks(x, methods)
+    axes.set_xticks(x, methods, rotation=15, ha="right")  # llamacpp-prompt-lookup is long
     axes.set_ylabel("tokens / s")
     axes.set_title(f"{document['model']['name']} on {document['workload']}: throughput")
     axes.legend()
@@ -66,24 +68,24 @@ def _accepted_histogram(document: dict, path: Path) -> Path:
     return path
 
 
-def _speedup_per_prompt(document: dict, path: Path) -> Path:
+def _speedup_per_prompt(document: dict, baseline: str, path: Path) -> Path:
     import numpy as np
 
     rows = document["rows"]
     keys = list(dict.fromkeys((row["prompt_id"], row["turn"]) for row in rows))
     decode_s = {(row["prompt_id"], row["turn"], row["method"]): row["decode_s"] for row in rows}
-    others = [m for m in document["methods"] if m != BASELINE]
+    others = [m for m in document["methods"] if m != baseline]
     figure, axes = _figure(width=max(8.0, 0.5 * len(keys) * len(others) ** 0.5))
     x = np.arange(len(keys))
     width = 0.8 / len(others)
     for index, method in enumerate(others):
-        values = [decode_s[(p, t, BASELINE)] / decode_s[(p, t, method)]
+        values = [decode_s[(p, t, baseline)] / decode_s[(p, t, method)]
                   if decode_s[(p, t, method)] > 0 else 0.0 for p, t in keys]
         axes.bar(x - 0.4 + width * (index + 0.5), values, width=width, label=method)
     axes.axhline(1.0, color="black", linewidth=0.8)
     labels = [p if t == 1 else f"{p} (turn {t})" for p, t in keys]
     axes.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    axes.set_ylabel("decode speedup vs hf-greedy")
+    axes.set_ylabel(f"decode speedup vs {baseline}")
     axes.set_title("per-prompt speedup (decode-only)")
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=120)

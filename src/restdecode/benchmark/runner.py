@@ -12,6 +12,9 @@ This subtraction is used for every method, ours included, rather than a timestam
 one implementation, so that no method is timed by a different clock. For ``hf-prompt-lookup``
 the first forward of the full run also verifies the first candidates; that little extra work
 lands in its decode time.
+
+Every row is compared with the run's baseline method (``hf-greedy``, or ``llamacpp-greedy`` on
+the llamacpp backend: :func:`restdecode.benchmark.methods.baseline_for`) on the same turn.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from restdecode.benchmark.methods import BASELINE, Method
+from restdecode.benchmark.methods import HF_GREEDY, Method
 
 if TYPE_CHECKING:
     import torch
@@ -31,9 +34,18 @@ if TYPE_CHECKING:
 WARMUP_TOKENS = 16
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The method every row's tokens are compared with (None: no comparison), and the end
+    tokens a comparison ignores when they come last (one loop may return one, another not)."""
+
+    method: str | None = HF_GREEDY
+    end_ids: frozenset[int] = frozenset()
+
+
 @dataclass
 class Row:
-    """One (prompt, turn, method) measurement; ``identical_to_hf_greedy`` is None without a baseline."""
+    """One (prompt, turn, method) measurement; ``identical_to_baseline`` is None without a baseline."""
 
     prompt_id: str
     turn: int
@@ -46,7 +58,7 @@ class Row:
     steps: int
     mean_accepted: float
     accepted_per_step: list[int]
-    identical_to_hf_greedy: bool | None
+    identical_to_baseline: bool | None
     text: str
     token_ids: list[int] = field(repr=False)
     completion: str | None = None  # HumanEval: the text after truncation at stop sequences
@@ -88,8 +100,10 @@ def measure(method: Method, input_ids: "torch.Tensor", max_new_tokens: int):
 
 
 def run_turn(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompt_id: str, turn: int,
-             inputs: dict[str, "torch.Tensor"], max_new_tokens: int) -> list[Row]:
-    """Every method once on its own input ids for this turn, in order; one row per method."""
+             inputs: dict[str, "torch.Tensor"], max_new_tokens: int,
+             baseline: Baseline | None = None) -> list[Row]:
+    """Every method once on its own input ids for this turn, in order; one row per method
+    (compared with ``baseline``; default: hf-greedy, the tokenizer's EOS ignored at the end)."""
     rows = []
     for method in methods:
         input_ids = inputs[method.name]
@@ -100,37 +114,39 @@ def run_turn(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompt
             prompt_tokens=int(input_ids.shape[1]), new_tokens=len(run.token_ids),
             e2e_s=e2e_s, prefill_s=prefill_s, decode_s=max(e2e_s - prefill_s, 0.0),
             steps=steps, mean_accepted=len(run.token_ids) / steps if steps else 0.0,
-            accepted_per_step=run.accepted_per_step, identical_to_hf_greedy=None,
+            accepted_per_step=run.accepted_per_step, identical_to_baseline=None,
             text=tokenizer.decode(run.token_ids, skip_special_tokens=True),
             token_ids=run.token_ids,
         ))
-    mark_identical(rows, tokenizer.eos_token_id)
+    if baseline is None:
+        baseline = Baseline(end_ids=frozenset({tokenizer.eos_token_id}) - {None})
+    mark_identical(rows, baseline)
     return rows
 
 
-def mark_identical(rows: list[Row], eos_token_id: int | None) -> None:
-    """Set ``identical_to_hf_greedy`` on rows of one turn (a trailing EOS is not compared)."""
-    baseline = next((row for row in rows if row.method == BASELINE), None)
-    if baseline is None:
+def mark_identical(rows: list[Row], baseline: Baseline) -> None:
+    """Set ``identical_to_baseline`` on rows of one turn (a trailing end token is not compared)."""
+    reference = next((row for row in rows if row.method == baseline.method), None)
+    if reference is None:
         return
-    reference = _without_trailing_eos(baseline.token_ids, eos_token_id)
+    expected = _without_trailing_end(reference.token_ids, baseline.end_ids)
     for row in rows:
-        row.identical_to_hf_greedy = _without_trailing_eos(row.token_ids, eos_token_id) == reference
+        row.identical_to_baseline = _without_trailing_end(row.token_ids, baseline.end_ids) == expected
 
 
-def _without_trailing_eos(token_ids: list[int], eos_token_id: int | None) -> list[int]:
-    if token_ids and token_ids[-1] == eos_token_id:
+def _without_trailing_end(token_ids: list[int], end_ids: frozenset[int]) -> list[int]:
+    if token_ids and token_ids[-1] in end_ids:
         return token_ids[:-1]
     return token_ids
 
 
 def run_prompt(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompt: "Prompt",
-               max_new_tokens: int, turns: int) -> list[Row]:
+               max_new_tokens: int, turns: int, baseline: Baseline | None = None) -> list[Row]:
     """All turns of one prompt; turn 2 puts each method's own turn-1 answer in the history."""
     if prompt.messages is None:
         input_ids = encode_prompt(tokenizer, text=prompt.text)
         return run_turn(methods, tokenizer, prompt.id, 1, {m.name: input_ids for m in methods},
-                        max_new_tokens)
+                        max_new_tokens, baseline)
     histories = {m.name: list(prompt.messages) for m in methods}
     user_turns = prompt.meta.get("turns") or [prompt.messages[-1]["content"]]
     rows: list[Row] = []
@@ -139,7 +155,7 @@ def run_prompt(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prom
             for name, history in histories.items():
                 history.append({"role": "user", "content": user_turns[turn - 1]})
         inputs = {name: encode_prompt(tokenizer, messages=h) for name, h in histories.items()}
-        turn_rows = run_turn(methods, tokenizer, prompt.id, turn, inputs, max_new_tokens)
+        turn_rows = run_turn(methods, tokenizer, prompt.id, turn, inputs, max_new_tokens, baseline)
         for row in turn_rows:
             histories[row.method].append({"role": "assistant", "content": row.text})
         rows.extend(turn_rows)
@@ -149,8 +165,10 @@ def run_prompt(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prom
 def run_workload(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", prompts: list["Prompt"],
                  *, max_new_tokens: int, turns: int = 1, progress: bool = True,
                  on_prompt_done: Callable[[list[Row]], None] | None = None,
-                 on_warmed_up: Callable[[], None] | None = None) -> list[Row]:
-    """Warm every method up once, then run them interleaved per prompt (A B C, A B C, ...)."""
+                 on_warmed_up: Callable[[], None] | None = None,
+                 baseline: Baseline | None = None) -> list[Row]:
+    """Warm every method up once, then run them interleaved per prompt (A B C, A B C, ...);
+    rows are compared with ``baseline`` (see :func:`run_turn`)."""
     from tqdm.auto import tqdm
 
     if not prompts:
@@ -161,7 +179,7 @@ def run_workload(methods: list[Method], tokenizer: "PreTrainedTokenizerBase", pr
         on_warmed_up()
     rows: list[Row] = []
     for prompt in tqdm(prompts, desc="prompts", unit="prompt", disable=not progress):
-        prompt_rows = run_prompt(methods, tokenizer, prompt, max_new_tokens, turns)
+        prompt_rows = run_prompt(methods, tokenizer, prompt, max_new_tokens, turns, baseline)
         if on_prompt_done is not None:
             on_prompt_done(prompt_rows)
         rows.extend(prompt_rows)

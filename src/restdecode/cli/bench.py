@@ -1,20 +1,28 @@
 """Benchmark decoding methods side by side on one workload, greedy, batch 1.
 
 Methods (run interleaved per prompt, each warmed up once, model loading not timed):
-  hf-greedy         model.generate(do_sample=False): the baseline
-  hf-prompt-lookup  model.generate(do_sample=False, prompt_lookup_num_tokens=10)
-  rest              our engine with REST's published drafter (retrieval only, 64 nodes)
-  restdecode        our engine with our default drafter (retrieval + context, each step's
-                    tree sized by this machine's latency profile, measured once)
-  plain             our engine without drafting
-  restdecode-memory restdecode that also searches its own earlier outputs of the run
-                    (not in the default list; name it in --methods)
+  hf-greedy              model.generate(do_sample=False) (transformers)
+  hf-prompt-lookup       model.generate(do_sample=False, prompt_lookup_num_tokens=10)
+  llamacpp-greedy        llama-cpp-python's Llama.generate, greedy, on the model's GGUF file
+  llamacpp-prompt-lookup the same with LlamaPromptLookupDecoding(num_pred_tokens=10)
+  rest                   our engine with REST's published drafter (retrieval only, 64 nodes)
+  restdecode             our engine with our default drafter (retrieval + context, each
+                         step's tree sized by this machine's latency profile, measured once)
+  plain                  our engine without drafting
+  restdecode-memory      restdecode that also searches its own earlier outputs of the run
+                         (not in the default lists; name it in --methods)
+
+Our engine's methods run on --backend; hf-* always run transformers (loaded only when
+asked for), llamacpp-* always llama.cpp (GGUF models only: asset names, ASSET:TYPE, .gguf).
+The baseline that identity and speedups refer to is llamacpp-greedy on the llamacpp backend
+(when it runs), else hf-greedy.
 
 Writes results.json, report.md and PNG plots into --out, then prints the summary table.
 See docs/bench.md for the timing rules and the results.json schema.
 
 examples:
   restdecode bench mtbench --limit 10 --max-new-tokens 128 --out bench-out
+  restdecode bench mtbench --backend llamacpp --limit 10 --out bench-llamacpp
   restdecode bench humaneval --limit 20 --methods hf-greedy,restdecode --out he-out
   restdecode bench prompts:my.jsonl --model ./my-hf-model --datastore my.rds --out my-out
 """
@@ -24,9 +32,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from restdecode.benchmark.methods import DEFAULT_METHODS, LLAMACPP_DEFAULT_METHODS
 from restdecode.cli.common import add_model_argument
-
-METHODS_HELP = "hf-greedy,hf-prompt-lookup,rest,restdecode,plain"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +46,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="only the first N prompts (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
                         help="new tokens per generation (default: 128)")
-    parser.add_argument("--methods", default=METHODS_HELP, metavar="LIST",
-                        help=f"comma-separated methods, in run order (default: {METHODS_HELP})")
+    parser.add_argument("--methods", default=None, metavar="LIST",
+                        help="comma-separated methods, in run order (default: "
+                             f"{','.join(DEFAULT_METHODS)}; with the llamacpp backend: "
+                             f"{','.join(LLAMACPP_DEFAULT_METHODS)})")
     parser.add_argument("--turns", type=int, choices=(1, 2), default=1,
                         help="MT-Bench turns; with 2, each method's own first answer is in the "
                              "second turn's history (default: 1)")
@@ -56,8 +65,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "settings required)")
     parser.add_argument("--compile", action="store_true",
                         help="run our engine's methods (rest, restdecode, plain, restdecode-memory) "
-                             "through a torch.compile'd forward; hf-* stay eager. Building the "
-                             "graphs takes minutes on a CPU, before anything is timed")
+                             "through a torch.compile'd forward; hf-* stay eager (transformers "
+                             "backend only). Building the graphs takes minutes on a CPU, before "
+                             "anything is timed")
     parser.add_argument("--memory-file", type=Path, default=None, metavar="FILE",
                         help="restdecode-memory starts from the outputs saved in FILE (if it "
                              "exists: e.g. an earlier run of another workload) and writes its "
@@ -80,21 +90,29 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise RestdecodeError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    if not methods:
-        raise RestdecodeError("--methods is empty")
-    if len(set(methods)) != len(methods):
-        raise RestdecodeError(f"--methods names a method twice: {args.methods}")
+    methods = None if args.methods is None else _method_list(args.methods)
     if args.datastore is not None and not args.datastore.is_file():
         raise RestdecodeError(f"datastore {args.datastore} does not exist")
     outcome = run_benchmark(BenchConfig(
         workload=args.workload, out=args.out or default_out(args.workload), model=args.model, limit=args.limit,
         max_new_tokens=args.max_new_tokens, methods=methods, turns=args.turns,
         datastore=args.datastore, progress=not args.no_progress, resume=args.resume,
-        compile=args.compile, memory_file=args.memory_file))
+        compile=args.compile, memory_file=args.memory_file, backend=args.backend))
     print(summary_table(outcome.document))
     print()
     print(f"results: {outcome.results}")
     print(f"report:  {outcome.report}")
     print("plots:   " + ", ".join(str(path) for path in outcome.plots))
     return 0
+
+
+def _method_list(text: str) -> list[str]:
+    """The method names of ``--methods``: not empty, none twice."""
+    from restdecode.errors import RestdecodeError
+
+    methods = [name.strip() for name in text.split(",") if name.strip()]
+    if not methods:
+        raise RestdecodeError("--methods is empty")
+    if len(set(methods)) != len(methods):
+        raise RestdecodeError(f"--methods names a method twice: {text}")
+    return methods

@@ -3,6 +3,8 @@
 Two layers, hidden size 32, a vocabulary of ``vocab_size`` byte-like tokens (a SentencePiece
 "llama" vocabulary, no merges: the tests pass token ids, never text). Weights are random normal
 with ``init_std``: logits then spread enough that greedy choices are not near-ties.
+With ``attention=False`` the attention outputs are zero: each next token depends on the current
+token only, so greedy output soon repeats a cycle and drafts taken from the context get accepted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 def write_tiny_llama_gguf(path: Path, *, vocab_size: int = 64, hidden: int = 32, layers: int = 2,
                           heads: int = 4, kv_heads: int = 2, ffn: int = 64, context: int = 512,
-                          init_std: float = 0.3, seed: int = 0) -> Path:
+                          init_std: float = 0.3, seed: int = 0, attention: bool = True) -> Path:
     """Write the model to ``path`` (overwritten) and return it."""
     from gguf import GGUFWriter, TokenType
 
@@ -49,7 +51,8 @@ def write_tiny_llama_gguf(path: Path, *, vocab_size: int = 64, hidden: int = 32,
         writer.add_tensor(f"{block}.attn_q.weight", weight(hidden, hidden))
         writer.add_tensor(f"{block}.attn_k.weight", weight(kv_heads * head_dim, hidden))
         writer.add_tensor(f"{block}.attn_v.weight", weight(kv_heads * head_dim, hidden))
-        writer.add_tensor(f"{block}.attn_output.weight", weight(hidden, hidden))
+        writer.add_tensor(f"{block}.attn_output.weight",
+                          weight(hidden, hidden) * (1.0 if attention else 0.0))
         writer.add_tensor(f"{block}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
         writer.add_tensor(f"{block}.ffn_gate.weight", weight(ffn, hidden))
         writer.add_tensor(f"{block}.ffn_up.weight", weight(ffn, hidden))
