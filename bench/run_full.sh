@@ -1,15 +1,22 @@
 #!/bin/bash
-# The issue-4/5 full runs: MT-Bench (80 first turns) or HumanEval (164), 256 new tokens, six
-# methods, SmolLM2-135M-Instruct. Builds the datastore the workload needs when missing, and
-# resumes an interrupted run (bench --resume) when bench/out/<workload>-full[-compiled] holds one.
-#   bench/run_full.sh mtbench|humaneval [--compile]
+# The full runs: MT-Bench (80 first turns) or HumanEval (164), 256 new tokens,
+# SmolLM2-135M-Instruct. Builds the datastore the workload needs when missing, and resumes an
+# interrupted run (bench --resume) when bench/out/<workload>-full[-compiled|-llamacpp] holds one.
+#   bench/run_full.sh mtbench|humaneval [--compile]   transformers: six methods vs hf-greedy
+#   bench/run_full.sh mtbench|humaneval --llamacpp    the Q4_1 GGUF on llama.cpp: its own greedy
+#                                                     and prompt lookup vs restdecode and plain
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RESTDECODE_HOME="${RESTDECODE_HOME:-$HOME/.cache/restdecode}"
 workload="${1:?usage: bench/run_full.sh mtbench|humaneval [--compile]}"
-compile=()
+options=(--backend transformers)
 suffix=""
-if [ "${2:-}" = "--compile" ]; then compile=(--compile); suffix="-compiled"; fi
+methods=hf-greedy,hf-prompt-lookup,rest,restdecode,plain,restdecode-memory
+if [ "${2:-}" = "--compile" ]; then options+=(--compile); suffix="-compiled"; fi
+if [ "${2:-}" = "--llamacpp" ]; then
+  options=(--backend llamacpp); suffix="-llamacpp"
+  methods=llamacpp-greedy,llamacpp-prompt-lookup,restdecode,plain
+fi
 case "$workload" in
   mtbench) source=sharegpt; store="$RESTDECODE_HOME/datastores/sharegpt-smollm2.rds" ;;
   humaneval) source=code:stdlib; store="$RESTDECODE_HOME/datastores/code-stdlib-smollm2.rds" ;;
@@ -21,5 +28,4 @@ out="bench/out/$workload-full$suffix"
 resume=()
 [ -f "$out/rows.partial.jsonl" ] && resume=(--resume)
 exec .venv/bin/restdecode bench "$workload" --max-new-tokens 256 \
-  --methods hf-greedy,hf-prompt-lookup,rest,restdecode,plain,restdecode-memory \
-  --datastore "$store" --out "$out" "${compile[@]}" "${resume[@]}"
+  --methods "$methods" --datastore "$store" --out "$out" "${options[@]}" "${resume[@]}"
