@@ -197,3 +197,18 @@ def test_default_methods_follow_the_backend(gguf):
     assert on_transformers.methods[:2] == ["hf-greedy", "hf-prompt-lookup"]
     named = resolve_config(BenchConfig(**{**vars(config), "methods": ["plain"]}))
     assert named.methods == ["plain"]
+
+
+def test_prompt_lookup_runs_past_512_context_tokens(tmp_path):
+    """llama-cpp-python sizes the logits buffer of a draft-model run by its logits_all argument:
+    without it, any context beyond n_batch (512) tokens overflowed it."""
+    pytest.importorskip("llama_cpp")
+    from restdecode.benchmark.methods import LlamaCppGenerate
+
+    path = write_tiny_llama_gguf(tmp_path / "long.gguf", vocab_size=64, context=2048,
+                                 attention=False)
+    lookup = LlamaCppGenerate("llamacpp-prompt-lookup", path, n_ctx=2048, n_threads=1,
+                              prompt_lookup=True)
+    prompt = torch.tensor([[5, 6, 7, 8, 9] * 120])  # 600 tokens
+    run = lookup.generate(prompt, 24)
+    assert len(run.token_ids) == 24 and sum(run.accepted_per_step) == 24

@@ -188,8 +188,12 @@ class LlamaCppGenerate:
         draft = LlamaPromptLookupDecoding(num_pred_tokens=PROMPT_LOOKUP_TOKENS) \
             if prompt_lookup else None
         self.name = name
+        # logits_all with a draft model: llama-cpp-python 0.3.36 keeps every position's logits
+        # then, but sizes that buffer by the *argument* (n_batch rows without it), so a context
+        # past 512 tokens overflows it (ValueError in Llama.eval).
         self.llm = _recording_llama()(str(gguf), n_ctx=n_ctx, n_threads=n_threads,
-                                      n_threads_batch=n_threads, draft_model=draft, verbose=False)
+                                      n_threads_batch=n_threads, draft_model=draft,
+                                      logits_all=prompt_lookup, verbose=False)
         self.llm.eval_lengths = []
         self._is_end = functools.partial(llama_cpp.llama_vocab_is_eog, self.llm._model.vocab)
 
