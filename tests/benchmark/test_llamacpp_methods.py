@@ -192,7 +192,7 @@ def test_default_methods_follow_the_backend(gguf):
     config = BenchConfig(workload="mtbench", out=Path("unused"), model=str(gguf))
     on_llamacpp = resolve_config(BenchConfig(**{**vars(config), "backend": "llamacpp"}))
     assert on_llamacpp.methods == list(LLAMACPP_DEFAULT_METHODS) == default_methods("llamacpp")
-    assert on_llamacpp.methods[:2] == ["llamacpp-greedy", "llamacpp-prompt-lookup"]
+    assert on_llamacpp.methods[:3] == ["llamacpp-greedy", "hf-greedy", "llamacpp-prompt-lookup"]
     on_transformers = resolve_config(BenchConfig(**{**vars(config), "backend": "transformers"}))
     assert on_transformers.methods[:2] == ["hf-greedy", "hf-prompt-lookup"]
     named = resolve_config(BenchConfig(**{**vars(config), "methods": ["plain"]}))

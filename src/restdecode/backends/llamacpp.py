@@ -183,6 +183,7 @@ class LlamaCppSession:
         self.main_sequence = 0  # the sequence holding the past
         self._slot_sequences: list[int] = []  # first sequence of each slot of the last verify
         self._sequences: list[int] = []  # every sequence of the last verify
+        self._slots = 0  # slots of the last verify
 
     def _memory(self):
         if self.backend._active is not self:
@@ -224,15 +225,19 @@ class LlamaCppSession:
         positions = self.past_length + tree.depth_offsets.numpy()
         first = self.backend._batch.fill_tree(tokens, positions, membership, sequences)
         self._slot_sequences, self._sequences = first, sequences
+        self._slots = len(parents)
         return torch.from_numpy(self.backend.decode(self.backend._batch))
 
     def commit(self, accepted_slots: Sequence[int]) -> None:
         lib, memory = self.backend._lib, self._memory()
         kept = len(accepted_slots)
         keep = self._slot_sequences[accepted_slots[-1]] if kept else self.main_sequence
-        # That sequence's cells beyond the accepted depth, then every cell not in it, go.
-        lib.llama_memory_seq_rm(memory, keep, self.past_length + kept, -1)
-        lib.llama_memory_seq_keep(memory, keep)
+        # That sequence's cells beyond the accepted depth, then every cell not in it, go. A
+        # chain (a plain step included) has one sequence: only its rejected tail, if any.
+        if kept < self._slots:
+            lib.llama_memory_seq_rm(memory, keep, self.past_length + kept, -1)
+        if len(self._sequences) > 1:
+            lib.llama_memory_seq_keep(memory, keep)
         self.main_sequence = keep
         self.past_length += kept
 
