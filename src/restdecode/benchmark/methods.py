@@ -48,7 +48,7 @@ PLAIN = "plain"
 DEFAULT_METHODS: tuple[str, ...] = (HF_GREEDY, "hf-prompt-lookup", "rest", "restdecode", PLAIN)
 # On llama.cpp: its own loops, transformers' greedy for reference (what restdecode's transformers
 # backend is measured against), our engine; not REST's 64-node trees, whose every verification
-# costs about 25 plain llama.cpp steps on a CPU (bench/RESULTS.md, issue 13).
+# costs about 21 plain llama.cpp steps on a CPU (bench/RESULTS.md, issue 13).
 LLAMACPP_DEFAULT_METHODS: tuple[str, ...] = (LLAMACPP_GREEDY, HF_GREEDY, "llamacpp-prompt-lookup",
                                              "restdecode", PLAIN)
 METHOD_NAMES: tuple[str, ...] = DEFAULT_METHODS + (
