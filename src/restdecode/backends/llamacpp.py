@@ -317,24 +317,6 @@ class _Batch:
         return self.sequences[:n, 0].tolist()
 
 
-def llama_cpp_greedy(backend: LlamaCppBackend, prompt_ids: Sequence[int],
-                     max_new_tokens: int) -> list[int]:
-    """llama.cpp's own greedy decoding of ``backend``'s file (llama-cpp-python's
-    ``Llama.generate``, same context size and threads), up to and including an end token."""
-    llama_cpp = _llama_cpp()
-    llm = llama_cpp.Llama(str(backend.path), n_ctx=backend.n_ctx, n_threads=backend.n_threads,
-                          n_threads_batch=backend.n_threads, verbose=False)
-    try:
-        out: list[int] = []
-        for token in llm.generate(list(prompt_ids), temp=0.0, top_k=1):
-            out.append(int(token))
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(out) >= max_new_tokens:
-                break
-        return out
-    finally:
-        llm.close()
-
-
 def requantize(source: str | os.PathLike, target: str | os.PathLike, ftype: str) -> Path:
     """Write ``source`` GGUF as ``target`` with tensors of type ``ftype`` (``f32``, ``f16``,
     ``q8_0``, ``q4_1``...; from a quantized file: its de-quantized weights re-quantized).

@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     options = GenerationOptions(max_new_tokens=args.max_new_tokens)
     prompts = load_workload(args.prompts, limit=args.limit)
     engine = engine_from_args(args)
+    reference = reference_method(engine)
     differing, steps, tokens = [], 0, 0
     for prompt in tqdm(prompts, desc="check-lossless", unit="prompt", file=sys.stderr):
-        outcome = compare_one(engine, prompt, options)
+        outcome = compare_one(engine, reference, prompt, options)
         steps += outcome.pop("steps")
         tokens += outcome.pop("decoded_tokens")
         if outcome["first_difference"] is not None:
@@ -89,38 +90,31 @@ def run(args: argparse.Namespace) -> int:
     return 0 if len(near_ties) == len(differing) else 1
 
 
-def compare_one(engine, prompt, options) -> dict:
-    """Our greedy output (``engine``'s drafter) vs the backend's own plain greedy decoding for
-    one workload prompt."""
+def reference_method(engine):
+    """The backend's own plain greedy decoding, as the benchmark runs it: ``hf-greedy``
+    (``model.generate``) or ``llamacpp-greedy`` (llama-cpp-python's loop, one model load)."""
+    from restdecode.benchmark.methods import HF_GREEDY, LLAMACPP_GREEDY, build_methods
+
+    name = LLAMACPP_GREEDY if engine.backend.name == "llamacpp" else HF_GREEDY
+    return build_methods([name], engine)[0]
+
+
+def compare_one(engine, reference, prompt, options) -> dict:
+    """Our greedy output (``engine``'s drafter) vs the ``reference`` method's for one workload
+    prompt."""
+    import torch
+
     from restdecode.decode import prompt_token_ids
 
     ids = prompt_token_ids(engine.tokenizer, prompt.text, prompt.messages)
     ours = engine.generate(input_ids=ids, options=options)
-    reference = plain_greedy(engine, ids, options.max_new_tokens)
-    first = first_difference(ours.token_ids, reference)
-    gap = (top2_logit_gap(engine.backend, ids, reference[:first])
+    theirs = reference.generate(torch.tensor([ids]), options.max_new_tokens).token_ids
+    first = first_difference(ours.token_ids, theirs)
+    gap = (top2_logit_gap(engine.backend, ids, theirs[:first])
            if first is not None else None)
     return {"id": prompt.id, "first_difference": first, "top2_logit_gap": gap,
-            "ours": ours.token_ids, "reference": reference,
+            "ours": ours.token_ids, "reference": theirs,
             "steps": ours.stats.steps, "decoded_tokens": sum(ours.stats.accepted_per_step)}
-
-
-def plain_greedy(engine, ids: list[int], max_new_tokens: int) -> list[int]:
-    """The backend's own greedy decoding: ``model.generate`` or llama.cpp's generation loop."""
-    import torch
-
-    from restdecode.compiled import eager
-
-    if engine.backend.name == "llamacpp":
-        from restdecode.backends.llamacpp import llama_cpp_greedy
-
-        return llama_cpp_greedy(engine.backend, ids, max_new_tokens)
-    model = eager(engine.model)
-    with torch.inference_mode():
-        tensor = torch.tensor([ids], device=model.device)
-        output = model.generate(tensor, attention_mask=torch.ones_like(tensor), do_sample=False,
-                                max_new_tokens=max_new_tokens)
-    return output[0, len(ids):].tolist()
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
