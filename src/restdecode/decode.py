@@ -121,7 +121,8 @@ def stream(
     options: GenerationOptions | None = None,
     **option_values: Any,
 ) -> "TextStream":
-    """Like :func:`generate`, as an iterator of text pieces, yielded as tokens are accepted.
+    """Like :func:`generate`, as an iterator of text pieces: one per decoding step, holding the
+    text of every token that step accepted.
 
     The pieces join to ``generate(...).text``; a character split over several tokens is held back
     until complete. Once exhausted, ``.result`` is the :class:`GenerationResult` (it is also the
@@ -171,23 +172,27 @@ def _decode(backend: Backend, tokenizer, prompt_ids: list[int], drafter: Drafter
     stats = decoder.stats
     waited = 0.0  # time spent in the caller between pieces, not ours to count
 
-    def emit(pieces: list[str]) -> Iterator[str]:
+    def emit(pieces: Iterator[str]) -> Iterator[str]:
+        """One piece per step: the text of every token the step accepted (none if empty)."""
         nonlocal waited
+        text = "".join(pieces)
+        if not text:
+            return
         paused = time.perf_counter()
-        yield from pieces  # outside inference mode: the caller's code runs here
+        yield text  # outside inference mode: the caller's code runs here
         waited += time.perf_counter() - paused
 
     if not output.done:
         first = decoder.start()
         stats.time_prefill = time.perf_counter() - started
-        yield from emit(list(output.add(first)))
+        yield from emit(output.add(first))
     while not output.done:
         tokens = decoder.step(max_depth=output.remaining - 1)
         if tokens is None:
             output.stop_reason = "context_full"
             break
-        yield from emit(list(output.add(tokens)))
-    yield from emit(list(output.flush()))
+        yield from emit(output.add(tokens))
+    yield from emit(output.flush())
     stats.time_total = time.perf_counter() - started - waited
     stats.time_other = max(
         0.0, stats.time_decode - stats.time_draft - stats.time_verify - stats.time_accept_commit

@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("chat", "chat", "interactive streaming chat"),
     ("check-lossless", "check_lossless", "compare speculative greedy output with plain greedy"),
     ("bench", "bench", "benchmark decoding methods side by side"),
+    ("serve", "serve", "serve the model over OpenAI's HTTP API"),
 ]
 
 
