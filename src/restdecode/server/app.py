@@ -84,8 +84,11 @@ def create_app(engine: "Engine", scheduler: Scheduler, config: ServerConfig,
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": config.model_name,
-                "queue_depth": scheduler.queue_depth, "active": scheduler.active}
+        answer = {"status": "ok", "model": config.model_name,
+                  "queue_depth": scheduler.queue_depth, "active": scheduler.active}
+        if scheduler.memory is not None:
+            answer["memory"] = await run_in_threadpool(scheduler.memory.stats)
+        return answer
 
     @app.get("/metrics")
     async def prometheus() -> Response:
