@@ -247,3 +247,43 @@ def test_the_readme_serve_examples_run(open_server):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith("\n")
+
+
+def test_a_sampled_answer_is_reproduced_by_its_seed(open_server):
+    client = openai.OpenAI(base_url=open_server.url + "/v1", api_key="x")
+
+    def sample(seed: int) -> list[int]:
+        answer = client.completions.create(model=SERVED_NAME, prompt="hello", max_tokens=24,
+                                           temperature=1.0, top_p=0.9, seed=seed)
+        return answer.model_extra["restdecode"]["completion_token_ids"]
+
+    assert sample(7) == sample(7)
+    assert len({tuple(sample(seed)) for seed in range(4)}) > 1
+
+
+@pytest.mark.assets
+def test_the_default_gguf_model_is_served_on_llama_cpp():
+    """Same answer as the engine in this process with the same drafter (a GGUF's batched
+    numerics may differ from llama.cpp's one-token decoding at near-ties, not between runs)."""
+    pytest.importorskip("llama_cpp")
+    from conftest import ServerProcess
+
+    from restdecode import Engine
+    from restdecode.assets import restdecode_home
+    from restdecode.engine import DEFAULT_MODEL, default_datastore
+
+    args = ["--model", DEFAULT_MODEL, "--backend", "llamacpp", "--budget", "6"]
+    messages = [{"role": "user", "content": "Name three colors."}]
+    engine = Engine.load(DEFAULT_MODEL, backend="llamacpp", budget=6,
+                         datastore=default_datastore(DEFAULT_MODEL), say=lambda message: None)
+    expected = engine.generate(messages=messages, max_new_tokens=32)
+    del engine
+    server = ServerProcess(args, restdecode_home())
+    try:
+        assert f"model {DEFAULT_MODEL} on llamacpp" in server.stderr
+        answer = openai.OpenAI(base_url=server.url + "/v1", api_key="x").chat.completions.create(
+            model=DEFAULT_MODEL, messages=messages, max_tokens=32, temperature=0)
+        assert answer.choices[0].message.content == expected.text
+        assert answer.model_extra["restdecode"]["completion_token_ids"] == expected.token_ids
+    finally:
+        server.stop()
