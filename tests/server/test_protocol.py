@@ -58,3 +58,16 @@ def test_streamed_text_is_the_text_before_the_first_stop(text, cuts, stops):
     sent = "".join(trimmer.add(text[a:b]) for a, b in zip(bounds, bounds[1:]))
     sent += trimmer.finish()
     assert sent == expected == trimmer.output
+
+
+def test_the_listening_socket_is_tcp_so_asyncio_disables_nagle():
+    """Otherwise each small streamed chunk waits ~40 ms for the client's acknowledgement."""
+    import socket
+
+    from restdecode.cli.serve import _bind
+
+    listener = _bind("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP
+    finally:
+        listener.close()

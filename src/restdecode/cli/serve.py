@@ -149,10 +149,13 @@ def _bind(host: str, port: int) -> socket.socket:
     from restdecode.errors import OptionsError
 
     try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        listener = socket.socket(info[0], socket.SOCK_STREAM)
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
+        # The protocol number matters: asyncio turns Nagle's algorithm off (TCP_NODELAY) only
+        # on sockets that say they are TCP; without it each small SSE chunk waits ~40 ms.
+        listener = socket.socket(family, kind, protocol)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(info[4])
+        listener.bind(address)
     except OSError as error:
         raise OptionsError(f"cannot listen on {host}:{port}: {error}") from None
     listener.listen(128)
