@@ -19,7 +19,7 @@ from restdecode.errors import DatastoreError, OptionsError
 if TYPE_CHECKING:
     from restdecode.datastore import Datastore
     from restdecode.decode import GenerationResult, TextStream
-    from restdecode.drafting import Drafter, MemoryDrafter
+    from restdecode.drafting import ContinuationDrafter, Drafter, MemoryDrafter
     from restdecode.latency import LatencyProfile
     from restdecode.options import GenerationOptions
 
@@ -130,16 +130,19 @@ class Engine:
         return self._profile
 
     def new_drafter(self, *, budget: int | None = None,
-                    memory: "MemoryDrafter | None" = None) -> "Drafter":
+                    memory: "MemoryDrafter | None" = None,
+                    learned: "ContinuationDrafter | None" = None) -> "Drafter":
         """A fresh default drafter (:func:`restdecode.drafting.default_drafter`) over this
         engine's datastore: sized by the latency profile, or fixed at ``budget`` nodes;
-        ``memory`` (default: the engine's, if any) as its context source."""
+        ``memory`` (default: the engine's, if any) as its context source; ``learned`` an extra
+        source (e.g. the server's learned memory of a tenant)."""
         from restdecode.drafting import default_drafter
 
         memory = memory if memory is not None else self.memory
         if budget is not None:
-            return default_drafter(self.datastore, budget=budget, memory=memory)
-        return default_drafter(self.datastore, profile=self.profile, memory=memory)
+            return default_drafter(self.datastore, budget=budget, memory=memory, learned=learned)
+        return default_drafter(self.datastore, profile=self.profile, memory=memory,
+                               learned=learned)
 
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
                  input_ids: Sequence[int] | None = None, drafter: "Drafter | None" = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from restdecode.drafting.base import Drafter
+from restdecode.drafting.base import ContinuationDrafter, Drafter
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
 from restdecode.drafting.memory import MemoryDrafter
@@ -41,6 +41,7 @@ def default_drafter(
     profile: CostModel | None = None,
     memory: MemoryDrafter | None = None,
     budget: int | None = None,
+    learned: ContinuationDrafter | None = None,
 ) -> Drafter:
     """restdecode's default drafter: datastore retrieval merged with context lookup, the
     context weighing ``CONTEXT_WEIGHT`` times the datastore.
@@ -54,9 +55,15 @@ def default_drafter(
       are searched too (:func:`default_memory`); the caller keeps it to ``forget()`` when it
       wants.
     * ``datastore`` None: context (and memory) lookup alone.
+    * ``learned``: one more source weighing ``CONTEXT_WEIGHT``, e.g. the server's learned memory
+      of a tenant (:meth:`restdecode.server.memory.LearnedMemory.drafter`).
     """
     context = memory if memory is not None else ContextDrafter(span=CONTEXT_SPAN)
-    sources = [context] if datastore is None else [RetrievalDrafter(datastore), context]
+    sources = [(context, CONTEXT_WEIGHT)]
+    if datastore is not None:
+        sources.insert(0, (RetrievalDrafter(datastore), 1.0))
+    if learned is not None:
+        sources.append((learned, CONTEXT_WEIGHT))
     if profile is None or budget is not None:
         return _merged(sources, DEFAULT_BUDGET if budget is None else budget)
     return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET), profile, overhead=STEP_OVERHEAD_S)
@@ -67,9 +74,11 @@ def default_memory() -> MemoryDrafter:
     return MemoryDrafter(span=CONTEXT_SPAN)
 
 
-def _merged(sources: list, budget: int):
-    for source in sources:  # each proposes as many nodes as the merged tree may keep
+def _merged(sources: list[tuple[ContinuationDrafter, float]], budget: int):
+    """One source alone, or the sources merged with their weights, each under ``budget``."""
+    for source, _ in sources:  # each proposes as many nodes as the merged tree may keep
         source.budget = budget
     if len(sources) == 1:
-        return sources[0]
-    return CombinedDrafter(sources, budget=budget, weights=[1.0, CONTEXT_WEIGHT])
+        return sources[0][0]
+    return CombinedDrafter([source for source, _ in sources], budget=budget,
+                           weights=[weight for _, weight in sources])
