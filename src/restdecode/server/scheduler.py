@@ -183,7 +183,7 @@ class Scheduler:
             return
         try:
             self.memory.record(job.tenant, job.prompt_ids + result.token_ids)
-        except OSError as error:  # a full disk loses the record, not the answer
+        except Exception as error:  # a memory failure loses the record, never the answer
             self.engine.say(f"warning: the memory could not record a request: {error}")
 
     def _finish(self, running: _Running, result, outcome: str, message: str = "") -> None:
