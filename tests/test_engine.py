@@ -66,3 +66,19 @@ def test_a_missing_datastore_is_refused_before_the_model_loads(tmp_path, monkeyp
     monkeypatch.setattr("restdecode.models.load", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(DatastoreError, match="does not exist"):
         Engine.load("smollm2-135m-instruct", datastore=tmp_path / "missing.rds")
+
+
+def test_the_drafters_of_one_engine_share_what_the_planner_learned(model_and_tokenizer):
+    """A server builds a drafter per request: each starts from the acceptance evidence of the
+    requests before it, unless given a calibration of its own."""
+    from restdecode.drafting.planner import default_calibration
+
+    model, tokenizer = model_and_tokenizer
+    engine = Engine(model, tokenizer, profile=FlatProfile())
+    engine.generate("abcabcabcabc", max_new_tokens=24, drafter=engine.new_drafter())
+    learned = engine.calibration.trials.sum()
+    assert learned > 0
+    assert engine.new_drafter().calibration is engine.calibration
+    apart = default_calibration()
+    engine.generate("abcabcabcabc", max_new_tokens=24, drafter=engine.new_drafter(calibration=apart))
+    assert apart.trials.sum() > 0 and engine.calibration.trials.sum() == learned

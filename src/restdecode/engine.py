@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from restdecode.datastore import Datastore
     from restdecode.decode import GenerationResult, TextStream
     from restdecode.drafting import ContinuationDrafter, Drafter, MemoryDrafter
+    from restdecode.drafting.planner import AcceptanceCalibration
     from restdecode.latency import LatencyProfile
     from restdecode.options import GenerationOptions
 
@@ -66,6 +67,7 @@ class Engine:
                  memory_file: str | Path | None = None, name: str = "", progress: bool = True,
                  say: Callable[[str], None] = _say) -> None:
         from restdecode.drafting import default_memory
+        from restdecode.drafting.planner import default_calibration
 
         from restdecode.backends import as_backend
 
@@ -83,6 +85,9 @@ class Engine:
         self.say = say
         self.memory = default_memory() if memory and draft else None
         self.memory_file = Path(memory_file).expanduser() if memory_file is not None else None
+        # What the planner learns about this model's acceptance, shared by all its drafters: a
+        # server's per-request drafter starts from what earlier requests taught.
+        self.calibration = default_calibration()
         self.remembered_at_start = self._load_memory()
         self.drafter = self.new_drafter(budget=budget) if draft else None
 
@@ -131,18 +136,21 @@ class Engine:
 
     def new_drafter(self, *, budget: int | None = None,
                     memory: "MemoryDrafter | None" = None,
-                    learned: "ContinuationDrafter | None" = None) -> "Drafter":
+                    learned: "ContinuationDrafter | None" = None,
+                    calibration: "AcceptanceCalibration | None" = None) -> "Drafter":
         """A fresh default drafter (:func:`restdecode.drafting.default_drafter`) over this
         engine's datastore: sized by the latency profile, or fixed at ``budget`` nodes;
         ``memory`` (default: the engine's, if any) as its context source; ``learned`` an extra
-        source (e.g. the server's learned memory of a tenant)."""
+        source (e.g. the server's learned memory of a tenant). The planner learns into
+        ``calibration``, by default ``engine.calibration``, which all this engine's drafters share
+        (pass a fresh one to keep a drafter's learning apart, as the benchmark's methods do)."""
         from restdecode.drafting import default_drafter
 
         memory = memory if memory is not None else self.memory
         if budget is not None:
             return default_drafter(self.datastore, budget=budget, memory=memory, learned=learned)
         return default_drafter(self.datastore, profile=self.profile, memory=memory,
-                               learned=learned)
+                               learned=learned, calibration=calibration or self.calibration)
 
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
                  input_ids: Sequence[int] | None = None, drafter: "Drafter | None" = None,

@@ -358,6 +358,7 @@ def _llamacpp_method(name: str, engine: "Engine") -> LlamaCppGenerate:
 def _build_method(name: str, engine: "Engine", memory_file: "Path | None",
                   hf_model: "Callable[[], PreTrainedModel]") -> Method:
     from restdecode.drafting import NoDrafter, default_memory
+    from restdecode.drafting.planner import default_calibration
 
     if name == HF_GREEDY:
         return HFGenerate(name, hf_model(), engine.tokenizer)
@@ -369,8 +370,9 @@ def _build_method(name: str, engine: "Engine", memory_file: "Path | None",
     if name == "rest":
         return EngineMethod(name, engine, rest_drafter(engine.datastore))
     if name == "restdecode":
-        return EngineMethod(name, engine, engine.new_drafter())
+        return EngineMethod(name, engine, engine.new_drafter(calibration=default_calibration()))
     if name == "restdecode-memory":
         memory = default_memory()
-        return EngineMethod(name, engine, engine.new_drafter(memory=memory), memory, memory_file)
+        drafter = engine.new_drafter(memory=memory, calibration=default_calibration())
+        return EngineMethod(name, engine, drafter, memory, memory_file)
     return EngineMethod(name, engine, NoDrafter())

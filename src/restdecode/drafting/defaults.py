@@ -6,7 +6,7 @@ from restdecode.drafting.base import ContinuationDrafter, Drafter
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
 from restdecode.drafting.memory import MemoryDrafter
-from restdecode.drafting.planner import CostModel, PlannedDrafter
+from restdecode.drafting.planner import AcceptanceCalibration, CostModel, PlannedDrafter
 from restdecode.drafting.retrieval import RetrievalDrafter, SuffixSearcher
 
 # Nodes per draft tree when no latency profile is given. On 2 CPU cores one verification of
@@ -42,6 +42,7 @@ def default_drafter(
     memory: MemoryDrafter | None = None,
     budget: int | None = None,
     learned: ContinuationDrafter | None = None,
+    calibration: AcceptanceCalibration | None = None,
 ) -> Drafter:
     """restdecode's default drafter: datastore retrieval merged with context lookup, the
     context weighing ``CONTEXT_WEIGHT`` times the datastore.
@@ -57,6 +58,8 @@ def default_drafter(
     * ``datastore`` None: context (and memory) lookup alone.
     * ``learned``: one more source weighing ``CONTEXT_WEIGHT``, e.g. the server's learned memory
       of a tenant (:meth:`restdecode.server.memory.LearnedMemory.drafter`).
+    * ``calibration``: the planner's acceptance calibration, to share among the drafters of one
+      model (default: a fresh one, learning from zero).
     """
     context = memory if memory is not None else ContextDrafter(span=CONTEXT_SPAN)
     sources = [(context, CONTEXT_WEIGHT)]
@@ -66,7 +69,8 @@ def default_drafter(
         sources.append((learned, CONTEXT_WEIGHT))
     if profile is None or budget is not None:
         return _merged(sources, DEFAULT_BUDGET if budget is None else budget)
-    return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET), profile, overhead=STEP_OVERHEAD_S)
+    return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET), profile, overhead=STEP_OVERHEAD_S,
+                          calibration=calibration)
 
 
 def default_memory() -> MemoryDrafter:

@@ -175,6 +175,15 @@ def subtree(tree: DraftTree, keep: np.ndarray) -> DraftTree:
     return tree.subset(keep)
 
 
+def default_calibration() -> AcceptanceCalibration:
+    """An empty calibration grouped by suffix match length (:func:`match_length_group`).
+
+    Share one among the drafters of one model (e.g. one per request in a server): what it learns
+    about this model's acceptance is worth keeping across requests, and it holds counts only.
+    """
+    return AcceptanceCalibration(groups=len(MATCH_LENGTH_EDGES) + 1)
+
+
 class PlannedDrafter:
     """A drafter whose proposals are cut by :func:`plan_tree` to what is worth verifying.
 
@@ -189,8 +198,7 @@ class PlannedDrafter:
                  calibration: AcceptanceCalibration | None = None, overhead: float = 0.0) -> None:
         self.drafter = drafter
         self.profile = profile
-        self.calibration = (calibration if calibration is not None
-                            else AcceptanceCalibration(groups=len(MATCH_LENGTH_EDGES) + 1))
+        self.calibration = calibration if calibration is not None else default_calibration()
         self.overhead = overhead
         self._group = 0  # of the last proposal, for the observation that follows it
 
