@@ -111,7 +111,10 @@ def test_tree_verification_equals_sequential_evaluation_across_commits(prompt, s
         slot_tokens = [pending] + tree.node_tokens.tolist()
         for slot, path in enumerate(paths):
             want = sequential_logits(context + [slot_tokens[s] for s in path])
-            torch.testing.assert_close(logits[slot], want, atol=1e-3, rtol=1e-4)
+            # A batch of another shape runs through other kernels, over K and V kept in f16
+            # (llama.cpp's default cache type): logits move by up to ~1e-3 here (hypothesis once
+            # found 1.3e-3); a wrong mask or position moves them by whole units.
+            torch.testing.assert_close(logits[slot], want, atol=5e-3, rtol=1e-3)
         kept = paths[choice % len(paths)]
         session.commit(kept)
         context += [slot_tokens[s] for s in kept]
