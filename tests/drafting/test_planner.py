@@ -14,6 +14,7 @@ from restdecode.drafting.planner import (
     AcceptanceCalibration,
     PlannedDrafter,
     path_probabilities,
+    plan_batch,
     plan_tree,
 )
 from restdecode.drafting.base import StepFeedback
@@ -254,3 +255,68 @@ def test_planned_drafter_learns_from_observed_trees():
 def test_nodes_that_add_nothing_are_not_verified_even_for_free():
     planned = plan_tree(chain([0.9, 0.0, 0.0]), linear_cost(per_node=0.0), cache_length=0)
     assert len(planned) == 1
+
+
+def batch_rate(rows, kept, cost: TableCost) -> float:
+    """Expected tokens per second of one forward over every row and its kept nodes."""
+    tokens = len(rows) + sum(probabilities[list(nodes)].sum()
+                             for (_, probabilities), nodes in zip(rows, kept))
+    return tokens / float(cost.predict(len(rows) + sum(map(len, kept)), 0))
+
+
+def prefix_closed_subsets(tree: DraftTree) -> list[tuple[int, ...]]:
+    return [nodes for size in range(len(tree) + 1)
+            for nodes in itertools.combinations(range(len(tree)), size)
+            if is_prefix_closed(tree, set(nodes))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(trees=st.lists(scored_trees(max_nodes=4), min_size=1, max_size=3),
+       costs=st.lists(st.floats(0.2, 5.0), min_size=16, max_size=16))
+def test_batch_planning_matches_brute_force_over_every_rows_subtrees(trees, costs):
+    cost = TableCost(np.sort(costs))
+    rows = [(tree, path_probabilities(tree, tree.scores)) for tree in trees]
+    planned = plan_batch(rows, cost, cache_length=0)
+    kept = [kept_nodes(tree, plan) for tree, plan in zip(trees, planned)]
+    for tree, nodes in zip(trees, kept):
+        assert nodes == sorted(nodes) and is_prefix_closed(tree, set(nodes))
+    best = max(batch_rate(rows, choice, cost)
+               for choice in itertools.product(*(prefix_closed_subsets(t) for t in trees)))
+    assert batch_rate(rows, kept, cost) == pytest.approx(best, rel=1e-9)
+
+
+def test_the_width_goes_to_the_confident_row_and_none_when_compute_bound():
+    confident, doubtful = chain([0.95, 0.95, 0.95]), chain([0.2, 0.2, 0.2])
+    rows = [(t, path_probabilities(t, t.scores)) for t in (doubtful, confident, doubtful)]
+    # A forward costs the same up to width 6 (memory-bound), then grows.
+    planned = plan_batch(rows, TableCost([1.0] * 6 + [2.0] * 10), cache_length=0)
+    assert [len(tree) for tree in planned] == [0, 3, 0]
+    # Every extra token costs as much as a whole plain step: plain steps for the whole batch.
+    compute_bound = TableCost(0.5 * np.arange(1, 20))
+    assert [len(tree) for tree in plan_batch(rows, compute_bound, cache_length=0)] == [0, 0, 0]
+
+
+def test_a_planned_drafters_candidate_is_what_it_plans_from():
+    tree = chain([0.9, 0.8, 0.1])
+    drafter = PlannedDrafter(FixedDrafter(tree), linear_cost(per_node=0.3))
+    candidate, probabilities = drafter.candidate([1, 2, 3])
+    assert candidate is tree
+    assert probabilities == pytest.approx(path_probabilities(tree, tree.scores))
+    assert drafter.propose([1, 2, 3]).tokens.tolist() == plan_batch(
+        [(candidate, probabilities)], drafter.profile, 2)[0].tokens.tolist()
+
+
+class FixedDrafter:
+    """Proposes the same tree every time."""
+
+    def __init__(self, tree: DraftTree) -> None:
+        self.tree = tree
+
+    def propose(self, token_ids):
+        return self.tree
+
+    def observe(self, feedback) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass

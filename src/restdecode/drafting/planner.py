@@ -147,23 +147,53 @@ def plan_tree(
     """
     if len(tree) == 0:
         return tree
+    return plan_batch([(tree, node_probabilities(tree, calibration, group))], profile,
+                      cache_length, overhead=overhead)[0]
+
+
+def node_probabilities(tree: DraftTree, calibration: AcceptanceCalibration | None = None,
+                       group: int = 0) -> np.ndarray:
+    """Each node's probability of being accepted (its whole path): the tree's conditional
+    scores, through ``calibration`` (its ``group``) when given, multiplied along the path."""
     conditional = raw_scores(tree)
     conditional = (calibration.calibrate(conditional, group) if calibration is not None
                    else np.clip(conditional, 0.0, 1.0))
-    probabilities = path_probabilities(tree, conditional)
-    ranking = np.lexsort((np.arange(len(tree)), -probabilities))  # ties: parent (earlier) first
-    size = best_size(probabilities[ranking], profile, cache_length, overhead)
-    keep = np.zeros(len(tree), dtype=bool)
+    return path_probabilities(tree, conditional)
+
+
+def plan_batch(rows: Sequence[tuple[DraftTree, np.ndarray]], profile: CostModel,
+               cache_length: int, *, overhead: float = 0.0) -> list[DraftTree]:
+    """The prefix-closed subtree of each row's candidate tree that, verified together in one
+    forward, give the most expected tokens per predicted second.
+
+    ``rows`` holds each row's candidate tree and its nodes' acceptance probabilities
+    (:func:`node_probabilities`). Every row commits at least its bonus token, so a forward over
+    B rows and k kept nodes in all yields B + (the kept probabilities) tokens and costs
+    ``profile.predict(B + k, cache_length) + overhead``: the width goes to the nodes most likely
+    accepted, whichever row they belong to (a confident row gets a deep tree, the others plain
+    steps), and to none when the forward is compute-bound. ``cache_length`` is what the forward
+    attends over. Ties go to fewer nodes.
+    """
+    probabilities = np.concatenate([p for _, p in rows]) if rows else np.zeros(0)
+    owner = np.concatenate([np.full(len(tree), row) for row, (tree, _) in enumerate(rows)]
+                           ) if rows else np.zeros(0, dtype=int)
+    # Path probabilities never grow along a path, so this order keeps parents before children.
+    ranking = np.lexsort((np.arange(probabilities.size), -probabilities))
+    size = best_size(probabilities[ranking], profile, cache_length, overhead,
+                     base_width=len(rows))
+    keep = np.zeros(probabilities.size, dtype=bool)
     keep[ranking[:size]] = True
-    return subtree(tree, keep)
+    return [subtree(tree, keep[owner == row]) for row, (tree, _) in enumerate(rows)]
 
 
 def best_size(sorted_probabilities: np.ndarray, profile: CostModel, cache_length: int,
-              overhead: float = 0.0) -> int:
-    """The k in 0..n maximising ``(1 + sum of the first k probabilities) / (cost(1 + k) +
-    overhead)``, for probabilities sorted in decreasing order; the smallest such k on ties."""
-    expected_tokens = 1.0 + np.concatenate([[0.0], np.cumsum(sorted_probabilities)])
-    widths = np.arange(1, len(sorted_probabilities) + 2)
+              overhead: float = 0.0, base_width: int = 1) -> int:
+    """The k in 0..n maximising ``(base_width + sum of the first k probabilities) /
+    (cost(base_width + k) + overhead)``, for probabilities sorted in decreasing order; the
+    smallest such k on ties. ``base_width``: the tokens every forward verifies anyway (one
+    pending token per row)."""
+    expected_tokens = base_width + np.concatenate([[0.0], np.cumsum(sorted_probabilities)])
+    widths = np.arange(base_width, base_width + len(sorted_probabilities) + 1)
     seconds = np.asarray(profile.predict(widths, cache_length), dtype=np.float64) + overhead
     rate = expected_tokens / seconds
     # A relative tolerance so that rounding noise never buys extra nodes.
@@ -205,10 +235,16 @@ class PlannedDrafter:
     def propose(self, token_ids: Sequence[int]) -> DraftTree:
         """The inner drafter's tree, planned against a cache of ``len(token_ids) - 1`` positions
         (the context without the pending token)."""
-        candidate = self.drafter.propose(token_ids)
-        self._group = min(match_length_group(candidate), self.calibration.groups - 1)
-        return plan_tree(candidate, self.profile, max(len(token_ids) - 1, 0),
-                         calibration=self.calibration, overhead=self.overhead, group=self._group)
+        return plan_batch([self.candidate(token_ids)], self.profile,
+                          max(len(token_ids) - 1, 0), overhead=self.overhead)[0]
+
+    def candidate(self, token_ids: Sequence[int]) -> tuple[DraftTree, np.ndarray]:
+        """The inner drafter's whole tree and its nodes' calibrated acceptance probabilities,
+        for a caller that plans several rows at once (:func:`plan_batch`); ``observe`` then
+        learns from what was verified as after ``propose``."""
+        tree = self.drafter.propose(token_ids)
+        self._group = min(match_length_group(tree), self.calibration.groups - 1)
+        return tree, node_probabilities(tree, self.calibration, self._group)
 
     def observe(self, feedback: StepFeedback) -> None:
         """Learn from the verified tree (as verified, after any cut by the loop) and its
