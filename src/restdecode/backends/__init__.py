@@ -10,7 +10,10 @@ and the drafters never see which one runs. Two exist:
 
 The protocol is two small classes: a :class:`Backend` (the loaded model: vocabulary, context,
 end-of-sequence ids, a key for latency profiles) opens :class:`Session` objects, each one
-sequence's KV state with three verbs: ``prefill``, ``verify``, ``commit``.
+sequence's KV state with three verbs: ``prefill``, ``verify``, ``commit``. A backend that can
+verify several sequences in one forward (a :class:`BatchBackend`: transformers today) also opens
+:class:`BatchSession` objects: rows join (``add_row``, their own prefill) and leave
+(``remove_row``) between steps, and one ``verify`` evaluates every row's tree at once.
 """
 
 from __future__ import annotations
@@ -80,6 +83,61 @@ class Backend(Protocol):
     def profile_key(self) -> dict:
         """What this backend's timings depend on (model, machine, threads, ...), for latency
         profiles."""
+
+
+@runtime_checkable
+class BatchSession(Protocol):
+    """Several sequences ("rows") on one backend, verified together.
+
+    Each row has its own past (``past_length(row)``), its own pending token and its own tree;
+    rows join and leave between steps without touching the others. A step is one ``verify`` of
+    any subset of the rows (a row's tree may be empty: a plain step), then one ``commit`` (or
+    ``remove_row``) per verified row before the next ``verify`` or ``add_row``.
+    """
+
+    @property
+    def rows(self) -> list[int]:
+        """The rows in the session."""
+
+    @property
+    def cache_length(self) -> int:
+        """KV positions held for all rows together (outside a step: the sum of their
+        ``past_length``)."""
+
+    def past_length(self, row: int) -> int:
+        """Positions ``row`` holds in the cache (its context without the pending token)."""
+
+    def add_row(self, prompt_ids: Sequence[int]) -> tuple[int, "torch.Tensor"]:
+        """A new row holding ``prompt_ids`` (its own prefill, no other row is recomputed): its
+        id and float32 logits ``(vocab,)`` after the prompt's last token."""
+
+    def verify(self, items: Sequence[tuple[int, int, "CompiledTree"]]) -> list["torch.Tensor"]:
+        """For each ``(row, pending_token, tree)`` (distinct rows), float32 logits
+        ``(1 + n_row, vocab)`` at every slot of the row's tree, all from one forward."""
+
+    def commit(self, row: int, accepted_slots: Sequence[int]) -> None:
+        """Keep the KV entries of ``row``'s ``accepted_slots`` (slot 0 first, then a
+        root-to-node path) of the last ``verify``; ``past_length(row)`` grows by their number."""
+
+    def remove_row(self, row: int) -> None:
+        """Drop ``row`` and free every KV entry it holds (any time, also mid-step)."""
+
+
+@runtime_checkable
+class BatchBackend(Backend, Protocol):
+    """A backend that also verifies several sequences in one forward."""
+
+    def batch_session(self) -> BatchSession:
+        """A new batch session with no rows."""
+
+
+def open_batch_session(backend: Backend) -> BatchSession:
+    """``backend.batch_session()``, or a ModelError when this backend cannot batch (llama.cpp,
+    for now)."""
+    if not isinstance(backend, BatchBackend):
+        raise ModelError(f"the {backend.name} backend cannot decode several sequences in one "
+                         f"batch yet; use the transformers backend")
+    return backend.batch_session()
 
 
 def as_backend(model) -> Backend:

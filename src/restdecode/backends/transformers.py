@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from restdecode.backends.transformers_batch import TransformersBatchSession
     from restdecode.drafting.tree import CompiledTree
 
 
@@ -52,6 +53,13 @@ class TransformersBackend:
 
     def session(self) -> "TransformersSession":
         return TransformersSession(self.model)
+
+    def batch_session(self) -> "TransformersBatchSession":
+        """Rows verified together in one forward over a packed KV cache
+        (:mod:`restdecode.backends.transformers_batch`)."""
+        from restdecode.backends.transformers_batch import TransformersBatchSession
+
+        return TransformersBatchSession(self.model)
 
     def profile_key(self) -> dict:
         from restdecode.latency import profile_key

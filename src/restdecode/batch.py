@@ -1,0 +1,307 @@
+"""Batched decoding: many requests, one verification forward per step, rows joining and leaving.
+
+Each step runs the four stages of :mod:`restdecode.decode` for every active row at once:
+**draft** (each row's own drafter proposes its own tree, which may be empty), **verify** (every
+row's tree in one forward of a :class:`~restdecode.backends.BatchSession`, with per-row
+positions, masks and cache lengths), **accept** (each row's own greedy or sampled acceptance,
+with its own random generator) and **commit** (each row keeps only its own accepted KV entries).
+
+Continuous batching: :meth:`BatchDecoder.add` prefills a new request on its own (running rows
+are not touched) and the row takes part from the next step; a finished or removed row leaves the
+session and its KV entries are freed at once; no row waits for another to finish.
+
+Exactness: a row's slots attend to nothing but its own past and its own tree, so each row's
+logits are its single-row logits up to float rounding, and every row's greedy output is the
+output of :func:`restdecode.generate` for that request alone. A sampled row draws from its own
+generator (its own ``seed``) in the same order as alone: its output does not depend on what
+else is in the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from restdecode.backends import open_batch_session, as_backend
+from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
+                               _Output, _TokenChooser, prompt_token_ids)
+from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
+from restdecode.drafting.tree import CompiledTree, DraftTree
+from restdecode.errors import DecodingError
+from restdecode.options import GenerationOptions, check_messages, resolve_options
+
+
+@dataclass
+class BatchRequest:
+    """One request of a batch: exactly one of ``prompt`` (raw text), ``messages`` (chat
+    template) and ``input_ids``; its own ``options`` (default: the batch's) and ``drafter``
+    (default: none, plain steps)."""
+
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    input_ids: Sequence[int] | None = None
+    options: GenerationOptions | None = None
+    drafter: Drafter | None = None
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """What one row produced since the last :meth:`BatchDecoder.step`: its new tokens (the end
+    conditions applied), their text (split characters held back, as :func:`restdecode.stream`),
+    and whether the row is finished (then :meth:`BatchDecoder.result` holds its result)."""
+
+    tokens: list[int]
+    text: str
+    finished: bool
+
+
+@dataclass
+class _Row:
+    """One request while it decodes: the model side (session row, context, pending token) and
+    the output side (:class:`~restdecode.decode._Output`)."""
+
+    handle: int
+    output: _Output
+    drafter: Drafter
+    chooser: _TokenChooser
+    context: list[int]          # prompt + generated tokens, the pending one included
+    stats: GenerationStats
+    started: float
+    session_row: int | None = None
+    new_tokens: list[int] = field(default_factory=list)
+    new_text: list[str] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return self.context[-1]
+
+    def add(self, tokens: list[int]) -> None:
+        """Record accepted tokens in the output (up to its end condition) for the next update."""
+        before = len(self.output.ids)
+        self.new_text.append("".join(self.output.add(tokens)))
+        self.new_tokens += self.output.ids[before:]
+
+
+class BatchDecoder:
+    """Step-by-step batched decoding of ``model`` (a transformers model or a backend that can
+    batch), for a scheduler that admits and drops requests between steps.
+
+    ``add(request) -> handle`` prefills the request alone and makes it a row; ``step()`` runs one
+    draft -> verify -> accept -> commit step over every row and returns ``{handle: RowUpdate}``
+    for each row that produced tokens or finished (the first token of a row added since the last
+    step included); ``result(handle)`` is a finished row's :class:`GenerationResult`;
+    ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
+    """
+
+    def __init__(self, model, tokenizer, *, options: GenerationOptions | None = None) -> None:
+        self.backend = as_backend(model)
+        self.tokenizer = tokenizer
+        self.options = options if options is not None else GenerationOptions()
+        self.session = open_batch_session(self.backend)
+        self._eos = self.backend.eos_token_ids(tokenizer)
+        self._rows: dict[int, _Row] = {}
+        self._results: dict[int, GenerationResult] = {}
+        self._next_handle = 0
+
+    @property
+    def active(self) -> list[int]:
+        """Handles of the rows still decoding, in the order they joined."""
+        return [handle for handle, row in self._rows.items() if not row.output.done]
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def add(self, request: BatchRequest | str) -> int:
+        """Check ``request`` (a :class:`BatchRequest`, or prompt text), prefill it alone and add it
+        as a row; its handle. Its first token is in the next :meth:`step`'s updates."""
+        started = time.perf_counter()
+        request = self.prepare(request)
+        options = request.options
+        prompt_ids = list(request.input_ids)
+        handle, self._next_handle = self._next_handle, self._next_handle + 1
+        row = _Row(
+            handle=handle,
+            output=_Output(self.tokenizer, self._eos, options.max_new_tokens,
+                           options.stop_strings, prompt_ids=prompt_ids),
+            drafter=request.drafter if request.drafter is not None else NoDrafter(),
+            chooser=_TokenChooser(options),
+            context=list(prompt_ids),
+            stats=GenerationStats(prompt_tokens=len(prompt_ids)),
+            started=started,
+        )
+        self._rows[handle] = row
+        if not row.output.done:
+            with torch.inference_mode():
+                row.session_row, logits = self.session.add_row(prompt_ids)
+                first = row.chooser.first(logits)
+            row.context.append(first)
+            row.drafter.reset()
+            row.drafter.observe(StepFeedback([first]))
+            row.stats.time_prefill = time.perf_counter() - started
+            row.add([first])
+        if row.output.done:
+            self._finish(row)
+        return handle
+
+    def prepare(self, request: BatchRequest | str) -> BatchRequest:
+        """``request`` checked (options, messages, prompt length) and tokenized: a
+        :class:`BatchRequest` with ``input_ids`` and ``options`` set; DecodingError or
+        OptionsError if it cannot be decoded."""
+        request = BatchRequest(prompt=request) if isinstance(request, str) else request
+        if request.messages is not None:
+            check_messages(request.messages)
+        prompt_ids = prompt_token_ids(self.tokenizer, request.prompt, request.messages,
+                                      request.input_ids)
+        _check_request(self.backend, prompt_ids)
+        options = request.options if request.options is not None else self.options
+        return BatchRequest(input_ids=prompt_ids, options=options, drafter=request.drafter)
+
+    def step(self) -> dict[int, RowUpdate]:
+        """One decoding step of every active row (one verification forward in all)."""
+        drafted = [(row, *self._draft(row)) for row in self._live_rows()]
+        drafted = [(row, draft, tree) for row, draft, tree in drafted if tree is not None]
+        for row, logits, draft, tree in self._verify(drafted):
+            self._accept_and_commit(row, logits, draft, tree)
+        return self._updates()
+
+    def result(self, handle: int) -> GenerationResult:
+        """The result of a finished row (kept until :meth:`remove`)."""
+        if handle not in self._results:
+            state = "still decoding" if handle in self._rows else "unknown"
+            raise DecodingError(f"request {handle} has no result: {state}")
+        return self._results[handle]
+
+    def remove(self, handle: int) -> None:
+        """Forget ``handle``: a decoding row stops now (its cache entries are freed), a finished
+        row's result is dropped."""
+        row = self._rows.pop(handle, None)
+        if row is not None and row.session_row is not None:
+            self.session.remove_row(row.session_row)
+        self._results.pop(handle, None)
+
+    # -- the four stages ---------------------------------------------------------------------
+
+    def _live_rows(self) -> list[_Row]:
+        return [row for row in self._rows.values() if not row.output.done]
+
+    def _draft(self, row: _Row) -> tuple[DraftTree | None, CompiledTree | None]:
+        """The row's tree, cut to the depth worth verifying; None when its context is full."""
+        mark = time.perf_counter()
+        depth = min(row.output.remaining - 1, self._context_room(row))
+        if depth < 0:
+            row.output.stop_reason = "context_full"
+            self._finish(row)
+            return None, None
+        draft = _limit_depth(row.drafter.propose(row.context), depth)
+        tree = draft.compile(self.backend.device)
+        row.stats.time_draft += time.perf_counter() - mark
+        return draft, tree
+
+    def _verify(self, drafted):
+        """Every row's tree in one forward; ``(row, logits, draft, tree)`` per row."""
+        if not drafted:
+            return []
+        mark = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.session.verify([(row.session_row, row.pending, tree)
+                                          for row, _, tree in drafted])
+        elapsed = time.perf_counter() - mark
+        for row, _, _ in drafted:
+            row.stats.time_verify += elapsed  # each row waited for the whole forward
+        return [(row, row_logits, draft, tree)
+                for (row, draft, tree), row_logits in zip(drafted, logits)]
+
+    def _accept_and_commit(self, row: _Row, logits: torch.Tensor, draft: DraftTree,
+                           tree: CompiledTree) -> None:
+        mark = time.perf_counter()
+        with torch.inference_mode():
+            slots, tokens = row.chooser.accept(logits, tree)
+            self.session.commit(row.session_row, slots)
+        row.context += tokens
+        row.drafter.observe(StepFeedback(tokens, draft, [slot - 1 for slot in slots[1:]]))
+        row.stats.time_accept_commit += time.perf_counter() - mark
+        row.stats.steps += 1
+        row.stats.tree_size_per_step.append(tree.num_slots - 1)
+        row.stats.accepted_per_step.append(len(tokens))
+        row.add(tokens)
+        if row.output.done:
+            self._finish(row)
+
+    # -- rows leaving ------------------------------------------------------------------------
+
+    def _context_room(self, row: _Row) -> int:
+        """Deepest draft whose slots still have positions inside the model's context (-1: none)."""
+        limit = self.backend.context_limit
+        past = self.session.past_length(row.session_row)
+        return limit - 1 - past if limit is not None else len(row.context)
+
+    def _finish(self, row: _Row) -> None:
+        """The row is done: free its cache entries now, keep its result."""
+        if row.session_row is not None and row.session_row in self.session.rows:
+            self.session.remove_row(row.session_row)
+        row.new_text.append("".join(row.output.flush()))
+        stats = row.stats
+        stats.time_total = time.perf_counter() - row.started
+        stats.time_other = max(0.0, stats.time_decode - stats.time_draft - stats.time_verify
+                               - stats.time_accept_commit)
+        stats.new_tokens = len(row.output.ids)
+        stats.stop_reason = row.output.stop_reason
+        self._results[row.handle] = GenerationResult(
+            text=row.output.final_text(), token_ids=list(row.output.ids), stats=stats)
+
+    def _updates(self) -> dict[int, RowUpdate]:
+        updates = {}
+        for handle, row in list(self._rows.items()):
+            finished = row.output.done
+            if row.new_tokens or finished:
+                updates[handle] = RowUpdate(row.new_tokens, "".join(row.new_text), finished)
+                row.new_tokens, row.new_text = [], []
+            if finished:
+                del self._rows[handle]  # the result stays until remove()
+        return updates
+
+
+def generate_batch(
+    model,
+    tokenizer,
+    requests: Sequence[BatchRequest | str],
+    *,
+    drafters: Sequence[Drafter | None] | None = None,
+    options: GenerationOptions | None = None,
+    max_rows: int | None = None,
+    **option_values: Any,
+) -> list[GenerationResult]:
+    """Generate every request of ``requests`` (:class:`BatchRequest` objects or prompt texts),
+    verified together, one forward per step; one :class:`GenerationResult` per request, in order.
+
+    ``drafters`` gives each request a drafter (``None``: plain steps), as an alternative to
+    :attr:`BatchRequest.drafter`. ``options`` and ``option_values`` (applied on top) are the
+    options of every request without its own. ``max_rows`` caps the rows decoding at once: the
+    next request joins as soon as a row finishes (continuous batching). Each result is what
+    :func:`restdecode.generate` returns for that request alone (the same tokens when greedy).
+    """
+    options = resolve_options(options, **option_values)
+    requests = [BatchRequest(prompt=r) if isinstance(r, str) else r for r in requests]
+    if drafters is not None:
+        if len(drafters) != len(requests):
+            raise DecodingError(f"{len(drafters)} drafters for {len(requests)} requests")
+        if any(d is not None and r.drafter is not None for r, d in zip(requests, drafters)):
+            raise DecodingError("a request has a drafter of its own and one in drafters")
+        requests = [BatchRequest(r.prompt, r.messages, r.input_ids, r.options, d or r.drafter)
+                    for r, d in zip(requests, drafters)]
+    if max_rows is not None and max_rows < 1:
+        raise DecodingError(f"max_rows must be at least 1, got {max_rows}")
+    decoder = BatchDecoder(model, tokenizer, options=options)
+    requests = [decoder.prepare(request) for request in requests]  # all checked, then decoded
+    waiting = list(enumerate(requests))
+    handles: dict[int, int] = {}
+    while waiting or decoder.active:
+        while waiting and (max_rows is None or len(decoder.active) < max_rows):
+            index, request = waiting.pop(0)
+            handles[index] = decoder.add(request)
+        decoder.step()
+    return [decoder.result(handles[index]) for index in range(len(requests))]
