@@ -320,3 +320,12 @@ class FixedDrafter:
 
     def reset(self) -> None:
         pass
+
+
+def test_rows_planned_elsewhere_widen_the_forward():
+    """A plain row in the same forward makes each extra node cost what it costs at that width."""
+    tree = chain([0.6, 0.6])
+    rows = [(tree, path_probabilities(tree, tree.scores))]
+    cost = TableCost([1.0, 1.0, 3.0, 3.0, 3.0])  # widths 1-2 cheap, 3 and up dear
+    assert len(plan_batch(rows, cost, cache_length=0)[0]) == 1  # width 2
+    assert len(plan_batch(rows, cost, cache_length=0, fixed_width=1, fixed_tokens=1.0)[0]) == 0

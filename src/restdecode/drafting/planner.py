@@ -162,7 +162,8 @@ def node_probabilities(tree: DraftTree, calibration: AcceptanceCalibration | Non
 
 
 def plan_batch(rows: Sequence[tuple[DraftTree, np.ndarray]], profile: CostModel,
-               cache_length: int, *, overhead: float = 0.0) -> list[DraftTree]:
+               cache_length: int, *, overhead: float = 0.0, fixed_width: int = 0,
+               fixed_tokens: float = 0.0) -> list[DraftTree]:
     """The prefix-closed subtree of each row's candidate tree that, verified together in one
     forward, give the most expected tokens per predicted second.
 
@@ -172,7 +173,8 @@ def plan_batch(rows: Sequence[tuple[DraftTree, np.ndarray]], profile: CostModel,
     ``profile.predict(B + k, cache_length) + overhead``: the width goes to the nodes most likely
     accepted, whichever row they belong to (a confident row gets a deep tree, the others plain
     steps), and to none when the forward is compute-bound. ``cache_length`` is what the forward
-    attends over. Ties go to fewer nodes.
+    attends over. Rows planned elsewhere (plain rows, fixed trees) ride in the same forward:
+    ``fixed_width`` tokens expected to commit ``fixed_tokens``. Ties go to fewer nodes.
     """
     probabilities = np.concatenate([p for _, p in rows]) if rows else np.zeros(0)
     owner = np.concatenate([np.full(len(tree), row) for row, (tree, _) in enumerate(rows)]
@@ -180,19 +182,21 @@ def plan_batch(rows: Sequence[tuple[DraftTree, np.ndarray]], profile: CostModel,
     # Path probabilities never grow along a path, so this order keeps parents before children.
     ranking = np.lexsort((np.arange(probabilities.size), -probabilities))
     size = best_size(probabilities[ranking], profile, cache_length, overhead,
-                     base_width=len(rows))
+                     base_width=len(rows) + fixed_width, base_tokens=len(rows) + fixed_tokens)
     keep = np.zeros(probabilities.size, dtype=bool)
     keep[ranking[:size]] = True
     return [subtree(tree, keep[owner == row]) for row, (tree, _) in enumerate(rows)]
 
 
 def best_size(sorted_probabilities: np.ndarray, profile: CostModel, cache_length: int,
-              overhead: float = 0.0, base_width: int = 1) -> int:
-    """The k in 0..n maximising ``(base_width + sum of the first k probabilities) /
+              overhead: float = 0.0, base_width: int = 1, base_tokens: float | None = None
+              ) -> int:
+    """The k in 0..n maximising ``(base_tokens + sum of the first k probabilities) /
     (cost(base_width + k) + overhead)``, for probabilities sorted in decreasing order; the
     smallest such k on ties. ``base_width``: the tokens every forward verifies anyway (one
-    pending token per row)."""
-    expected_tokens = base_width + np.concatenate([[0.0], np.cumsum(sorted_probabilities)])
+    pending token per row), expected to commit ``base_tokens`` (default: ``base_width``)."""
+    base_tokens = base_width if base_tokens is None else base_tokens
+    expected_tokens = base_tokens + np.concatenate([[0.0], np.cumsum(sorted_probabilities)])
     widths = np.arange(base_width, base_width + len(sorted_probabilities) + 1)
     seconds = np.asarray(profile.predict(widths, cache_length), dtype=np.float64) + overhead
     rate = expected_tokens / seconds
