@@ -1,0 +1,387 @@
+"""Batched decoding is exact per row: each row's logits are its single-row logits, its greedy output
+is the request decoded alone, its sampled output has the model's distribution and depends on its
+own seed only, whatever joins or leaves the batch; a row that leaves frees its cache entries."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiny_models import BYTE_VOCAB, OracleDrafter, RandomTreeDrafter, byte_tokenizer, tiny_model
+from restdecode import BatchDecoder, BatchRequest, GenerationOptions, generate, generate_batch
+from restdecode.backends import BatchSession, open_batch_session
+from restdecode.backends.transformers import TransformersBackend, TransformersSession
+from restdecode.drafting.tree import DraftTree
+from restdecode.errors import DecodingError, ModelError
+from test_accept import chi_square_p
+
+VOCAB = 64
+ARCHS = ("llama", "qwen2", "gemma3")  # Gemma 3: sliding window 6, sequences run past it
+
+
+@functools.lru_cache(maxsize=None)
+def model_for(arch: str, attn: str = "sdpa", vocab_size: int = VOCAB):
+    # Gemma 3's sliding window: 6 (logits tests), 3 for the byte-vocabulary decoding tests, whose
+    # greedy outputs would otherwise rarely depend on what falls out of the window.
+    window = 6 if vocab_size == VOCAB else 3
+    return tiny_model(arch, attn=attn, vocab_size=vocab_size, sliding_window=window)
+
+
+@functools.lru_cache(maxsize=None)
+def tokenizer():
+    return byte_tokenizer()
+
+
+@st.composite
+def trees(draw, max_nodes: int = 8) -> DraftTree:
+    """Random draft trees, the empty tree (a plain step) included."""
+    n = draw(st.integers(0, max_nodes))
+    parents = [draw(st.integers(-1, i - 1)) for i in range(n)]
+    tokens = draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))
+    return DraftTree(np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int64))
+
+
+def drawn_path(data, compiled) -> list[int]:
+    """Slots ``[0, ...]`` of a root-to-node path chosen by hypothesis (possibly just the root)."""
+    path, slot = [0], 0
+    while compiled.children[slot] and data.draw(st.booleans()):
+        slot = data.draw(st.sampled_from(compiled.children[slot]))
+        path.append(slot)
+    return path
+
+
+# -- the batch session: logits and cache ----------------------------------------------------------
+
+@pytest.mark.parametrize("arch,attn", [(a, "sdpa") for a in ARCHS] + [("llama", "eager")])
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_batched_verify_equals_single_row_verify(arch, attn, data):
+    """Rows join and leave between steps; every row's logits (prefill and each step's tree) equal
+    a single-row session's for the same row, and the packed cache holds exactly the rows' pasts."""
+    model = model_for(arch, attn)
+    session = TransformersBackend(model).batch_session()
+    assert isinstance(session, BatchSession)
+    singles: dict[int, TransformersSession] = {}
+    prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=14)
+    with torch.inference_mode():
+        for _ in range(data.draw(st.integers(1, 6), label="steps")):
+            for prompt in data.draw(st.lists(prompts, min_size=0 if singles else 1, max_size=2),
+                                    label="joining"):
+                row, logits = session.add_row(prompt)
+                singles[row] = TransformersSession(model)
+                torch.testing.assert_close(logits, singles[row].prefill(prompt),
+                                           atol=1e-5, rtol=1e-5)
+            for row in data.draw(st.sets(st.sampled_from(sorted(singles)), max_size=1),
+                                 label="leaving"):
+                session.remove_row(row)
+                del singles[row]
+            items = [(row, data.draw(st.integers(0, VOCAB - 1)), data.draw(trees()).compile())
+                     for row in singles]
+            got = session.verify(items)
+            for (row, pending, tree), logits in zip(items, got):
+                want = singles[row].verify(pending, tree)
+                assert logits.shape == (tree.num_slots, VOCAB)
+                torch.testing.assert_close(logits, want, atol=1e-4, rtol=1e-4)
+                path = drawn_path(data, tree)
+                singles[row].commit(path)
+                session.commit(row, path)
+            assert session.rows == list(singles)
+            for row, single in singles.items():
+                assert session.past_length(row) == single.past_length
+            assert session.cache_length == sum(s.past_length for s in singles.values())
+            for layer in session.cache.layers:
+                assert layer.keys.shape[-2] == session.cache_length
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_row_removed_mid_step_frees_its_entries_and_spares_the_others(arch):
+    model = model_for(arch)
+    rng = np.random.default_rng(3)
+    session = open_batch_session(TransformersBackend(model))
+    singles = {}
+    with torch.inference_mode():
+        for length in (9, 4, 12):
+            prompt = rng.integers(0, VOCAB, length).tolist()
+            row, _ = session.add_row(prompt)
+            singles[row] = TransformersSession(model)
+            singles[row].prefill(prompt)
+        tree = DraftTree(np.array([5, 6, 7, 8]), np.array([-1, 0, -1, 2])).compile()
+        a, b, c = session.rows
+        session.verify([(a, 3, tree), (b, 4, tree), (c, 5, tree)])
+        for row, pending in ((a, 3), (c, 5)):
+            singles[row].verify(pending, tree)
+        session.commit(a, [0, 3, 4])
+        singles[a].commit([0, 3, 4])
+        with pytest.raises(DecodingError, match="not committed"):
+            session.add_row([1, 2])
+        session.remove_row(b)  # between the forward and the last commit
+        session.commit(c, [0, 1])
+        singles[c].commit([0, 1])
+        del singles[b]
+        assert session.cache_length == sum(s.past_length for s in singles.values()) == 12 + 14
+        items = [(row, 9, tree) for row in session.rows]
+        for (row, pending, _), logits in zip(items, session.verify(items)):
+            torch.testing.assert_close(logits, singles[row].verify(pending, tree),
+                                       atol=1e-4, rtol=1e-4)
+        for row in session.rows:
+            session.commit(row, [0])
+        for row in session.rows:
+            session.remove_row(row)
+        assert session.rows == [] and session.cache_length == 0
+        assert all(layer.keys.shape[-2] == 0 for layer in session.cache.layers)
+
+
+def test_session_misuse_is_a_decoding_error():
+    session = open_batch_session(TransformersBackend(model_for("llama")))
+    tree = DraftTree.empty().compile()
+    with torch.inference_mode():
+        row, _ = session.add_row([4, 5])
+        with pytest.raises(DecodingError, match="no uncommitted"):
+            session.commit(row, [0])
+        with pytest.raises(DecodingError, match="no row 7"):
+            session.verify([(7, 1, tree)])
+        with pytest.raises(DecodingError, match="twice"):
+            session.verify([(row, 1, tree), (row, 2, tree)])
+
+
+def test_a_backend_that_cannot_batch_is_a_model_error():
+    class Unbatched:
+        name = "llamacpp"
+
+    with pytest.raises(ModelError, match="cannot decode several sequences"):
+        open_batch_session(Unbatched())
+
+
+# -- the decoder: join/leave schedules ------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def alone(arch: str, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
+    """The request decoded alone by `generate`, plain greedy steps: the ground truth."""
+    return generate(model_for(arch, vocab_size=BYTE_VOCAB), tokenizer(), input_ids=list(prompt),
+                    max_new_tokens=max_new_tokens).token_ids
+
+
+requests_strategy = st.fixed_dictionaries({
+    "prompt": st.lists(st.integers(3, BYTE_VOCAB - 1), min_size=1, max_size=12),
+    "max_new_tokens": st.integers(0, 30),
+    "joins": st.integers(0, 6),                     # the step before which it is added
+    "leaves": st.none() | st.integers(0, 12),       # removed (cancelled) before this step
+    "drafter": st.sampled_from(["none", "random", "oracle"]),
+    "sampled": st.booleans(),                       # a sampled neighbour, not checked here
+    "seed": st.integers(0, 2**16),
+})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@settings(max_examples=25, deadline=None)
+@given(requests=st.lists(requests_strategy, min_size=1, max_size=5))
+def test_every_greedy_row_is_the_request_decoded_alone(arch, requests):
+    """Rows join at any step, some are cancelled, some sample; every greedy row's tokens (and text)
+    are the request's own greedy output, whatever the drafts and the neighbours."""
+    model = model_for(arch, vocab_size=BYTE_VOCAB)
+    decoder = BatchDecoder(model, tokenizer())
+    handles, streamed, texts, results = {}, {}, {}, {}
+    step = 0
+    while step <= 12 or decoder.active:
+        for index, spec in enumerate(requests):
+            if spec["joins"] == step:
+                handles[index] = decoder.add(make_request(arch, spec))
+            if spec["leaves"] == step and index in handles and index not in results:
+                decoder.remove(handles[index])
+        for handle, update in decoder.step().items():
+            streamed.setdefault(handle, []).extend(update.tokens)
+            texts[handle] = texts.get(handle, "") + update.text
+            if update.finished:
+                results[handle] = decoder.result(handle)
+                decoder.remove(handle)
+        live = [decoder.session.past_length(row.session_row) for row in decoder._live_rows()]
+        assert decoder.session.cache_length == sum(live)  # finished rows freed their entries
+        step += 1
+    for index, spec in enumerate(requests):
+        handle = handles[index]
+        if spec["sampled"]:
+            continue
+        want = alone(arch, tuple(spec["prompt"]), spec["max_new_tokens"])
+        tokens = streamed.get(handle, [])
+        assert tokens == want[:len(tokens)]
+        if handle in results:
+            assert results[handle].token_ids == tokens == want
+            assert texts[handle] == results[handle].text
+            assert results[handle].stats.new_tokens == len(want)
+        else:  # cancelled before it finished
+            assert spec["leaves"] is not None and len(tokens) < max(len(want), 1)
+    assert decoder.session.rows == [] and decoder.session.cache_length == 0
+
+
+def make_request(arch: str, spec: dict) -> BatchRequest:
+    options = GenerationOptions(max_new_tokens=spec["max_new_tokens"])
+    if spec["sampled"]:
+        options = options.updated(temperature=1.0, seed=spec["seed"])
+    rng = np.random.default_rng(spec["seed"])
+    if spec["drafter"] == "random":
+        drafter = RandomTreeDrafter(BYTE_VOCAB, rng)
+    elif spec["drafter"] == "oracle":
+        truth = alone(arch, tuple(spec["prompt"]), spec["max_new_tokens"])
+        drafter = OracleDrafter(len(spec["prompt"]), truth, BYTE_VOCAB, seed=spec["seed"])
+    else:
+        drafter = None
+    return BatchRequest(input_ids=spec["prompt"], options=options, drafter=drafter)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_many_long_rows_continuously_batched_are_decoded_as_alone(arch):
+    """24 requests of up to 48 tokens (past Gemma 3's window of 3 many times), 8 rows at a time,
+    half with random trees: every row's greedy tokens are the request's own."""
+    model = model_for(arch, vocab_size=BYTE_VOCAB)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(3, BYTE_VOCAB, int(rng.integers(1, 16))).tolist() for _ in range(24)]
+    requests = [BatchRequest(input_ids=p, drafter=RandomTreeDrafter(BYTE_VOCAB, rng) if i % 2
+                             else None) for i, p in enumerate(prompts)]
+    results = generate_batch(model, tokenizer(), requests, max_rows=8, max_new_tokens=48)
+    for prompt, result in zip(prompts, results):
+        assert result.token_ids == alone(arch, tuple(prompt), 48)
+
+
+def test_oracle_drafts_are_accepted_several_tokens_per_step_in_a_batch():
+    """The batch really speculates: rows accept multi-token paths in shared forwards."""
+    arch = "llama"
+    prompts = [[40, 50, 60], [7, 8, 9, 10, 11, 12, 13], [99]]
+    requests = [BatchRequest(input_ids=p, options=GenerationOptions(max_new_tokens=30),
+                             drafter=OracleDrafter(len(p), alone(arch, tuple(p), 30), BYTE_VOCAB,
+                                                   seed=i))
+                for i, p in enumerate(prompts)]
+    results = generate_batch(model_for(arch, vocab_size=BYTE_VOCAB), tokenizer(), requests)
+    for prompt, result in zip(prompts, results):
+        assert result.token_ids == alone(arch, tuple(prompt), 30)
+        assert sum(result.stats.accepted_per_step) > 1.5 * result.stats.steps
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_seed_gives_the_same_output_alone_and_in_any_batch(arch):
+    model = model_for(arch, vocab_size=BYTE_VOCAB)
+    options = GenerationOptions(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=11)
+    prompt = [70, 71, 72, 73]
+
+    def request(seed=11, prompt=prompt, **changes):
+        return BatchRequest(input_ids=prompt, options=options.updated(seed=seed, **changes),
+                            drafter=RandomTreeDrafter(BYTE_VOCAB, np.random.default_rng(seed)))
+
+    want = generate(model, tokenizer(), input_ids=prompt, options=options,
+                    drafter=RandomTreeDrafter(BYTE_VOCAB, np.random.default_rng(11))).token_ids
+
+    def neighbours():  # fresh drafters each time: their random state is consumed by a run
+        return [request(seed=s, prompt=[3 + s, 9, 200][: 1 + s % 3]) for s in range(4)] + [
+            request(prompt=[5, 6, 7] * 4, temperature=0.0)]
+
+    batches = (lambda: [request()], lambda: [request()] + neighbours(),
+               lambda: neighbours()[:2] + [request()])
+    for batch, target in zip(batches, (0, 0, 2)):
+        for max_rows in (None, 2):
+            results = generate_batch(model, tokenizer(), batch(), max_rows=max_rows)
+            assert results[target].token_ids == want
+
+
+def test_sampled_rows_have_the_model_distribution_among_other_rows():
+    """The first 3 tokens of 2,000 sampled rows (vocab 8, random trees), decoded 40 at a time
+    next to greedy and sampled neighbours with other prompts, against the exact distribution."""
+    from restdecode.accept import Sampler
+
+    vocab, n, per_batch, temperature, top_p = 8, 2_000, 40, 0.8, 0.9
+    model = tiny_model("qwen2", vocab_size=vocab, init_std=0.15, seed=4)
+    model.generation_config.eos_token_id = None
+    prompt = [1, 5, 3]
+    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
+    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
+    with torch.inference_mode():
+        logits = model(batch).logits.float()
+    sampler = Sampler(temperature, 0, top_p)
+    expected = {}
+    for row, (a, b) in enumerate(pairs.tolist()):
+        p1 = sampler.probs(logits[row, len(prompt) - 1])[a]
+        p2 = sampler.probs(logits[row, len(prompt)])[b]
+        p3 = sampler.probs(logits[row, len(prompt) + 1])
+        for c in range(vocab):
+            expected[(a, b, c)] = float(p1 * p2 * p3[c])
+    options = GenerationOptions(max_new_tokens=3, temperature=temperature, top_p=top_p)
+    rng = np.random.default_rng(0)
+    counts, multi = Counter(), 0
+    for start in range(0, n, per_batch):
+        requests = [BatchRequest(input_ids=prompt, options=options.updated(seed=seed),
+                                 drafter=RandomTreeDrafter(vocab, rng))
+                    for seed in range(start, start + per_batch)]
+        neighbours = [BatchRequest(input_ids=rng.integers(0, vocab, 1 + i).tolist(),
+                                   options=GenerationOptions(max_new_tokens=2 + i,
+                                                             temperature=float(i % 2)),
+                                   drafter=RandomTreeDrafter(vocab, rng))
+                      for i in range(4)]
+        results = generate_batch(model, LetterTokenizer(), neighbours[:2] + requests + neighbours[2:])
+        for result in results[2:-2]:
+            counts[tuple(result.token_ids)] += 1
+            multi += result.stats.steps < 2
+    assert multi > n // 10  # speculation often accepted a draft token
+    assert chi_square_p(counts, expected, n) > 1e-3
+
+
+class LetterTokenizer:
+    """Decoding only (requests carry input_ids): one letter per token id."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + i) for i in ids)
+
+
+# -- generate_batch -------------------------------------------------------------------------------
+
+def test_generate_batch_returns_each_requests_own_result_in_order():
+    model = model_for("gemma3", vocab_size=BYTE_VOCAB)
+    messages = [{"role": "user", "content": "hi"}]
+    requests = [
+        "abc",
+        BatchRequest(messages=messages, options=GenerationOptions(max_new_tokens=12)),
+        BatchRequest(prompt="xyz", options=GenerationOptions(max_new_tokens=40,
+                                                             stop_strings=("e",))),
+        BatchRequest(input_ids=[50, 60], options=GenerationOptions(max_new_tokens=0)),
+    ]
+    drafters = [RandomTreeDrafter(BYTE_VOCAB, np.random.default_rng(i)) for i in range(4)]
+    for max_rows in (None, 1, 2):
+        results = generate_batch(model, tokenizer(), requests, drafters=drafters,
+                                 max_rows=max_rows, max_new_tokens=20)
+        wants = [generate(model, tokenizer(), "abc", max_new_tokens=20),
+                 generate(model, tokenizer(), messages=messages, max_new_tokens=12),
+                 generate(model, tokenizer(), "xyz", max_new_tokens=40, stop_strings=("e",)),
+                 generate(model, tokenizer(), input_ids=[50, 60], max_new_tokens=0)]
+        for got, want in zip(results, wants):
+            assert (got.token_ids, got.text, got.stats.stop_reason) == (
+                want.token_ids, want.text, want.stats.stop_reason)
+            assert got.stats.new_tokens == len(got.token_ids)
+            assert got.stats.steps == len(got.stats.accepted_per_step)
+
+
+def test_generate_batch_checks_every_request_before_decoding_any():
+    model = model_for("llama", vocab_size=BYTE_VOCAB)
+    too_long = BatchRequest(input_ids=[5] * 300)  # the tiny model's context holds 256
+    with pytest.raises(DecodingError, match="context holds 256"):
+        generate_batch(model, tokenizer(), ["abc", too_long])
+    with pytest.raises(DecodingError, match="2 drafters for 1 requests"):
+        generate_batch(model, tokenizer(), ["abc"], drafters=[None, None])
+    with pytest.raises(DecodingError, match="exactly one"):
+        generate_batch(model, tokenizer(), [BatchRequest()])
+
+
+def test_rows_stop_at_the_end_of_the_context_on_their_own():
+    model = model_for("qwen2", vocab_size=BYTE_VOCAB)
+    long_prompt = list(range(3, 253))  # 250 of the 256 positions
+    results = generate_batch(model, tokenizer(), [BatchRequest(input_ids=long_prompt),
+                                                  BatchRequest(input_ids=[9, 10])],
+                             max_new_tokens=20)
+    assert results[0].stats.stop_reason == "context_full"
+    assert results[0].token_ids == generate(model, tokenizer(), input_ids=long_prompt,
+                                            max_new_tokens=20).token_ids
+    assert results[1].token_ids == alone("qwen2", (9, 10), 20)
