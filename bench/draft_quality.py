@@ -182,6 +182,218 @@ def depth_grouped(datastore, cost, *, depths: int = 4):
     return DepthGroupedPlanner(inner, cost, calibration=calibration)
 
 
+class LongRunPlanner:
+    """Experimental planning: keep the nodes worth their price at the *run's* rate, not the step's.
+
+    Per step the planner maximises that step's expected tokens per second, so a confident step
+    (high rate) keeps only very likely nodes and a hopeless one keeps unlikely ones. Time per
+    token over a whole generation is E[cost] / E[tokens]; its optimum (Dinkelbach) keeps, in every
+    step, the nodes whose probability exceeds R x their marginal cost, R the long-run rate
+    (tokens per predicted second), estimated here from the steps so far (prior: ``prior_rate``
+    over ``prior_steps`` plain steps)."""
+
+    def __init__(self, planned, *, prior_rate: float = 1.0, prior_steps: float = 8.0,
+                 decay: float = 1.0):
+        self.planned = planned
+        self.tokens = prior_rate * prior_steps
+        self.seconds = prior_steps
+        self.decay = decay
+
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    def propose(self, token_ids):
+        from restdecode.drafting.planner import subtree
+
+        tree, probabilities = self.planned.candidate(token_ids)
+        if len(tree) == 0:
+            return tree
+        cache = max(len(token_ids) - 1, 0)
+        ranking = np.lexsort((np.arange(probabilities.size), -probabilities))
+        gained = np.concatenate([[0.0], np.cumsum(probabilities[ranking])])
+        widths = np.arange(1, len(tree) + 2)
+        seconds = (np.asarray(self.planned.profile.predict(widths, cache), dtype=np.float64)
+                   + self.planned.overhead)
+        value = gained - self.rate() * seconds
+        size = int(np.flatnonzero(value >= value.max() - 1e-12)[0])
+        keep = np.zeros(len(tree), dtype=bool)
+        keep[ranking[:size]] = True
+        return subtree(tree, keep)
+
+    def observe(self, feedback):
+        width = 1 + len(feedback.tree)
+        seconds = float(np.asarray(self.planned.profile.predict(np.array([width]), 0))[0]
+                        + self.planned.overhead)
+        self.tokens = self.decay * self.tokens + len(feedback.committed)
+        self.seconds = self.decay * self.seconds + seconds
+        self.planned.observe(feedback)
+
+    def reset(self):
+        self.planned.reset()
+
+
+def long_run(datastore, cost, **options):
+    from restdecode.drafting import default_drafter, default_memory
+
+    return LongRunPlanner(default_drafter(datastore, profile=cost, memory=default_memory()),
+                          **options)
+
+
+def backoff_memory_class():
+    from restdecode.drafting import MemoryDrafter
+    from restdecode.drafting.base import WeightedContinuations
+    from restdecode.drafting.memory import _cut_at_separators
+
+    class BackoffMemory(MemoryDrafter):
+        """Experimental: the continuations of *every* occurrence of the context's last
+        ``min_suffix`` tokens, an occurrence matching m tokens of the suffix weighing
+        ``decay ** (longest - m)`` (the longest match weighs 1), not only the longest match's."""
+
+        def __init__(self, *, decay: float = 0.5, level_normalised: bool = False, **options):
+            self.decay = decay
+            self.level_normalised = level_normalised
+            super().__init__(**options)
+
+        def continuations(self, token_ids):
+            self._sync(token_ids)
+            length = self._length
+            self.last_match_length = 0
+            if length <= self.min_suffix:
+                return WeightedContinuations.empty(self.span)
+            key = tuple(self._tokens[length - self.min_suffix:length].tolist())
+            ends = np.asarray(self._ends.get(key, ()), dtype=np.int64)
+            ends = ends[ends < length]
+            if ends.size == 0:
+                return WeightedContinuations.empty(self.span)
+            matched = self._backward_match_lengths(ends)
+            best = int(matched.max())
+            self.last_match_length = best
+            if ends.size > self.max_matches:  # the longest matches, then the most recent
+                keep = np.lexsort((ends, matched))[-self.max_matches:]
+                keep.sort()
+                ends, matched = ends[keep], matched[keep]
+            found = self._continuations_after(ends, best)
+            weights = found.weights * self.decay ** (best - matched)
+            if self.level_normalised:  # every match length weighs decay^(best - m) in all
+                levels, inverse, counts = np.unique(matched, return_inverse=True,
+                                                    return_counts=True)
+                weights = weights / counts[inverse]
+            return _cut_at_separators(WeightedContinuations(
+                found.continuations, found.lengths, weights, best))
+
+    return BackoffMemory
+
+
+def backoff(datastore, cost, **options):
+    from restdecode.drafting import CombinedDrafter, PlannedDrafter, RetrievalDrafter
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+
+    memory = backoff_memory_class()(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET, **options)
+    sources = [RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET), memory]
+    merged = CombinedDrafter(sources, budget=CANDIDATE_BUDGET, weights=[1, 3])
+    return PlannedDrafter(merged, cost, overhead=STEP_OVERHEAD_S)
+
+
+def learned_mixture_class():
+    from restdecode.drafting import CombinedDrafter
+    from restdecode.drafting.base import concatenate
+    from restdecode.drafting.combined import weighted_paths
+
+    class LearnedMixture(CombinedDrafter):
+        """Experimental merge: each source weighs how much probability it has put, so far, on
+        the token that came next, by the length of the suffix it matched (groups ``edges``),
+        instead of a fixed weight (the fixed weights are the prior, over ``prior_strength``
+        steps)."""
+
+        def __init__(self, drafters, *, budget, weights, edges=(2, 3, 4, 6, 9, 13),
+                     prior_strength: float = 4.0, depth: int = 1):
+            super().__init__(drafters, budget=budget, weights=weights)
+            self.edges = np.asarray(edges)
+            self.prior = np.asarray(self.weights) / max(self.weights) * 0.5
+            self.hits = np.zeros((len(self.drafters), len(edges) + 1))
+            self.trials = np.zeros_like(self.hits)
+            self.prior_strength = prior_strength
+            self.depth = depth
+            self._last = None
+
+        def group(self, match_length):
+            return int(np.searchsorted(self.edges, match_length, side="right"))
+
+        def quality(self, source, match_length):
+            g = self.group(match_length)
+            k = self.prior_strength
+            return (self.hits[source, g] + k * self.prior[source]) / (self.trials[source, g] + k)
+
+        def continuations(self, token_ids):
+            found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
+            self._last = found
+            return concatenate([paths.normalized(self.quality(s, paths.match_length))
+                                for s, paths in enumerate(found)])
+
+        def observe(self, feedback):
+            committed = [int(t) for t in feedback.committed][: self.depth]
+            if self._last is not None and committed:
+                for s, paths in enumerate(self._last):
+                    total = paths.weights.sum()
+                    if len(paths) == 0 or total <= 0:
+                        continue
+                    width = min(len(committed), paths.span)
+                    agree = np.all(paths.continuations[:, :width] == np.asarray(committed[:width]),
+                                   axis=1)
+                    g = self.group(paths.match_length)
+                    self.hits[s, g] += paths.weights[agree].sum() / total
+                    self.trials[s, g] += 1
+            self._last = None
+            super().observe(feedback)
+
+    return LearnedMixture
+
+
+def mixture(datastore, cost, *, context_options=None, **options):
+    from restdecode.drafting import MemoryDrafter, PlannedDrafter, RetrievalDrafter
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+
+    memory = MemoryDrafter(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET, **(context_options or {}))
+    sources = [RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET), memory]
+    merged = learned_mixture_class()(sources, budget=CANDIDATE_BUDGET, weights=[1, 3], **options)
+    return PlannedDrafter(merged, cost, overhead=STEP_OVERHEAD_S)
+
+
+def support_grouped(datastore, cost, *, edges=(2, 4, 10), min_suffix: int = 2):
+    """Experimental: the planner's calibration also grouped by the memory match's support (how
+    many occurrences of the matched suffix the memory holds: 0, 1, 2-3, 4-9, >= 10) within each
+    match-length group."""
+    from restdecode.drafting import (CombinedDrafter, MemoryDrafter, PlannedDrafter,
+                                     RetrievalDrafter)
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+    from restdecode.drafting.planner import (MATCH_LENGTH_EDGES, AcceptanceCalibration,
+                                             match_length_group, node_probabilities)
+
+    class CountingMemory(MemoryDrafter):
+        occurrences = 0
+
+        def _longest_match_occurrences(self):
+            ends, length = super()._longest_match_occurrences()
+            self.occurrences = int(ends.size)
+            return ends, length
+
+    buckets = len(edges) + 2
+    memory = CountingMemory(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET, min_suffix=min_suffix)
+    merged = CombinedDrafter([RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET), memory],
+                             budget=CANDIDATE_BUDGET, weights=[1, 3])
+
+    class SupportPlanner(PlannedDrafter):
+        def candidate(self, token_ids):
+            tree = self.drafter.propose(token_ids)
+            support = 0 if memory.occurrences == 0 else 1 + int(
+                np.searchsorted(edges, memory.occurrences, side="right"))
+            self._group = match_length_group(tree) * buckets + support
+            return tree, node_probabilities(tree, self.calibration, self._group)
+
+    calibration = AcceptanceCalibration(groups=(len(MATCH_LENGTH_EDGES) + 1) * buckets)
+    return SupportPlanner(merged, cost, calibration=calibration, overhead=STEP_OVERHEAD_S)
+
+
 def configurations(datastore):
     """name -> (cost -> drafter): the drafters compared."""
     from restdecode.drafting import default_drafter, default_memory
@@ -206,6 +418,28 @@ def configurations(datastore):
     variants["memory only"] = lambda cost: planned(datastore, cost, memory=True, retrieval=False)
     variants["memory x3 suffix 32"] = lambda cost: planned(
         datastore, cost, memory=True, weights=[1, 3], context_options={"max_suffix": 32})
+    variants["memory long-run rate"] = lambda cost: long_run(datastore, cost)
+    variants["memory long-run rate decay 0.99"] = lambda cost: long_run(datastore, cost,
+                                                                        decay=0.99)
+    for decay in (0.1, 0.3, 0.5):
+        variants[f"memory backoff {decay:g}"] = (
+            lambda cost, decay=decay: backoff(datastore, cost, decay=decay))
+        variants[f"memory backoff {decay:g} per level"] = (
+            lambda cost, decay=decay: backoff(datastore, cost, decay=decay,
+                                              level_normalised=True))
+    variants["context x3 min suffix 1"] = lambda cost: planned(
+        datastore, cost, weights=[1, 3], context_options={"min_suffix": 1})
+    variants["memory x3 min suffix 1"] = lambda cost: planned(
+        datastore, cost, memory=True, weights=[1, 3], context_options={"min_suffix": 1})
+    variants["memory learned mixture"] = lambda cost: mixture(datastore, cost)
+    variants["memory learned mixture, min suffix 1"] = lambda cost: mixture(
+        datastore, cost, context_options={"min_suffix": 1})
+    variants["memory learned mixture depth 2, min suffix 1"] = lambda cost: mixture(
+        datastore, cost, context_options={"min_suffix": 1}, depth=2)
+    variants["memory x3 support-grouped calibration"] = lambda cost: support_grouped(
+        datastore, cost)
+    variants["memory x3 support-grouped calibration, min suffix 1"] = lambda cost: (
+        support_grouped(datastore, cost, min_suffix=1))
     return variants
 
 
