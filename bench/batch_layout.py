@@ -1,10 +1,12 @@
 """Packed vs padded KV layout for batched verification, on SmolLM2-135M shapes (random weights).
 
-One forward over B rows of L cached positions each, w slots per row (a chain), timed three ways:
+One forward over B rows of L cached positions each, w slots per row (a chain; "16+1" = one row
+with 16 slots, the others 1, as the batch planner makes), timed three ways:
   packed:     batch dim 1, B*L cached keys, Q = B*w queries, block mask (our layout);
   padded:     batch dim B, L cached keys per row, w queries per row, per-row mask;
   sequential: B single-row forwards (what B separate sessions cost).
-Usage: .venv/bin/python bench/batch_layout.py [--rows 8] [--lengths 256 1024] [--widths 1 4]
+Usage: .venv/bin/python bench/batch_layout.py [--rows 8] [--lengths 256 1024] [--widths 1 4 16+1]
+       [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -53,40 +55,58 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--widths", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--widths", nargs="+", default=["1", "4", "16+1"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, rows = smollm2_shapes(), args.rows
     print(f"torch threads {torch.get_num_threads()}, B={rows}")
-    print("L     w   packed ms  padded ms  sequential ms")
+    print("L     w     packed ms  padded ms  sequential ms")
     for length in args.lengths:
         packed_cache = filled_cache(model, 1, rows * length)
         padded_cache = filled_cache(model, rows, length)
         single_cache = filled_cache(model, 1, length)
-        for width in args.widths:
+        for spec in args.widths:
+            first, _, rest = spec.partition("+")
+            widths = [int(first)] + [int(rest or first)] * (rows - 1)
+            wide = max(widths)
             owner = torch.arange(rows).repeat_interleave(length)
-            query_row = torch.arange(rows).repeat_interleave(width)
-            step = torch.arange(width)
-            causal = step.unsqueeze(0) <= step.unsqueeze(1)
+            query_row = torch.arange(rows).repeat_interleave(torch.tensor(widths))
+            causal = [torch.ones(w, w, dtype=torch.bool).tril() for w in widths]
             packed_mask = additive(torch.cat([owner.unsqueeze(0) == query_row.unsqueeze(1),
-                                              torch.block_diag(*[causal] * rows)], dim=1))[None, None]
-            padded_mask = additive(torch.cat([torch.ones(width, length, dtype=torch.bool), causal],
+                                              torch.block_diag(*causal)], dim=1))[None, None]
+            positions = torch.cat([length + torch.arange(w) for w in widths])
+            # Padded: every row's queries padded to the widest tree (pad slots see the past only).
+            padded_mask = additive(torch.cat([torch.ones(wide, length, dtype=torch.bool),
+                                              torch.ones(wide, wide, dtype=torch.bool).tril()],
                                              dim=1))[None, None].expand(rows, 1, -1, -1)
-            positions = (length + step).repeat(rows)
+            padded_positions = (length + torch.arange(wide)).repeat(rows, 1)
 
             def forward(cache, ids, mask, pos):
                 model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
                       use_cache=True)
                 cache.crop(-ids.shape[1])
 
+            def sequential():
+                for w in widths:
+                    mask = additive(torch.cat([torch.ones(w, length, dtype=torch.bool),
+                                               torch.ones(w, w, dtype=torch.bool).tril()], dim=1))
+                    forward(single_cache, torch.ones(1, w, dtype=torch.long), mask[None, None],
+                            (length + torch.arange(w)).unsqueeze(0))
+
+            repeats = args.repeats
             with torch.inference_mode():
-                packed = timed(lambda: forward(packed_cache, torch.ones(1, rows * width, dtype=torch.long),
-                                               packed_mask, positions.unsqueeze(0)))
-                padded = timed(lambda: forward(padded_cache, torch.ones(rows, width, dtype=torch.long),
-                                               padded_mask, positions.view(rows, width)))
-                single = timed(lambda: [forward(single_cache, torch.ones(1, width, dtype=torch.long),
-                                                padded_mask[:1], positions[:width].unsqueeze(0))
-                                        for _ in range(rows)])
-            print(f"{length:<5} {width:<3} {packed * 1e3:9.1f}  {padded * 1e3:9.1f}  {single * 1e3:13.1f}")
+                packed = timed(lambda: forward(packed_cache,
+                                               torch.ones(1, sum(widths), dtype=torch.long),
+                                               packed_mask, positions.unsqueeze(0)), repeats)
+                padded = timed(lambda: forward(padded_cache,
+                                               torch.ones(rows, wide, dtype=torch.long),
+                                               padded_mask, padded_positions), repeats)
+                single = timed(sequential, repeats)
+            width = spec
+            print(f"{length:<5} {width:<5} {packed * 1e3:9.1f}  {padded * 1e3:9.1f}  {single * 1e3:13.1f}")
 
 
 if __name__ == "__main__":
