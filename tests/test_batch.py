@@ -385,3 +385,33 @@ def test_rows_stop_at_the_end_of_the_context_on_their_own():
     assert results[0].token_ids == generate(model, tokenizer(), input_ids=long_prompt,
                                             max_new_tokens=20).token_ids
     assert results[1].token_ids == alone("qwen2", (9, 10), 20)
+
+
+# -- the batch planner in the loop ------------------------------------------------------------
+
+class KneeCost:
+    """A forward costs 1 up to ``knee`` tokens, then 10: the planner must never go past it."""
+
+    def __init__(self, knee: int) -> None:
+        self.knee = knee
+
+    def predict(self, width, cache_length):
+        return np.where(np.asarray(width) <= self.knee, 1.0, 10.0)
+
+
+def test_planned_rows_share_one_forwards_width_and_stay_exact():
+    """Rows with planned drafters are planned together: every step's forward stays within the
+    cheap width, the width goes to drafts, and every row's output is still its output alone."""
+    from restdecode.drafting import PlannedDrafter
+
+    model, tok = model_for("llama", vocab_size=BYTE_VOCAB), tokenizer()
+    prompts = ["abcabc", "hello hello", "xyzxyz xyz"]
+    alone = [generate(model, tok, p, max_new_tokens=24) for p in prompts]
+    drafters = [PlannedDrafter(OracleDrafter(len(tok(p)["input_ids"]), a.token_ids, BYTE_VOCAB,
+                                             seed=i), KneeCost(knee=7))
+                for i, (p, a) in enumerate(zip(prompts, alone))]
+    results = generate_batch(model, tok, prompts, drafters=drafters, max_new_tokens=24)
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    steps = min(r.stats.steps for r in results)  # all three rows are in every one of these
+    widths = [sum(1 + r.stats.tree_size_per_step[i] for r in results) for i in range(steps)]
+    assert max(widths) <= 7 and sum(widths) > 3 * steps  # within the knee, and drafts were taken

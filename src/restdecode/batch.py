@@ -30,6 +30,7 @@ from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
+from restdecode.drafting.planner import PlannedDrafter, plan_batch
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
 from restdecode.options import GenerationOptions, check_messages, resolve_options
@@ -162,8 +163,7 @@ class BatchDecoder:
 
     def step(self) -> dict[int, RowUpdate]:
         """One decoding step of every active row (one verification forward in all)."""
-        drafted = [(row, *self._draft(row)) for row in self._live_rows()]
-        drafted = [(row, draft, tree) for row, draft, tree in drafted if tree is not None]
+        drafted = self._draft(self._live_rows())
         for row, logits, draft, tree in self._verify(drafted):
             self._accept_and_commit(row, logits, draft, tree)
         return self._updates()
@@ -188,18 +188,49 @@ class BatchDecoder:
     def _live_rows(self) -> list[_Row]:
         return [row for row in self._rows.values() if not row.output.done]
 
-    def _draft(self, row: _Row) -> tuple[DraftTree | None, CompiledTree | None]:
-        """The row's tree, cut to the depth worth verifying; None when its context is full."""
+    def _draft(self, rows: list[_Row]) -> list[tuple[_Row, DraftTree, CompiledTree]]:
+        """Every row's tree, cut to the depth worth verifying (a row whose context is full
+        finishes instead). Rows with a :class:`PlannedDrafter` are planned together: one
+        forward's width goes to the nodes most likely accepted, whichever row they belong to
+        (:func:`plan_batch`); other drafters' trees ride along as proposed."""
+        planned, fixed = [], []
+        for row in rows:
+            mark = time.perf_counter()
+            depth = min(row.output.remaining - 1, self._context_room(row))
+            if depth < 0:
+                row.output.stop_reason = "context_full"
+                self._finish(row)
+            elif isinstance(row.drafter, PlannedDrafter):
+                candidate, probabilities = row.drafter.candidate(row.context)
+                within = candidate.depths <= depth
+                planned.append((row, candidate.subset(within), probabilities[within]))
+            else:
+                fixed.append((row, _limit_depth(row.drafter.propose(row.context), depth)))
+            row.stats.time_draft += time.perf_counter() - mark
+        return self._compile(fixed + self._plan(planned, fixed))
+
+    def _plan(self, planned: list, fixed: list) -> list[tuple[_Row, DraftTree]]:
+        if not planned:
+            return []
         mark = time.perf_counter()
-        depth = min(row.output.remaining - 1, self._context_room(row))
-        if depth < 0:
-            row.output.stop_reason = "context_full"
-            self._finish(row)
-            return None, None
-        draft = _limit_depth(row.drafter.propose(row.context), depth)
-        tree = draft.compile(self.backend.device)
-        row.stats.time_draft += time.perf_counter() - mark
-        return draft, tree
+        drafter = planned[0][0].drafter  # the rows of one model share its latency profile
+        trees = plan_batch([(tree, p) for _, tree, p in planned], drafter.profile,
+                           self.session.cache_length, overhead=drafter.overhead,
+                           fixed_width=sum(1 + len(draft) for _, draft in fixed),
+                           fixed_tokens=len(fixed))
+        share = (time.perf_counter() - mark) / len(planned)
+        for row, _, _ in planned:
+            row.stats.time_draft += share
+        return [(row, tree) for (row, _, _), tree in zip(planned, trees)]
+
+    def _compile(self, drafts: list[tuple[_Row, DraftTree]]
+                 ) -> list[tuple[_Row, DraftTree, CompiledTree]]:
+        compiled = []
+        for row, draft in drafts:
+            mark = time.perf_counter()
+            compiled.append((row, draft, draft.compile(self.backend.device)))
+            row.stats.time_draft += time.perf_counter() - mark
+        return compiled
 
     def _verify(self, drafted):
         """Every row's tree in one forward; ``(row, logits, draft, tree)`` per row."""
