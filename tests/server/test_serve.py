@@ -156,25 +156,51 @@ def test_two_hundred_malformed_requests_get_4xx_with_openai_errors(open_server):
     assert open_server.process.poll() is None
 
 
-def test_thirty_two_concurrent_streams_each_get_their_own_greedy_answer(open_server, reference):
+@pytest.fixture(scope="module")
+def batch_server(tiny_dir, tmp_path_factory):
+    """A server decoding up to 8 requests as rows of one batch."""
+    from conftest import ServerProcess
+
+    server = ServerProcess(["--model", str(tiny_dir), "--served-model-name", SERVED_NAME,
+                            "--budget", "6", "--max-batch", "8"], tmp_path_factory.mktemp("home"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("which", ["open_server", "batch_server"])
+def test_thirty_two_concurrent_streams_each_get_their_own_greedy_answer(which, request,
+                                                                        reference):
+    server = request.getfixturevalue(which)
     requests = [[{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} #{i}"}]
                 for i in range(32)]
     expected = [reference(messages=m, max_tokens=24).text for m in requests]
+    active = []
 
     async def one(client: openai.AsyncOpenAI, messages: list) -> str:
         stream = await client.chat.completions.create(
             model=SERVED_NAME, messages=messages, max_tokens=24, temperature=0, stream=True)
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
+    async def watch() -> None:
+        while True:
+            active.append(httpx.get(server.url + "/health").json()["active"])
+            await asyncio.sleep(0.01)
+
     async def all_of_them() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=open_server.url + "/v1", api_key="x",
+        watcher = asyncio.create_task(watch())
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x",
                                       max_retries=0, timeout=120) as client:
-            return await asyncio.gather(*(one(client, m) for m in requests))
+            answers = await asyncio.gather(*(one(client, m) for m in requests))
+        watcher.cancel()
+        return answers
 
     assert asyncio.run(all_of_them()) == expected
+    assert max(active) == (8 if which == "batch_server" else 1)  # rows decoding at once
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(open_server, reference):
+@pytest.mark.parametrize("which", ["open_server", "batch_server"])
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(which, request, reference):
+    open_server = request.getfixturevalue(which)
     prompt = next(p for p in PROMPTS
                   if len(reference(prompt=p, max_tokens=400).token_ids) == 400)
     cancelled = open_server.metric('restdecode_requests_total{outcome="cancelled"}')

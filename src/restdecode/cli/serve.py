@@ -62,6 +62,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=64, metavar="N",
                         help="requests that may wait; more get 429 with Retry-After "
                              "(default: 64)")
+    parser.add_argument("--max-batch", type=int, default=1, metavar="N",
+                        help="decode up to N requests at once as rows of one batch, verified "
+                             "together in one forward per step (transformers backend; default: "
+                             "1, one request at a time)")
     parser.add_argument("--budget", type=int, default=None, metavar="NODES",
                         help="verify a fixed draft tree of this many nodes every step (default: "
                              "size each step's tree by this machine's measured latency profile)")
@@ -81,19 +85,22 @@ def run(args: argparse.Namespace) -> int:
     from restdecode.server.scheduler import Scheduler
 
     keys = read_keys(args.api_key or _env_keys(), args.api_keys_file)
-    if args.max_queue < 0 or args.compact_tokens < 1:
-        raise OptionsError("--max-queue must be >= 0 and --compact-tokens >= 1")
+    if args.max_queue < 0 or args.compact_tokens < 1 or args.max_batch < 1:
+        raise OptionsError("--max-queue must be >= 0, --compact-tokens and --max-batch >= 1")
     scope = args.memory_scope or ("per-key" if len(set(keys.values())) > 1 else "global")
     listener = _bind(args.host, args.port)  # before minutes of loading: a taken port fails now
     store = args.datastore or default_datastore(args.model)
     engine = Engine.load(args.model, datastore=store, backend=args.backend, compile=args.compile,
                          draft=not args.no_speculation, budget=args.budget,
                          say=lambda message: print(message, file=sys.stderr, flush=True))
+    if args.max_batch > 1 and engine.backend.name != "transformers":
+        raise OptionsError(f"--max-batch > 1 needs the transformers backend (the "
+                           f"{engine.backend.name} backend decodes one request at a time)")
     if engine.drafter is not None and args.budget is None:
         engine.profile  # measured now (once per model and machine), not in the first request
     memory = _open_memory(engine, args.memory, args.compact_tokens)
     scheduler = Scheduler(engine, speculate=not args.no_speculation, memory=memory,
-                          max_queue=args.max_queue)
+                          max_queue=args.max_queue, max_active=args.max_batch)
     metrics = ServerMetrics(lambda: scheduler.queue_depth, lambda: scheduler.active)
     scheduler.on_finish = lambda job, result, outcome: (
         metrics.finished(result) if outcome == "finished"
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = listener.getsockname()[:2]
     print(f"restdecode serve: http://{host}:{port}/v1 | model {config.model_name} on "
           f"{engine.backend.name} | datastore {store or 'none'} | speculation "
-          f"{'off' if args.no_speculation else 'on'} | auth "
+          f"{'off' if args.no_speculation else 'on'} | batch {args.max_batch} | auth "
           f"{f'on ({len(keys)} keys)' if keys else 'off'} | memory "
           f"{f'{args.memory} ({scope})' if memory else 'off'}", file=sys.stderr, flush=True)
     scheduler.start()

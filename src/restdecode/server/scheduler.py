@@ -2,9 +2,10 @@
 
 Requests wait in a bounded queue and are admitted between decoding steps. Each admitted request
 advances one decoding step (draft -> verify -> accept -> commit) per turn, and its text goes to
-the front end as that step's piece. Today one request decodes at a time (``max_active=1``): the
-admission and the per-step turn are the seam where batched decoding plugs in, rows joining and
-leaving between steps. A request whose client went away is cancelled at its next step.
+the front end as that step's piece. With ``max_active=1`` one request decodes at a time (any
+backend); with more, the admitted requests are the rows of one batch, verified together in one
+forward per step, rows joining and leaving between steps. A request whose client went away is
+cancelled at its next step.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from restdecode.decode import GenerationResult, TextStream
@@ -56,19 +57,16 @@ class Job:
         self.cancelled.set()
 
 
-@dataclass
-class _Running:
-    job: Job
-    stream: "TextStream"
-
-
 class Scheduler:
     """Owns ``engine``; decodes the admitted jobs step by step in its own thread.
 
     ``speculate=False`` decodes plainly. ``memory`` (a :class:`LearnedMemory`) drafts for each
-    job from its tenant's earlier requests and records every finished one. ``on_finish(job,
-    result, outcome)`` is called in the scheduler thread as each job leaves (outcome
-    ``finished``, ``cancelled`` or ``error``; result None unless finished).
+    job from its tenant's earlier requests and records every finished one. ``max_active`` jobs
+    decode at once: 1 runs one generation at a time (any backend); more runs them as rows of one
+    batch, verified together in one forward per step (:class:`restdecode.batch.BatchDecoder`,
+    backends that can batch). ``on_finish(job, result, outcome)`` is called in the scheduler
+    thread as each job leaves (outcome ``finished``, ``cancelled`` or ``error``; result None
+    unless finished).
     """
 
     def __init__(self, engine: "Engine", *, speculate: bool = True,
@@ -82,8 +80,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_active = max_active
         self.on_finish = on_finish or (lambda job, result, outcome: None)
+        self._lane: _Lane = _BatchLane(self) if max_active > 1 else _StreamLane(self)
         self._waiting: collections.deque[Job] = collections.deque()
-        self._active: list[_Running] = []
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="restdecode-scheduler",
@@ -97,7 +95,7 @@ class Scheduler:
     @property
     def active(self) -> int:
         """Jobs decoding now."""
-        return len(self._active)
+        return len(self._lane.jobs)
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -121,32 +119,33 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._active:
+                while not self._stopping and not self._waiting and not self._lane.jobs:
                     self._wake.wait()
                 if self._stopping:
                     break
-                self._admit()
-            for running in list(self._active):
-                self._turn(running)
-        for running in self._active:
-            running.stream.close()
-        for job in [r.job for r in self._active] + list(self._waiting):
+                admitted = self._admit()
+            for job in admitted:
+                self._start(job)
+            self._lane.turn()
+        for job in self._lane.close() + list(self._waiting):
             job.send("error", "the server is shutting down")
 
-    def _admit(self) -> None:
-        """Move waiting jobs into decoding while there is room (under the lock)."""
-        while self._waiting and len(self._active) < self.max_active:
+    def _admit(self) -> list[Job]:
+        """Waiting jobs that fit (under the lock); cancelled ones leave here."""
+        admitted = []
+        while self._waiting and len(self._lane.jobs) + len(admitted) < self.max_active:
             job = self._waiting.popleft()
             if job.cancelled.is_set():
                 self.on_finish(job, None, "cancelled")
-                continue
-            try:
-                stream = self.engine.stream(input_ids=job.prompt_ids, options=job.options,
-                                            drafter=self._drafter(job))
-            except Exception as error:  # a bad request that got past the front end's checks
-                self._leave(job, None, "error", str(error))
-                continue
-            self._active.append(_Running(job, stream))
+            else:
+                admitted.append(job)
+        return admitted
+
+    def _start(self, job: Job) -> None:
+        try:
+            self._lane.add(job, self._drafter(job))
+        except Exception as error:  # a bad request that got past the front end's checks
+            self.leave(job, None, "error", str(error))
 
     def _drafter(self, job: Job):
         """This job's drafter: none (plain), or datastore + context + its tenant's memory."""
@@ -159,23 +158,15 @@ class Scheduler:
             return self.engine.new_drafter()  # per job: a drafter keeps its request's state
         return self.engine.new_drafter(learned=learned)
 
-    def _turn(self, running: _Running) -> None:
-        """One decoding step of ``running`` (the first one is the prefill)."""
-        job = running.job
-        if job.cancelled.is_set():
-            running.stream.close()
-            self._finish(running, None, "cancelled")
-            return
-        try:
-            piece = next(running.stream)
-        except StopIteration:
-            result = running.stream.result
+    def leave(self, job: Job, result: "GenerationResult | None", outcome: str,
+              message: str = "") -> None:
+        """``job`` is done (``finished``: recorded in the memory, then answered)."""
+        if outcome == "finished":
             self._remember(job, result)
-            self._finish(running, result, "finished")
-        except Exception as error:  # never let one request take the scheduler down
-            self._finish(running, None, "error", f"{type(error).__name__}: {error}")
-        else:
-            job.send("piece", piece)
+            job.send("done", result)
+        elif outcome == "error":
+            job.send("error", message)
+        self.on_finish(job, result, outcome)
 
     def _remember(self, job: Job, result: "GenerationResult") -> None:
         """Record the finished request (prompt + answer) in the learned memory, if any."""
@@ -186,13 +177,114 @@ class Scheduler:
         except Exception as error:  # a memory failure loses the record, never the answer
             self.engine.say(f"warning: the memory could not record a request: {error}")
 
-    def _finish(self, running: _Running, result, outcome: str, message: str = "") -> None:
-        self._active.remove(running)
-        self._leave(running.job, result, outcome, message)
 
-    def _leave(self, job: Job, result, outcome: str, message: str = "") -> None:
-        if outcome == "finished":
-            job.send("done", result)
-        elif outcome == "error":
-            job.send("error", message)
-        self.on_finish(job, result, outcome)
+class _Lane(Protocol):
+    """How the admitted jobs decode; ``turn`` advances each by one decoding step."""
+
+    @property
+    def jobs(self) -> list[Job]:
+        """The jobs decoding now."""
+
+    def add(self, job: Job, drafter) -> None:
+        """Start decoding ``job`` with ``drafter``."""
+
+    def turn(self) -> None:
+        """One decoding step of every job; jobs that end leave through ``Scheduler.leave``."""
+
+    def close(self) -> list[Job]:
+        """Stop decoding; the jobs that were still running."""
+
+
+class _StreamLane:
+    """One generation per job (:meth:`Engine.stream`), each advanced in turn: any backend."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.streams: dict[int, tuple[Job, "TextStream"]] = {}
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [job for job, _ in self.streams.values()]
+
+    def add(self, job: Job, drafter) -> None:
+        stream = self.scheduler.engine.stream(input_ids=job.prompt_ids, options=job.options,
+                                              drafter=drafter)
+        self.streams[id(job)] = (job, stream)
+
+    def turn(self) -> None:
+        for key, (job, stream) in list(self.streams.items()):
+            if job.cancelled.is_set():
+                stream.close()
+                self._leave(key, None, "cancelled")
+                continue
+            try:
+                piece = next(stream)  # one decoding step (the first one is the prefill)
+            except StopIteration:
+                self._leave(key, stream.result, "finished")
+            except Exception as error:  # never let one request take the scheduler down
+                self._leave(key, None, "error", f"{type(error).__name__}: {error}")
+            else:
+                job.send("piece", piece)
+
+    def _leave(self, key: int, result, outcome: str, message: str = "") -> None:
+        job, _ = self.streams.pop(key)
+        self.scheduler.leave(job, result, outcome, message)
+
+    def close(self) -> list[Job]:
+        jobs = self.jobs
+        for _, stream in self.streams.values():
+            stream.close()
+        self.streams.clear()
+        return jobs
+
+
+class _BatchLane:
+    """Every job a row of one :class:`~restdecode.batch.BatchDecoder`: one forward per step for
+    all of them, rows joining (after their own prefill) and leaving between steps."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        from restdecode.batch import BatchDecoder
+
+        self.scheduler = scheduler
+        engine = scheduler.engine
+        self.decoder = BatchDecoder(engine.model, engine.tokenizer)
+        self.rows: dict[int, Job] = {}  # handle -> job
+
+    @property
+    def jobs(self) -> list[Job]:
+        return list(self.rows.values())
+
+    def add(self, job: Job, drafter) -> None:
+        from restdecode.batch import BatchRequest
+
+        request = BatchRequest(input_ids=job.prompt_ids, options=job.options, drafter=drafter)
+        self.rows[self.decoder.add(request)] = job
+
+    def turn(self) -> None:
+        for handle, job in list(self.rows.items()):
+            if job.cancelled.is_set():
+                self._leave(handle, None, "cancelled")
+        try:
+            updates = self.decoder.step()
+        except Exception as error:  # the shared forward failed: every row fails with it
+            for handle in list(self.rows):
+                self._leave(handle, None, "error", f"{type(error).__name__}: {error}")
+            return
+        for handle, update in updates.items():
+            job = self.rows[handle]
+            if update.text:
+                job.send("piece", update.text)
+            if update.finished:
+                self._leave(handle, self.decoder.result(handle), "finished")
+
+    def _leave(self, handle: int, result, outcome: str, message: str = "") -> None:
+        job = self.rows.pop(handle)
+        self.decoder.remove(handle)  # frees the row's cache entries (or its kept result)
+        self.scheduler.leave(job, result, outcome, message)
+
+    def close(self) -> list[Job]:
+        jobs = self.jobs
+        for handle in list(self.rows):
+            self.decoder.remove(handle)
+        self.rows.clear()
+        return jobs
