@@ -38,6 +38,14 @@ def test_check_lossless_reports_identical_outputs_as_json(model_dir, prompts_fil
     assert report["identical"] == report["total"] == 3 and report["differing"] == []
 
 
+def test_check_lossless_decodes_rows_of_a_batch(model_dir, prompts_file, capsys):
+    status = main(["check-lossless", "--model", str(model_dir), "--prompts", f"prompts:{prompts_file}",
+                   "--max-new-tokens", "24", "--batch-size", "2", "--budget", "6", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0 and report["batch_size"] == 2
+    assert report["identical"] == report["total"] == 3
+
+
 def test_check_lossless_through_the_compiled_forward(model_dir, prompts_file, capsys):
     status = main(["check-lossless", "--model", str(model_dir), "--prompts", f"prompts:{prompts_file}",
                    "--max-new-tokens", "24", "--json", "--compile", "--budget", "8"])

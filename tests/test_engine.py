@@ -82,3 +82,14 @@ def test_the_drafters_of_one_engine_share_what_the_planner_learned(model_and_tok
     apart = default_calibration()
     engine.generate("abcabcabcabc", max_new_tokens=24, drafter=engine.new_drafter(calibration=apart))
     assert apart.trials.sum() > 0 and engine.calibration.trials.sum() == learned
+
+
+def test_new_drafters_keep_the_engines_fixed_budget(model_and_tokenizer, monkeypatch):
+    """A server's per-request drafters are sized as the engine was asked (--budget), never by
+    a latency profile measured behind the user's back."""
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr("restdecode.latency.profile_for",
+                        lambda *args, **kwargs: pytest.fail("profile measured"))
+    engine = Engine(model, tokenizer, budget=4)
+    assert not isinstance(engine.new_drafter(), PlannedDrafter)
+    assert engine.new_drafter().budget == 4

@@ -89,7 +89,8 @@ class Engine:
         # server's per-request drafter starts from what earlier requests taught.
         self.calibration = default_calibration()
         self.remembered_at_start = self._load_memory()
-        self.drafter = self.new_drafter(budget=budget) if draft else None
+        self.budget = budget
+        self.drafter = self.new_drafter() if draft else None
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, *, datastore: str | Path | None = None,
@@ -139,7 +140,8 @@ class Engine:
                     learned: "ContinuationDrafter | None" = None,
                     calibration: "AcceptanceCalibration | None" = None) -> "Drafter":
         """A fresh default drafter (:func:`restdecode.drafting.default_drafter`) over this
-        engine's datastore: sized by the latency profile, or fixed at ``budget`` nodes;
+        engine's datastore: sized by the latency profile, or fixed at ``budget`` nodes
+        (default: the engine's ``budget``);
         ``memory`` (default: the engine's, if any) as its context source; ``learned`` an extra
         source (e.g. the server's learned memory of a tenant). The planner learns into
         ``calibration``, by default ``engine.calibration``, which all this engine's drafters share
@@ -147,6 +149,7 @@ class Engine:
         from restdecode.drafting import default_drafter
 
         memory = memory if memory is not None else self.memory
+        budget = budget if budget is not None else self.budget
         if budget is not None:
             return default_drafter(self.datastore, budget=budget, memory=memory, learned=learned)
         return default_drafter(self.datastore, profile=self.profile, memory=memory,

@@ -19,6 +19,7 @@ examples:
       --prompts prompts:my.jsonl --max-new-tokens 64 --json
   restdecode check-lossless --backend llamacpp --model smollm2-135m-instruct:f32 --limit 10
   restdecode check-lossless --backend llamacpp --tie-margin 0.25 --limit 10
+  restdecode check-lossless --backend transformers --batch-size 8 --limit 16
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="mtbench, humaneval or prompts:PATH (JSONL) (default: mtbench)")
     parser.add_argument("--limit", type=int, help="only the first N prompts")
     add_decoding_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="decode ours N prompts at a time as rows of one batch (one "
+                             "verification forward per step, rows joining as others finish; "
+                             "transformers backend), each row checked against plain greedy "
+                             "alone (default: 1)")
     parser.add_argument("--tie-margin", type=float, default=0.0, metavar="G",
                         help="count a difference as a numerical near-tie when the plain top-2 "
                              "logit gap at its first position is below G (default: 0, every "
@@ -49,16 +55,20 @@ def run(args: argparse.Namespace) -> int:
     """Exit status 0 when every output is identical, 1 otherwise."""
     from tqdm import tqdm
 
+    from restdecode.errors import OptionsError
     from restdecode.options import GenerationOptions
     from restdecode.workloads import load_workload
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    if args.batch_size < 1:
+        raise OptionsError(f"--batch-size must be at least 1, got {args.batch_size}")
     prompts = load_workload(args.prompts, limit=args.limit)
     engine = engine_from_args(args)
     reference = reference_method(engine)
+    ours = batched_outputs(engine, prompts, options, args.batch_size) if args.batch_size > 1 else {}
     differing, steps, tokens = [], 0, 0
     for prompt in tqdm(prompts, desc="check-lossless", unit="prompt", file=sys.stderr):
-        outcome = compare_one(engine, reference, prompt, options)
+        outcome = compare_one(engine, reference, prompt, options, ours.get(prompt.id))
         steps += outcome.pop("steps")
         tokens += outcome.pop("decoded_tokens")
         if outcome["first_difference"] is not None:
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     near_ties = [d["id"] for d in differing if d["top2_logit_gap"] < args.tie_margin]
     report = {
         "backend": engine.backend.name,
+        "batch_size": args.batch_size,
         "identical": len(prompts) - len(differing),
         "total": len(prompts),
         "differing": [d["id"] for d in differing],
@@ -78,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")
     else:
+        batched = f", decoded {args.batch_size} at a time" if args.batch_size > 1 else ""
         print(f"{report['identical']}/{report['total']} outputs token-identical to plain greedy "
-              f"on {report['backend']} ({report['tokens_per_step']:.2f} tokens/step)")
+              f"on {report['backend']}{batched} ({report['tokens_per_step']:.2f} tokens/step)")
         for detail in differing:
             tie = " (near-tie)" if detail["id"] in near_ties else ""
             print(f"  {detail['id']}: first difference at token {detail['first_difference']}, "
@@ -99,15 +111,29 @@ def reference_method(engine):
     return build_methods([name], engine)[0]
 
 
-def compare_one(engine, reference, prompt, options) -> dict:
-    """Our greedy output (``engine``'s drafter) vs the ``reference`` method's for one workload
-    prompt."""
+def batched_outputs(engine, prompts, options, batch_size: int) -> dict:
+    """Our greedy outputs, ``batch_size`` prompts decoding at a time as rows of one batch (each
+    with a drafter of its own), by prompt id."""
+    from restdecode.batch import BatchRequest, generate_batch
+    from restdecode.decode import prompt_token_ids
+
+    requests = [BatchRequest(input_ids=prompt_token_ids(engine.tokenizer, p.text, p.messages),
+                             drafter=engine.new_drafter() if engine.drafter else None)
+                for p in prompts]
+    results = generate_batch(engine.model, engine.tokenizer, requests, options=options,
+                             max_rows=batch_size)
+    return {prompt.id: result for prompt, result in zip(prompts, results)}
+
+
+def compare_one(engine, reference, prompt, options, ours=None) -> dict:
+    """Our greedy output (``ours``, else generated now with ``engine``'s drafter) vs the
+    ``reference`` method's for one workload prompt."""
     import torch
 
     from restdecode.decode import prompt_token_ids
 
     ids = prompt_token_ids(engine.tokenizer, prompt.text, prompt.messages)
-    ours = engine.generate(input_ids=ids, options=options)
+    ours = ours if ours is not None else engine.generate(input_ids=ids, options=options)
     theirs = reference.generate(torch.tensor([ids]), options.max_new_tokens).token_ids
     first = first_difference(ours.token_ids, theirs)
     gap = (top2_logit_gap(engine.backend, ids, theirs[:first])
