@@ -19,12 +19,14 @@ else is in the batch.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
@@ -304,6 +306,7 @@ def generate_batch(
     drafters: Sequence[Drafter | None] | None = None,
     options: GenerationOptions | None = None,
     max_rows: int | None = None,
+    progress: bool = False,
     **option_values: Any,
 ) -> list[GenerationResult]:
     """Generate every request of ``requests`` (:class:`BatchRequest` objects or prompt texts),
@@ -312,7 +315,8 @@ def generate_batch(
     ``drafters`` gives each request a drafter (``None``: plain steps), as an alternative to
     :attr:`BatchRequest.drafter`. ``options`` and ``option_values`` (applied on top) are the
     options of every request without its own. ``max_rows`` caps the rows decoding at once: the
-    next request joins as soon as a row finishes (continuous batching). Each result is what
+    next request joins as soon as a row finishes (continuous batching); ``progress`` shows a
+    bar of finished requests on stderr. Each result is what
     :func:`restdecode.generate` returns for that request alone (the same tokens when greedy).
     """
     options = resolve_options(options, **option_values)
@@ -330,9 +334,11 @@ def generate_batch(
     requests = [decoder.prepare(request) for request in requests]  # all checked, then decoded
     waiting = list(enumerate(requests))
     handles: dict[int, int] = {}
-    while waiting or decoder.active:
-        while waiting and (max_rows is None or len(decoder.active) < max_rows):
-            index, request = waiting.pop(0)
-            handles[index] = decoder.add(request)
-        decoder.step()
+    with tqdm(total=len(requests), desc="batched decoding", unit="request", file=sys.stderr,
+              disable=not progress) as bar:
+        while waiting or decoder.active:
+            while waiting and (max_rows is None or len(decoder.active) < max_rows):
+                index, request = waiting.pop(0)
+                handles[index] = decoder.add(request)
+            bar.update(sum(update.finished for update in decoder.step().values()))
     return [decoder.result(handles[index]) for index in range(len(requests))]

@@ -121,7 +121,7 @@ def batched_outputs(engine, prompts, options, batch_size: int) -> dict:
                              drafter=engine.new_drafter() if engine.drafter else None)
                 for p in prompts]
     results = generate_batch(engine.model, engine.tokenizer, requests, options=options,
-                             max_rows=batch_size)
+                             max_rows=batch_size, progress=True)
     return {prompt.id: result for prompt, result in zip(prompts, results)}
 
 

@@ -1,0 +1,157 @@
+"""Batched decoding benchmark (issue 15): four ways to decode a batch of requests, side by side.
+
+Not a test; run it alone on the machine. For each batch size B, the same prompts are decoded by:
+
+  hf-generate-batched   transformers' generate, B prompts at a time, left-padded, plain greedy
+  plain-batched         our batched loop (restdecode.generate_batch), no drafts, B rows at a time
+  spec-fixed            our batched loop, every row a fixed --budget-node tree (datastore+context)
+  spec-planned          our batched loop, the batch planner sharing each forward's width among
+                        the rows by expected accepted tokens per predicted second
+
+Our loops keep B rows decoding (continuous batching: a finished row's place goes to the next
+prompt); transformers' generate runs static batches of B. Reported per method and batch size:
+total output tokens/s (all new tokens over the wall time), per-request decode tokens/s (mean),
+tokens per step, and how many outputs equal our plain batched loop's (greedy: all of ours must).
+
+    .venv/bin/python bench/batch_bench.py --limit 8 --batch-sizes 1,2,4,8 --max-new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("hf-generate-batched", "plain-batched", "spec-fixed", "spec-planned")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--datastore", default="~/.cache/restdecode/datastores/sharegpt-smollm2.rds")
+    parser.add_argument("--prompts", default="mtbench", help="mtbench, humaneval or prompts:PATH")
+    parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--budget", type=int, default=6, help="nodes of spec-fixed's trees")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", default="bench/out/batch")
+    args = parser.parse_args(argv)
+
+    from restdecode import Engine
+    from restdecode.decode import prompt_token_ids
+    from restdecode.workloads import load_workload
+
+    engine = Engine.load(args.model, datastore=Path(args.datastore).expanduser(),
+                         backend="transformers", progress=True)
+    engine.profile  # measured (or read from the cache) before any timing
+    prompts = load_workload(args.prompts, limit=args.limit)
+    ids = [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    methods = args.methods.split(",")
+    runs = []
+    for size in sizes:
+        outputs: dict[str, list[list[int]]] = {}
+        for method in methods:
+            run = measure(method, engine, ids, size, args)
+            outputs[method] = run.pop("token_ids")
+            runs.append(run)
+            print(f"B={size:>2} {method:<20} {run['output_tok_s']:7.1f} tok/s total, "
+                  f"{run['per_request_decode_tok_s']:6.1f} per request, "
+                  f"{run['tokens_per_step']:.2f} tokens/step", file=sys.stderr, flush=True)
+        reference = outputs.get("plain-batched")
+        for run in runs[-len(methods):]:
+            if reference is not None:
+                run["identical_to_plain_batched"] = sum(
+                    a == b for a, b in zip(outputs[run["method"]], reference))
+    report = {"command": " ".join(sys.argv), "model": args.model, "prompts": len(ids),
+              "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
+              "platform": platform.platform(), "runs": runs}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    table = markdown(runs)
+    (out / "report.md").write_text(f"`{report['command']}`\n\n{table}\n")
+    print(table)
+    return 0
+
+
+def measure(method: str, engine, ids: list[list[int]], size: int, args) -> dict:
+    """Decode every prompt with ``method``, ``size`` at a time; throughput and outputs."""
+    import torch
+
+    from restdecode.batch import BatchRequest, generate_batch
+    from restdecode.drafting.planner import default_calibration
+
+    started = time.perf_counter()
+    if method == "hf-generate-batched":
+        token_ids, per_request = hf_batched(engine, ids, size, args.max_new_tokens)
+        steps = sum(len(t) - 1 for t in token_ids)  # plain: one token per row and step
+    else:
+        calibration = default_calibration()  # each method learns on its own
+        def drafter():
+            if method == "spec-fixed":
+                return engine.new_drafter(budget=args.budget)
+            if method == "spec-planned":
+                return engine.new_drafter(calibration=calibration)
+            return None
+        requests = [BatchRequest(input_ids=i, drafter=drafter()) for i in ids]
+        with torch.inference_mode():
+            results = generate_batch(engine.model, engine.tokenizer, requests, max_rows=size,
+                                     max_new_tokens=args.max_new_tokens)
+        token_ids = [r.token_ids for r in results]
+        steps = sum(r.stats.steps for r in results)
+        per_request = [r.stats.decode_tokens_per_s for r in results]
+    elapsed = time.perf_counter() - started
+    new_tokens = sum(len(t) for t in token_ids)
+    decoded = new_tokens - len(token_ids)  # the prefill's first tokens are not steps'
+    return {"method": method, "batch_size": size, "seconds": elapsed,
+            "new_tokens": new_tokens, "output_tok_s": new_tokens / elapsed,
+            "per_request_decode_tok_s": sum(per_request) / len(per_request),
+            "tokens_per_step": decoded / steps if steps else 1.0, "token_ids": token_ids}
+
+
+def hf_batched(engine, ids: list[list[int]], size: int, max_new_tokens: int):
+    """transformers' generate, static batches of ``size``, left-padded, greedy; per-request
+    decode rate = the batch's new tokens of that request / the batch's time."""
+    import torch
+
+    model, tokenizer = engine.model, engine.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outputs, per_request = [], []
+    for start in range(0, len(ids), size):
+        group = ids[start:start + size]
+        width = max(map(len, group))
+        input_ids = torch.tensor([[pad] * (width - len(g)) + g for g in group])
+        mask = torch.tensor([[0] * (width - len(g)) + [1] * len(g) for g in group])
+        begun = time.perf_counter()
+        with torch.inference_mode():
+            generated = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                       max_new_tokens=max_new_tokens, pad_token_id=pad)
+        seconds = time.perf_counter() - begun
+        eos = engine.backend.eos_token_ids(tokenizer)
+        for row in generated[:, width:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            outputs.append(row[:cut])
+            per_request.append(len(row[:cut]) / seconds)
+    return outputs, per_request
+
+
+def markdown(runs: list[dict]) -> str:
+    lines = ["| batch | method | output tok/s | per-request tok/s | tokens/step | identical to "
+             "plain-batched |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        identical = run.get("identical_to_plain_batched", "")
+        lines.append(f"| {run['batch_size']} | {run['method']} | {run['output_tok_s']:.1f} | "
+                     f"{run['per_request_decode_tok_s']:.1f} | {run['tokens_per_step']:.2f} | "
+                     f"{identical} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
