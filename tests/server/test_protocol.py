@@ -71,3 +71,14 @@ def test_the_listening_socket_is_tcp_so_asyncio_disables_nagle():
         assert listener.proto == socket.IPPROTO_TCP
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-batch", "0"], "--max-batch"),
+    (["--max-batch", "4", "--compile"], "eagerly"),
+])
+def test_serve_refuses_bad_batch_options_before_loading(args, message, capsys):
+    from restdecode.cli import main
+
+    assert main(["serve", "--model", "/nonexistent", "--port", "0", *args]) == 1
+    assert message in capsys.readouterr().err

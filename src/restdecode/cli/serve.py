@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     keys = read_keys(args.api_key or _env_keys(), args.api_keys_file)
     if args.max_queue < 0 or args.compact_tokens < 1 or args.max_batch < 1:
         raise OptionsError("--max-queue must be >= 0, --compact-tokens and --max-batch >= 1")
+    if args.compile and args.max_batch > 1:
+        raise OptionsError("--compile applies to one request at a time; batched decoding "
+                           "(--max-batch > 1) runs the model eagerly")
     scope = args.memory_scope or ("per-key" if len(set(keys.values())) > 1 else "global")
     listener = _bind(args.host, args.port)  # before minutes of loading: a taken port fails now
     store = args.datastore or default_datastore(args.model)
