@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from restdecode.engine import DEFAULT_MODEL
+from restdecode.latency import cpu_model
 from restdecode.workloads import Prompt, load_workload
 
 DEFAULT_OUT = Path("bench/out/serve")
@@ -427,23 +428,13 @@ def machine_facts(args: argparse.Namespace, servers: list[dict]) -> dict:
     return {
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": _cpu_model(), "platform": platform.platform(),
+        "cpu_model": cpu_model(), "platform": platform.platform(),
         "python": platform.python_version(), "packages": _versions(),
         "git_commit": _git_commit(), "model": args.model,
         "backend": servers[0]["backend"] if servers else args.backend,
         "datastore": servers[0]["datastore"] if servers else None,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _versions() -> dict:

@@ -13,7 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiny_models import BYTE_VOCAB, OracleDrafter, RandomTreeDrafter, byte_tokenizer, tiny_model
+from tiny_models import (BYTE_VOCAB, SAMPLING_PROMPT, SAMPLING_VOCAB, LetterTokenizer, OracleDrafter,
+                         RandomTreeDrafter, byte_tokenizer, random_trees,
+                         sampling_model_and_distribution, tiny_model)
 from restdecode import BatchDecoder, BatchRequest, GenerationOptions, generate, generate_batch
 from restdecode.backends import BatchSession, open_batch_session
 from restdecode.backends.transformers import TransformersBackend, TransformersSession
@@ -38,13 +40,9 @@ def tokenizer():
     return byte_tokenizer()
 
 
-@st.composite
-def trees(draw, max_nodes: int = 8) -> DraftTree:
+def trees(max_nodes: int = 8):
     """Random draft trees, the empty tree (a plain step) included."""
-    n = draw(st.integers(0, max_nodes))
-    parents = [draw(st.integers(-1, i - 1)) for i in range(n)]
-    tokens = draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))
-    return DraftTree(np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int64))
+    return random_trees(VOCAB, max_nodes)
 
 
 def drawn_path(data, compiled) -> list[int]:
@@ -292,24 +290,9 @@ def test_a_seed_gives_the_same_output_alone_and_in_any_batch(arch):
 def test_sampled_rows_have_the_model_distribution_among_other_rows():
     """The first 3 tokens of 2,000 sampled rows (vocab 8, random trees), decoded 40 at a time
     next to greedy and sampled neighbours with other prompts, against the exact distribution."""
-    from restdecode.accept import Sampler
-
-    vocab, n, per_batch, temperature, top_p = 8, 2_000, 40, 0.8, 0.9
-    model = tiny_model("qwen2", vocab_size=vocab, init_std=0.15, seed=4)
-    model.generation_config.eos_token_id = None
-    prompt = [1, 5, 3]
-    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
-    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
-    with torch.inference_mode():
-        logits = model(batch).logits.float()
-    sampler = Sampler(temperature, 0, top_p)
-    expected = {}
-    for row, (a, b) in enumerate(pairs.tolist()):
-        p1 = sampler.probs(logits[row, len(prompt) - 1])[a]
-        p2 = sampler.probs(logits[row, len(prompt)])[b]
-        p3 = sampler.probs(logits[row, len(prompt) + 1])
-        for c in range(vocab):
-            expected[(a, b, c)] = float(p1 * p2 * p3[c])
+    n, per_batch, temperature, top_p = 2_000, 40, 0.8, 0.9
+    vocab, prompt = SAMPLING_VOCAB, SAMPLING_PROMPT
+    model, expected = sampling_model_and_distribution(temperature, top_p)
     options = GenerationOptions(max_new_tokens=3, temperature=temperature, top_p=top_p)
     rng = np.random.default_rng(0)
     counts, multi = Counter(), 0
@@ -328,13 +311,6 @@ def test_sampled_rows_have_the_model_distribution_among_other_rows():
             multi += result.stats.steps < 2
     assert multi > n // 10  # speculation often accepted a draft token
     assert chi_square_p(counts, expected, n) > 1e-3
-
-
-class LetterTokenizer:
-    """Decoding only (requests carry input_ids): one letter per token id."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(97 + i) for i in ids)
 
 
 # -- generate_batch -------------------------------------------------------------------------------

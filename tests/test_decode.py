@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import (BYTE_VOCAB, OracleDrafter, RandomTreeDrafter, byte_tokenizer, tiny_model,
-                         trie_tree)
+from tiny_models import (BYTE_VOCAB, SAMPLING_PROMPT, SAMPLING_VOCAB, LetterTokenizer, OracleDrafter,
+                         RandomTreeDrafter, byte_tokenizer, sampling_model_and_distribution,
+                         tiny_model, trie_tree)
 from restdecode.decode import generate, stream
 from restdecode.errors import DecodingError
 from test_accept import chi_square_p
@@ -176,36 +177,12 @@ def test_incremental_detokenisation_holds_back_split_characters():
     assert "世" in pieces  # three byte tokens, one piece
 
 
-class LetterTokenizer:
-    """Decoding only (generate() is given input_ids): one letter per token id."""
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(97 + i) for i in ids)
-
-
 @pytest.mark.parametrize("temperature,top_p", [(0.7, 0.8), (1.0, 1.0)])
 def test_sampled_generation_has_the_model_distribution(temperature, top_p):
     """End to end over the first 3 tokens of a vocab-8 model. 3,000 generations per case keep this
     file fast; test_accept checks the accept stage itself on 20,000 draws."""
-    from restdecode.accept import Sampler
-
-    vocab, n = 8, 3_000
-    model = tiny_model("qwen2", vocab_size=vocab, init_std=0.15, seed=4)
-    model.generation_config.eos_token_id = None
-    prompt = [1, 5, 3]
-    # Exact distribution: one batched forward over all 2-token continuations.
-    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
-    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
-    with torch.inference_mode():
-        logits = model(batch).logits.float()
-    sampler = Sampler(temperature, 0, top_p)
-    expected = {}
-    for row, (a, b) in enumerate(pairs.tolist()):
-        p1 = sampler.probs(logits[row, len(prompt) - 1])[a]
-        p2 = sampler.probs(logits[row, len(prompt)])[b]
-        p3 = sampler.probs(logits[row, len(prompt) + 1])
-        for c in range(vocab):
-            expected[(a, b, c)] = float(p1 * p2 * p3[c])
+    vocab, n, prompt = SAMPLING_VOCAB, 3_000, SAMPLING_PROMPT
+    model, expected = sampling_model_and_distribution(temperature, top_p)
     drafter = RandomTreeDrafter(vocab, np.random.default_rng(0))
     counts, multi = Counter(), 0
     for seed in range(n):

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiny_models import tiny_model
+from tiny_models import random_trees, tiny_model
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
 from restdecode.verify import cache_kwargs, commit, new_cache, trim_cache, verify
@@ -26,12 +26,8 @@ def model_for(arch: str, attn: str):
     return tiny_model(arch, attn=attn, vocab_size=VOCAB)
 
 
-@st.composite
-def trees(draw, max_nodes: int = 12) -> DraftTree:
-    n = draw(st.integers(0, max_nodes))
-    parents = [draw(st.integers(-1, i - 1)) for i in range(n)]
-    tokens = draw(st.lists(st.integers(0, VOCAB - 1), min_size=n, max_size=n))
-    return DraftTree(np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int64))
+def trees(max_nodes: int = 12):
+    return random_trees(VOCAB, max_nodes)
 
 
 def prefill(model, tokens: list[int]):

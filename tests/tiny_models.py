@@ -134,3 +134,56 @@ class RandomTreeDrafter:
 
     def reset(self):
         pass
+
+
+class LetterTokenizer:
+    """Decoding only (generation is given input_ids): one letter per token id."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(97 + i) for i in ids)
+
+
+SAMPLING_VOCAB = 8
+SAMPLING_PROMPT = [1, 5, 3]
+
+
+def sampling_model_and_distribution(temperature: float, top_p: float):
+    """A vocab-8 Qwen2 model (no end-of-sequence) and the exact distribution of its first 3
+    sampled tokens after ``SAMPLING_PROMPT``: ``{(a, b, c): probability}``, from one batched
+    forward over every 2-token continuation."""
+    from restdecode.accept import Sampler
+
+    vocab, prompt = SAMPLING_VOCAB, SAMPLING_PROMPT
+    model = tiny_model("qwen2", vocab_size=vocab, init_std=0.15, seed=4)
+    model.generation_config.eos_token_id = None
+    pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
+    batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)
+    with torch.inference_mode():
+        logits = model(batch).logits.float()
+    sampler = Sampler(temperature, 0, top_p)
+    expected = {}
+    for row, (a, b) in enumerate(pairs.tolist()):
+        p1 = sampler.probs(logits[row, len(prompt) - 1])[a]
+        p2 = sampler.probs(logits[row, len(prompt)])[b]
+        p3 = sampler.probs(logits[row, len(prompt) + 1])
+        for c in range(vocab):
+            expected[(a, b, c)] = float(p1 * p2 * p3[c])
+    return model, expected
+
+
+def random_trees(vocab_size: int, max_nodes: int):
+    """A hypothesis strategy: random draft trees over ``vocab_size`` tokens, the empty tree (a
+    plain step) included."""
+    import numpy as np
+    from hypothesis import strategies as st
+
+    from restdecode.drafting.tree import DraftTree
+
+    @st.composite
+    def trees(draw):
+        n = draw(st.integers(0, max_nodes))
+        parents = [draw(st.integers(-1, i - 1)) for i in range(n)]
+        tokens = draw(st.lists(st.integers(0, vocab_size - 1), min_size=n, max_size=n))
+        return DraftTree(np.array(tokens, dtype=np.int64), np.array(parents, dtype=np.int64))
+
+    return trees()

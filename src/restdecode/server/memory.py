@@ -189,9 +189,9 @@ def _read_tokens(file: BinaryIO, entry: _Entry) -> np.ndarray:
     return np.frombuffer(file.read(4 * entry.num_tokens), _TOKEN).copy()
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make renames and new files in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    """Make ``path`` durable: a file's contents, or a directory's renames and new files."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -211,7 +211,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    _fsync_path(path.parent)
 
 
 # ----------------------------------------------------------------------------- tenants
@@ -478,7 +478,7 @@ class LearnedMemory:
                            f"{len(entries)} records before it, moved the remaining {lost} bytes "
                            f"to {moved.name}")
             os.truncate(self._log_path, item.offset)
-            _fsync_log(self._log_path)
+            _fsync_path(self._log_path)
         return entries
 
     def _save_damaged(self, file: BinaryIO, offset: int) -> Path:
@@ -489,7 +489,7 @@ class LearnedMemory:
             out.write(file.read())
             out.flush()
             os.fsync(out.fileno())
-        _fsync_directory(self.directory)
+        _fsync_path(self.directory)
         return target
 
     def _read_manifest(self) -> dict[str, dict]:
@@ -675,17 +675,9 @@ class LearnedMemory:
     def _move_aside(self, path: Path, kind: str) -> Path:
         target = self._unique_name(path, kind)
         os.replace(path, target)
-        _fsync_directory(self.directory)
+        _fsync_path(self.directory)
         return target
 
 
 def _datasync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
-
-
-def _fsync_log(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
