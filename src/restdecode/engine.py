@@ -150,10 +150,11 @@ class Engine:
 
         memory = memory if memory is not None else self.memory
         budget = budget if budget is not None else self.budget
+        calibration = calibration if calibration is not None else self.calibration
         if budget is not None:
             return default_drafter(self.datastore, budget=budget, memory=memory, learned=learned)
         return default_drafter(self.datastore, profile=self.profile, memory=memory,
-                               learned=learned, calibration=calibration or self.calibration)
+                               learned=learned, calibration=calibration)
 
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
                  input_ids: Sequence[int] | None = None, drafter: "Drafter | None" = None,
