@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine.load(args.model, datastore=Path(args.datastore).expanduser(),
                          backend="transformers", progress=True)
     engine.profile  # measured (or read from the cache) before any timing
+    engine.batch_profile
     prompts = load_workload(args.prompts, limit=args.limit)
     ids = [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -103,7 +104,8 @@ def measure(method: str, engine, ids: list[list[int]], size: int, args) -> dict:
         requests = [BatchRequest(input_ids=i, drafter=drafter()) for i in ids]
         with torch.inference_mode():
             results = generate_batch(engine.model, engine.tokenizer, requests, max_rows=size,
-                                     max_new_tokens=args.max_new_tokens)
+                                     max_new_tokens=args.max_new_tokens,
+                                     profile=engine.batch_profile)
         token_ids = [r.token_ids for r in results]
         steps = sum(r.stats.steps for r in results)
         per_request = [r.stats.decode_tokens_per_s for r in results]

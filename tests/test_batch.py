@@ -366,28 +366,47 @@ def test_rows_stop_at_the_end_of_the_context_on_their_own():
 # -- the batch planner in the loop ------------------------------------------------------------
 
 class KneeCost:
-    """A forward costs 1 up to ``knee`` tokens, then 10: the planner must never go past it."""
+    """A forward costs 1 up to ``knee`` tokens, then ``beyond``: the planner must never go past
+    it (10: not with the trees the tests' drafters propose)."""
 
-    def __init__(self, knee: int) -> None:
+    def __init__(self, knee: int, beyond: float = 10.0) -> None:
         self.knee = knee
+        self.beyond = beyond
 
     def predict(self, width, cache_length):
-        return np.where(np.asarray(width) <= self.knee, 1.0, 10.0)
+        return np.where(np.asarray(width) <= self.knee, 1.0, self.beyond)
+
+
+def planned_oracle_rows(cost, max_new_tokens: int):
+    """Three prompts, their outputs alone, and planned oracle drafters priced by ``cost``."""
+    from restdecode.drafting import PlannedDrafter
+
+    model, tok = model_for("llama", vocab_size=BYTE_VOCAB), tokenizer()
+    prompts = ["abcabc", "hello hello", "xyzxyz xyz"]
+    alone = [generate(model, tok, p, max_new_tokens=max_new_tokens) for p in prompts]
+    drafters = [PlannedDrafter(OracleDrafter(len(tok(p)["input_ids"]), a.token_ids, BYTE_VOCAB,
+                                             seed=i), cost)
+                for i, (p, a) in enumerate(zip(prompts, alone))]
+    return model, tok, prompts, alone, drafters
 
 
 def test_planned_rows_share_one_forwards_width_and_stay_exact():
     """Rows with planned drafters are planned together: every step's forward stays within the
     cheap width, the width goes to drafts, and every row's output is still its output alone."""
-    from restdecode.drafting import PlannedDrafter
-
-    model, tok = model_for("llama", vocab_size=BYTE_VOCAB), tokenizer()
-    prompts = ["abcabc", "hello hello", "xyzxyz xyz"]
-    alone = [generate(model, tok, p, max_new_tokens=24) for p in prompts]
-    drafters = [PlannedDrafter(OracleDrafter(len(tok(p)["input_ids"]), a.token_ids, BYTE_VOCAB,
-                                             seed=i), KneeCost(knee=7))
-                for i, (p, a) in enumerate(zip(prompts, alone))]
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=7), 24)
     results = generate_batch(model, tok, prompts, drafters=drafters, max_new_tokens=24)
     assert [r.token_ids for r in results] == [a.token_ids for a in alone]
     steps = min(r.stats.steps for r in results)  # all three rows are in every one of these
     widths = [sum(1 + r.stats.tree_size_per_step[i] for r in results) for i in range(steps)]
     assert max(widths) <= 7 and sum(widths) > 3 * steps  # within the knee, and drafts were taken
+
+
+def test_a_batch_profile_given_to_the_decoder_prices_the_steps_not_the_drafters():
+    """The drafters' own profile would buy drafts; the batch profile given to ``generate_batch``
+    says any forward wider than the rows costs 100x: every step is plain, the output exact."""
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=64), 16)
+    results = generate_batch(model, tok, prompts, drafters=drafters, max_new_tokens=16,
+                             profile=KneeCost(knee=len(prompts), beyond=100.0))
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    steps = min(r.stats.steps for r in results)  # all three rows are in every one of these
+    assert all(r.stats.tree_size_per_step[:steps] == [0] * steps for r in results)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from restdecode import latency
-from restdecode.latency import LatencyProfile, measure_profile, profile_for, profile_path
+from restdecode.latency import (LatencyProfile, batch_profile_for, measure_batch_profile,
+                                measure_profile, profile_for, profile_path)
 
 REAL_PROFILES_DIR = latency.profiles_dir  # before conftest redirects it for every test
 
@@ -97,6 +98,45 @@ def test_measure_profile_is_well_formed():
     assert np.all(np.isfinite(profile.seconds)) and np.all(profile.seconds > 0)
     assert profile.key == latency.profile_key(model)
     assert profile.key["torch_threads"] == torch.get_num_threads()
+
+
+def test_measure_batch_profile_is_well_formed_and_leaves_no_trace(monkeypatch):
+    """Every width and cache length is timed through the batch session's own verify; the rows'
+    caches hold exactly their prompts again after every step (each step committed empty)."""
+    from restdecode.backends.transformers_batch import TransformersBatchSession
+
+    sessions = []
+    real_init = TransformersBatchSession.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        sessions.append(self)
+
+    monkeypatch.setattr(TransformersBatchSession, "__init__", recording_init)
+    model = llama()
+    profile = measure_batch_profile(model, widths=(9, 1, 4), cache_lengths=(40, 8), rows=4,
+                                    repeats=1, progress=False)
+    assert profile.widths == (1, 4, 9) and profile.cache_lengths == (8, 40)
+    assert profile.seconds.shape == (2, 3) and np.all(profile.seconds > 0)
+    assert profile.key == latency.profile_key(model) | {"layout": "batch", "rows": 4}
+    assert [s.cache_length for s in sessions] == [8, 40]
+    assert [[s.past_length(r) for r in s.rows] for s in sessions] == [[2] * 4, [10] * 4]
+
+
+def test_batch_profiles_are_cached_apart_from_single_sequence_ones(tmp_path):
+    grid = dict(widths=(1, 3), cache_lengths=(8,), rows=2, repeats=1)
+    batch = batch_profile_for(llama(), cache_dir=tmp_path, progress=False, **grid)
+    single = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
+    assert len(list(tmp_path.glob("*.json"))) == 2 and batch.key != single.key
+    again = batch_profile_for(llama(), cache_dir=tmp_path, progress=False, **grid)
+    assert np.array_equal(again.seconds, batch.seconds)  # read back, not measured again
+
+
+def test_the_batch_grid_is_cut_to_the_models_context(tmp_path):
+    model = tiny_llama(max_positions=64)  # 8 rows of 4096 / 8 tokens cannot fit
+    profile = batch_profile_for(model, cache_dir=tmp_path, progress=False, repeats=1)
+    assert max(profile.widths) <= 32
+    assert all(c // 8 + max(profile.widths) <= 64 for c in profile.cache_lengths)
 
 
 def test_measure_profile_refuses_widths_beyond_the_context():

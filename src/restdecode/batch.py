@@ -32,7 +32,7 @@ from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
-from restdecode.drafting.planner import PlannedDrafter, plan_batch
+from restdecode.drafting.planner import CostModel, PlannedDrafter, plan_batch
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
 from restdecode.options import GenerationOptions, check_messages, resolve_options
@@ -98,10 +98,15 @@ class BatchDecoder:
     for each row that produced tokens or finished (the first token of a row added since the last
     step included); ``result(handle)`` is a finished row's :class:`GenerationResult`;
     ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
+    ``profile`` prices one batched forward for the batch planner (the batch's total width and
+    cache: :func:`restdecode.latency.batch_profile_for`); without it the planned drafters' own
+    single-sequence profile is used.
     """
 
-    def __init__(self, model, tokenizer, *, options: GenerationOptions | None = None) -> None:
+    def __init__(self, model, tokenizer, *, options: GenerationOptions | None = None,
+                 profile: "CostModel | None" = None) -> None:
         self.backend = as_backend(model)
+        self.profile = profile
         self.tokenizer = tokenizer
         self.options = options if options is not None else GenerationOptions()
         self.session = open_batch_session(self.backend)
@@ -216,7 +221,8 @@ class BatchDecoder:
             return []
         mark = time.perf_counter()
         drafter = planned[0][0].drafter  # the rows of one model share its latency profile
-        trees = plan_batch([(tree, p) for _, tree, p in planned], drafter.profile,
+        profile = self.profile if self.profile is not None else drafter.profile
+        trees = plan_batch([(tree, p) for _, tree, p in planned], profile,
                            self.session.cache_length, overhead=drafter.overhead,
                            fixed_width=sum(1 + len(draft) for _, draft in fixed),
                            fixed_tokens=len(fixed))
@@ -306,6 +312,7 @@ def generate_batch(
     drafters: Sequence[Drafter | None] | None = None,
     options: GenerationOptions | None = None,
     max_rows: int | None = None,
+    profile: "CostModel | None" = None,
     progress: bool = False,
     **option_values: Any,
 ) -> list[GenerationResult]:
@@ -316,7 +323,9 @@ def generate_batch(
     :attr:`BatchRequest.drafter`. ``options`` and ``option_values`` (applied on top) are the
     options of every request without its own. ``max_rows`` caps the rows decoding at once: the
     next request joins as soon as a row finishes (continuous batching); ``progress`` shows a
-    bar of finished requests on stderr. Each result is what
+    bar of finished requests on stderr. ``profile`` prices the batched forward for the batch
+    planner (:func:`restdecode.latency.batch_profile_for`; default: the planned drafters' own
+    single-sequence profile). Each result is what
     :func:`restdecode.generate` returns for that request alone (the same tokens when greedy).
     """
     options = resolve_options(options, **option_values)
@@ -330,7 +339,7 @@ def generate_batch(
                     for r, d in zip(requests, drafters)]
     if max_rows is not None and max_rows < 1:
         raise DecodingError(f"max_rows must be at least 1, got {max_rows}")
-    decoder = BatchDecoder(model, tokenizer, options=options)
+    decoder = BatchDecoder(model, tokenizer, options=options, profile=profile)
     requests = [decoder.prepare(request) for request in requests]  # all checked, then decoded
     waiting = list(enumerate(requests))
     handles: dict[int, int] = {}

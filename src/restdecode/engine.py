@@ -78,6 +78,7 @@ class Engine:
         self.name = name
         self.progress = progress
         self._profile = profile
+        self._batch_profile: "LatencyProfile | None" = None
         if datastore is not None:
             check_vocabulary(datastore, model)
         if budget is not None and budget < 0:
@@ -134,6 +135,22 @@ class Engine:
 
             self._profile = profile_for(self.model, progress=self.progress)
         return self._profile
+
+    @property
+    def plans_drafts(self) -> bool:
+        """Whether this engine's drafts are sized by the latency profile (not a fixed budget)."""
+        return self.drafter is not None and self.budget is None
+
+    @property
+    def batch_profile(self) -> "LatencyProfile":
+        """The model's latency profile for batched forwards (many rows, one packed cache) on
+        this machine, which the batch planner prices its steps by (measured on first use, then
+        cached)."""
+        if self._batch_profile is None:
+            from restdecode.latency import batch_profile_for
+
+            self._batch_profile = batch_profile_for(self.model, progress=self.progress)
+        return self._batch_profile
 
     def new_drafter(self, *, budget: int | None = None,
                     memory: "MemoryDrafter | None" = None,

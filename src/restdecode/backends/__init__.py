@@ -117,7 +117,8 @@ class BatchSession(Protocol):
 
     def commit(self, row: int, accepted_slots: Sequence[int]) -> None:
         """Keep the KV entries of ``row``'s ``accepted_slots`` (slot 0 first, then a
-        root-to-node path) of the last ``verify``; ``past_length(row)`` grows by their number."""
+        root-to-node path; empty: keep none) of the last ``verify``; ``past_length(row)`` grows
+        by their number."""
 
     def remove_row(self, row: int) -> None:
         """Drop ``row`` and free every KV entry it holds (any time, also mid-step)."""

@@ -171,14 +171,15 @@ class TransformersBatchSession:
         return [logits[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def commit(self, row: int, accepted_slots: Sequence[int]) -> None:
-        """Keep the KV entries of ``accepted_slots`` (slot 0 first, then a root-to-node path) of
-        ``row``'s tree in the last forward; its past length grows by their number. The cache is
-        compacted once every row of that forward is committed or removed."""
+        """Keep the KV entries of ``accepted_slots`` (slot 0 first, then a root-to-node path; or
+        none, to drop the whole tree) of ``row``'s tree in the last forward; its past length
+        grows by their number. The cache is compacted once every row of that forward is
+        committed or removed."""
         pending = self._pending.get(self._row(row))
         if pending is None or pending.accepted is not None:
             raise DecodingError(f"row {row} has no uncommitted verification")
         slots = [int(s) for s in accepted_slots]
-        if not slots or slots[0] != 0 or max(slots) >= pending.num_slots:
+        if slots and (slots[0] != 0 or max(slots) >= pending.num_slots):
             raise DecodingError(f"accepted slots {slots} do not start at slot 0 of row {row}'s tree")
         pending.accepted = slots
         self._finish_step_if_committed()
@@ -211,7 +212,8 @@ class TransformersBatchSession:
         device = self._owner.device
         index, owner, positions = [], [], []
         for row, pending in self._pending.items():
-            index.append(torch.tensor(pending.accepted, device=device) + pending.start)
+            index.append(torch.tensor(pending.accepted, dtype=torch.long, device=device)
+                         + pending.start)
             owner.append(torch.full((len(pending.accepted),), row, device=device))
             positions.append(pending.length + torch.arange(len(pending.accepted), device=device))
             self._lengths[row] += len(pending.accepted)

@@ -121,7 +121,8 @@ def batched_outputs(engine, prompts, options, batch_size: int) -> dict:
                              drafter=engine.new_drafter() if engine.drafter else None)
                 for p in prompts]
     results = generate_batch(engine.model, engine.tokenizer, requests, options=options,
-                             max_rows=batch_size, progress=True)
+                             max_rows=batch_size, progress=True,
+                             profile=engine.batch_profile if engine.plans_drafts else None)
     return {prompt.id: result for prompt, result in zip(prompts, results)}
 
 

@@ -247,7 +247,9 @@ class _BatchLane:
 
         self.scheduler = scheduler
         engine = scheduler.engine
-        self.decoder = BatchDecoder(engine.model, engine.tokenizer)
+        # The batch planner prices a step by the batched forward's own measured profile.
+        self.decoder = BatchDecoder(engine.model, engine.tokenizer,
+                                    profile=engine.batch_profile if engine.plans_drafts else None)
         self.rows: dict[int, Job] = {}  # handle -> job
 
     @property
