@@ -150,7 +150,7 @@ def test_session_misuse_is_a_decoding_error():
 
 def test_a_backend_that_cannot_batch_is_a_model_error():
     class Unbatched:
-        name = "llamacpp"
+        name = "toy"
 
     with pytest.raises(ModelError, match="cannot decode several sequences"):
         open_batch_session(Unbatched())

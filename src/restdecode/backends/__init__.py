@@ -11,7 +11,7 @@ and the drafters never see which one runs. Two exist:
 The protocol is two small classes: a :class:`Backend` (the loaded model: vocabulary, context,
 end-of-sequence ids, a key for latency profiles) opens :class:`Session` objects, each one
 sequence's KV state with three verbs: ``prefill``, ``verify``, ``commit``. A backend that can
-verify several sequences in one forward (a :class:`BatchBackend`: transformers today) also opens
+verify several sequences in one forward (a :class:`BatchBackend`: transformers and llama.cpp) opens
 :class:`BatchSession` objects: rows join (``add_row``, their own prefill) and leave
 (``remove_row``) between steps, and one ``verify`` evaluates every row's tree at once.
 """
@@ -133,11 +133,10 @@ class BatchBackend(Backend, Protocol):
 
 
 def open_batch_session(backend: Backend) -> BatchSession:
-    """``backend.batch_session()``, or a ModelError when this backend cannot batch (llama.cpp,
-    for now)."""
+    """``backend.batch_session()``, or a ModelError when this backend cannot batch."""
     if not isinstance(backend, BatchBackend):
         raise ModelError(f"the {backend.name} backend cannot decode several sequences in one "
-                         f"batch yet; use the transformers backend")
+                         f"batch; use the transformers or llama.cpp backend")
     return backend.batch_session()
 
 

@@ -33,6 +33,7 @@ import torch
 from restdecode.errors import DecodingError, ModelError
 
 if TYPE_CHECKING:
+    from restdecode.backends.llamacpp_batch import LlamaCppBatchSession
     from restdecode.drafting.tree import CompiledTree
 
 DEFAULT_CONTEXT = 4096  # positions per context (at most the model's training context)
@@ -128,6 +129,15 @@ class LlamaCppBackend:
         """A new sequence; it takes over the context (earlier sessions can no longer be used)."""
         self._lib.llama_memory_clear(self._memory, True)
         self._active = LlamaCppSession(self)
+        return self._active
+
+    def batch_session(self) -> "LlamaCppBatchSession":
+        """A new batch of rows verified together (one ``llama_decode`` per step); it takes over
+        the context, as :meth:`session` does."""
+        from restdecode.backends.llamacpp_batch import LlamaCppBatchSession
+
+        self._lib.llama_memory_clear(self._memory, True)
+        self._active = LlamaCppBatchSession(self)
         return self._active
 
     def profile_key(self) -> dict:

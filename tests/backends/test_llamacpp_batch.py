@@ -1,0 +1,125 @@
+"""Batched verification on llama.cpp: every row's slots get the logits of evaluating its path
+alone, whatever the other rows do (join, leave, commit other paths), commits free what they drop,
+and batched greedy decoding equals each request decoded alone (f32 tiny GGUF)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("llama_cpp")
+
+from test_llamacpp import (VOCAB, IdTokenizer, sequential_logits, slot_paths,  # noqa: E402
+                           tiny_gguf, trees)
+from tiny_models import OracleDrafter  # noqa: E402
+
+from restdecode.backends.llamacpp import MAX_SEQUENCES, LlamaCppBackend  # noqa: E402
+from restdecode.batch import BatchRequest, generate_batch  # noqa: E402
+from restdecode.decode import generate  # noqa: E402
+from restdecode.drafting.tree import DraftTree  # noqa: E402
+from restdecode.errors import DecodingError  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def batch_backend() -> LlamaCppBackend:
+    """A context of its own: batch sessions here never supersede other tests' sessions."""
+    return LlamaCppBackend(tiny_gguf(), n_threads=1)
+
+
+def seq_cells(backend: LlamaCppBackend, sequence: int) -> int:
+    """Highest position sequence ``sequence`` holds (-1: none)."""
+    return int(backend._lib.llama_memory_seq_pos_max(backend._memory, sequence))
+
+
+# An event: ("add", prompt) | ("step", [(tree, choice, pending), ...] per live row) | ("remove", k)
+events = st.one_of(
+    st.tuples(st.just("add"), st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=8)),
+    st.tuples(st.just("step"), st.lists(st.tuples(trees(max_nodes=6), st.integers(0, 10**6),
+                                                  st.integers(0, VOCAB - 1)),
+                                        min_size=4, max_size=4)),
+    st.tuples(st.just("remove"), st.integers(0, 10**6)),
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=st.lists(events, min_size=1, max_size=8))
+def test_each_rows_slots_equal_its_paths_evaluated_alone(script):
+    session = batch_backend().batch_session()
+    contexts: dict[int, list[int]] = {}
+    for kind, arg in script:
+        if kind == "add" and len(contexts) < 4:
+            row, logits = session.add_row(arg)
+            contexts[row] = list(arg)
+            torch.testing.assert_close(logits, sequential_logits(arg), atol=5e-3, rtol=1e-3)
+        elif kind == "remove" and contexts:
+            row = sorted(contexts)[arg % len(contexts)]
+            session.remove_row(row)
+            del contexts[row]
+        elif kind == "step" and contexts:
+            rows = sorted(contexts)
+            items = [(row, pending, tree.compile(CPU))
+                     for row, (tree, _, pending) in zip(rows, arg)]
+            outputs = [logits.clone() for logits in session.verify(items)]
+            for (row, pending, tree), logits, (_, choice, _) in zip(items, outputs, arg):
+                paths = slot_paths(tree)
+                slot_tokens = [pending] + tree.node_tokens.tolist()
+                for slot, path in enumerate(paths):
+                    want = sequential_logits(contexts[row] + [slot_tokens[s] for s in path])
+                    torch.testing.assert_close(logits[slot], want, atol=5e-3, rtol=1e-3)
+                kept = paths[choice % len(paths)]
+                session.commit(row, kept)
+                contexts[row] += [slot_tokens[s] for s in kept]
+        assert {row: session.past_length(row) for row in session.rows} == {
+            row: len(context) for row, context in contexts.items()}
+    assert session.cache_length == sum(map(len, contexts.values()))
+
+
+def test_commits_and_removals_free_every_cell_and_sequence():
+    backend = batch_backend()
+    session = backend.batch_session()
+    first, _ = session.add_row([5, 6, 7])
+    second, _ = session.add_row([8, 9])
+    branchy = DraftTree(np.array([10, 11, 12, 13]), np.array([-1, -1, 0, 0])).compile(CPU)
+    session.verify([(first, 4, branchy), (second, 4, branchy)])
+    session.commit(first, [0, 1, 3])   # slot 3 is '12' (a second-level sibling): not main's path
+    session.commit(second, [])         # keep nothing
+    assert (session.past_length(first), session.past_length(second)) == (6, 2)
+    used = {session._rows[first].main, session._rows[second].main}
+    assert len(session._free) == MAX_SEQUENCES - 2
+    assert all(seq_cells(backend, s) == -1 for s in range(MAX_SEQUENCES) if s not in used)
+    assert seq_cells(backend, session._rows[first].main) == 5
+    assert seq_cells(backend, session._rows[second].main) == 1
+    session.remove_row(first)
+    session.remove_row(second)
+    assert session.rows == [] and len(session._free) == MAX_SEQUENCES
+    assert all(seq_cells(backend, s) == -1 for s in used)
+
+
+def test_the_rows_share_the_contexts_cells_and_a_full_one_is_refused():
+    backend = LlamaCppBackend(tiny_gguf(), n_threads=1, n_ctx=256)  # llama.cpp's smallest
+    session = backend.batch_session()
+    row, _ = session.add_row([3 + i % 60 for i in range(250)])
+    with pytest.raises(DecodingError, match="256 for all rows"):
+        session.add_row(list(range(3, 10)))
+    with pytest.raises(DecodingError, match="positions"):
+        session.verify([(row, 5, DraftTree(np.arange(3, 9), np.arange(-1, 5)).compile(CPU))])
+    assert session.rows == [row] and session.cache_length == 250
+
+
+def test_batched_greedy_equals_each_request_alone():
+    backend = batch_backend()
+    prompts = [[5, 9, 12, 5, 9], [7, 7, 8], [20, 21, 22, 23, 20, 21], [3]]
+    alone = [generate(backend, IdTokenizer(), input_ids=p, max_new_tokens=12) for p in prompts]
+    drafters = [OracleDrafter(len(p), a.token_ids, VOCAB, seed=i) if i % 2 == 0 else None
+                for i, (p, a) in enumerate(zip(prompts, alone))]
+    results = generate_batch(backend, IdTokenizer(), [BatchRequest(input_ids=p) for p in prompts],
+                             drafters=drafters, max_rows=3, max_new_tokens=12)
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    assert sum(sum(r.stats.accepted_per_step) > r.stats.steps for r in results) >= 1
