@@ -58,14 +58,16 @@ def _cache_keyword(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def prefill(model: PreTrainedModel, cache: DynamicCache, prompt_ids: list[int]) -> torch.Tensor:
+def prefill(model: PreTrainedModel, cache: DynamicCache, prompt_ids: list[int], *,
+            history: int = 0) -> torch.Tensor:
     """Run the prompt through the model into ``cache``; float32 logits after its last token.
 
-    A compiled model's prefill runs eagerly: once per generation, at any prompt length."""
+    A compiled model's prefill runs eagerly: once per generation, at any prompt length.
+    ``history``: as in :func:`trim_cache`."""
     input_ids = torch.tensor([prompt_ids], device=model.device)
     output = eager(model)(input_ids=input_ids, use_cache=True, logits_to_keep=1,
                           **cache_kwargs(model, cache))
-    trim_cache(cache)
+    trim_cache(cache, history)
     return output.logits[0, -1].float()
 
 
@@ -136,7 +138,9 @@ def tree_attention_mask(
     for layer_type in dict.fromkeys(layer_types):
         layer = cache.layers[layer_types.index(layer_type)]
         window = getattr(layer, "sliding_window", None) if layer_type == SLIDING else None
-        held = _held_length(layer) if window is not None else past_length
+        # A sliding layer keeping history (trim_cache) still shows a forward only its last
+        # ``window - 1`` past positions (DynamicSlidingWindowLayer.update): the mask's too.
+        held = min(_held_length(layer), window - 1) if window is not None else past_length
         visible = _visible(tree, past_length, held, window)
         masks[layer_type] = _additive(visible.to(device), dtype)
     if set(masks) == {FULL}:
@@ -171,12 +175,13 @@ def _additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[None, None]
 
 
-def commit(cache: DynamicCache, accepted_slots: Sequence[int], num_slots: int) -> None:
+def commit(cache: DynamicCache, accepted_slots: Sequence[int], num_slots: int, *,
+           history: int = 0) -> None:
     """Keep the KV entries of ``accepted_slots`` (starting with slot 0) of the last verification.
 
     The last ``num_slots`` entries of every layer are the slots of that forward; the accepted
     ones are gathered in order right after the past, the others dropped. Sliding layers are then
-    restricted to their window again.
+    restricted to their window again (plus ``history``, as in :func:`trim_cache`).
     """
     slots = list(accepted_slots)
     is_prefix = slots == list(range(len(slots)))  # plain steps and chain drafts: nothing to move
@@ -194,18 +199,45 @@ def commit(cache: DynamicCache, accepted_slots: Sequence[int], num_slots: int) -
         layer.values = layer.values[..., : held + len(slots), :]
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length += len(slots) - num_slots
-    trim_cache(cache)
+    trim_cache(cache, history)
 
 
-def trim_cache(cache: DynamicCache) -> None:
-    """Restrict sliding-window layers to the ``window - 1`` positions the next forward needs."""
+def trim_cache(cache: DynamicCache, history: int = 0) -> None:
+    """Restrict sliding-window layers to the ``window - 1`` positions the next forward needs,
+    plus ``history`` older ones (what a session must keep to be truncated back by ``history``
+    positions, see :func:`truncate_cache`)."""
     for layer in cache.layers:
         window = getattr(layer, "sliding_window", None)
         if window is None or not getattr(layer, "is_initialized", False):
             continue
-        if layer.keys.shape[-2] > window - 1:
-            layer.keys = layer.keys[..., -(window - 1):, :]
-            layer.values = layer.values[..., -(window - 1):, :]
+        keep = window - 1 + history
+        if layer.keys.shape[-2] > keep:
+            layer.keys = layer.keys[..., -keep:, :]
+            layer.values = layer.values[..., -keep:, :]
+
+
+def truncate_cache(cache: DynamicCache, cached_length: int, length: int) -> None:
+    """Drop every position from ``length`` on of ``cache``, which holds ``cached_length``
+    (committed or not); DecodingError, before changing anything, when a sliding-window layer no
+    longer holds the ``window - 1`` positions before ``length`` that the next forward needs
+    (keep them with ``history`` in :func:`commit` / :func:`prefill`)."""
+    if not 0 <= length <= cached_length:
+        raise DecodingError(f"cannot truncate a cache of {cached_length} positions to {length}")
+    removed = cached_length - length
+    layers = [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
+    for layer in layers:
+        window = getattr(layer, "sliding_window", None)
+        if window is not None and _held_length(layer) - removed < min(length, window - 1):
+            raise DecodingError(
+                f"cannot roll back to {length} positions: a sliding-window layer (window "
+                f"{window}) holds only the last {_held_length(layer)} of {cached_length}; open "
+                f"the session with a larger rollback history")
+    for layer in layers:
+        kept = _held_length(layer) - removed
+        layer.keys = layer.keys[..., :kept, :]
+        layer.values = layer.values[..., :kept, :]
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length -= removed
 
 
 def build_graphs(model: CompiledModel, *, cache_length: int = 16) -> float:

@@ -10,7 +10,8 @@ and the drafters never see which one runs. Two exist:
 
 The protocol is two small classes: a :class:`Backend` (the loaded model: vocabulary, context,
 end-of-sequence ids, a key for latency profiles) opens :class:`Session` objects, each one
-sequence's KV state with three verbs: ``prefill``, ``verify``, ``commit``. A backend that can
+sequence's KV state with four verbs: ``prefill``, ``verify``, ``commit`` and ``truncate``
+(roll back without a new prefill, e.g. a draft model's session after a partial acceptance). A backend that can
 verify several sequences in one forward (a :class:`BatchBackend`: transformers and llama.cpp) opens
 :class:`BatchSession` objects: rows join (``add_row``, their own prefill) and leave
 (``remove_row``) between steps, and one ``verify`` evaluates every row's tree at once.
@@ -55,6 +56,13 @@ class Session(Protocol):
         """Keep the KV entries of ``accepted_slots`` (slot 0 first, then a root-to-node path)
         of the last ``verify``, drop the other slots; ``past_length`` grows by their number."""
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length <= past_length`` positions and drop the rest (and the slots
+        of a ``verify`` not committed), without recomputing anything: ``past_length`` becomes
+        ``length``, and the next call sees what a session that never went further would.
+        A session opened with ``rollback=r`` can always go back ``r`` positions; further back
+        it may raise DecodingError (a sliding-window cache that moved on)."""
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -77,8 +85,8 @@ class Backend(Protocol):
     def eos_token_ids(self, tokenizer) -> set[int]:
         """Token ids that end a generation."""
 
-    def session(self) -> Session:
-        """A new, empty sequence."""
+    def session(self, *, rollback: int = 0) -> Session:
+        """A new, empty sequence that can always be truncated back ``rollback`` positions."""
 
     def profile_key(self) -> dict:
         """What this backend's timings depend on (model, machine, threads, ...), for latency

@@ -125,8 +125,10 @@ class LlamaCppBackend:
             self._eog = {t for t in range(self._n_vocab) if is_eog(self._vocab, t)}
         return set(self._eog)
 
-    def session(self) -> "LlamaCppSession":
-        """A new sequence; it takes over the context (earlier sessions can no longer be used)."""
+    def session(self, *, rollback: int = 0) -> "LlamaCppSession":
+        """A new sequence; it takes over the context (earlier sessions can no longer be used).
+
+        Every cell is kept until removed (``swa_full``), so any ``rollback`` is possible."""
         self._lib.llama_memory_clear(self._memory, True)
         self._active = LlamaCppSession(self)
         return self._active
@@ -250,6 +252,20 @@ class LlamaCppSession:
             lib.llama_memory_seq_keep(memory, keep)
         self.main_sequence = keep
         self.past_length += kept
+
+    def truncate(self, length: int) -> None:
+        """Remove every cell at a position from ``length`` on, in every sequence (uncommitted
+        tree slots included); only the main sequence remains."""
+        lib, memory = self.backend._lib, self._memory()
+        if not 0 <= length <= self.past_length:
+            raise DecodingError(f"cannot truncate a session of {self.past_length} committed "
+                                f"positions to {length}")
+        if not lib.llama_memory_seq_rm(memory, -1, length, -1):
+            raise DecodingError(f"llama.cpp cannot remove part of this model's memory (a "
+                                f"recurrent model?): no rollback to {length} positions")
+        lib.llama_memory_seq_keep(memory, self.main_sequence)  # other sequences' tags go
+        self.past_length = length
+        self._slots = 0
 
 
 def _leaf_membership(tree: "CompiledTree") -> tuple[np.ndarray, np.ndarray]:

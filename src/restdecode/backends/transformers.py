@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from restdecode import verify as tree_verify
+from restdecode.errors import DecodingError
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +52,8 @@ class TransformersBackend:
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def session(self) -> "TransformersSession":
-        return TransformersSession(self.model)
+    def session(self, *, rollback: int = 0) -> "TransformersSession":
+        return TransformersSession(self.model, rollback=rollback)
 
     def batch_session(self) -> "TransformersBatchSession":
         """Rows verified together in one forward over a packed KV cache
@@ -71,18 +72,27 @@ class TransformersBackend:
 
 
 class TransformersSession:
-    """One sequence: a transformers KV cache (:func:`restdecode.verify.new_cache`)."""
+    """One sequence: a transformers KV cache (:func:`restdecode.verify.new_cache`).
 
-    def __init__(self, model: "PreTrainedModel") -> None:
+    ``rollback``: positions :meth:`truncate` can always take back; only sliding-window layers
+    pay for it (they keep that many positions more than their window needs).
+    """
+
+    def __init__(self, model: "PreTrainedModel", *, rollback: int = 0) -> None:
+        if rollback < 0:
+            raise ValueError(f"rollback must be >= 0, got {rollback}")
         self.model = model
+        self.rollback = rollback
         self.cache = tree_verify.new_cache(model)
         self.past_length = 0
         self._slots = 0  # slots of the last verification, to be resolved by commit
 
     def prefill(self, prompt_ids: Sequence[int]) -> "torch.Tensor":
-        if self.past_length:
+        if self.past_length or self._slots:
             self.cache = tree_verify.new_cache(self.model)
-        logits = tree_verify.prefill(self.model, self.cache, list(prompt_ids))
+            self._slots = 0
+        logits = tree_verify.prefill(self.model, self.cache, list(prompt_ids),
+                                     history=self.rollback)
         self.past_length = len(prompt_ids)
         return logits
 
@@ -91,6 +101,17 @@ class TransformersSession:
         return tree_verify.verify(self.model, self.cache, pending_token, tree, self.past_length)
 
     def commit(self, accepted_slots: Sequence[int]) -> None:
-        tree_verify.commit(self.cache, accepted_slots, self._slots)
+        tree_verify.commit(self.cache, accepted_slots, self._slots, history=self.rollback)
         self.past_length += len(accepted_slots)
+        self._slots = 0
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` positions (at most ``past_length``), dropping the rest and
+        any uncommitted verification slots; DecodingError when a sliding-window layer no longer
+        holds what position ``length`` needs (more than ``rollback`` positions back)."""
+        if length > self.past_length:
+            raise DecodingError(f"cannot truncate a session of {self.past_length} committed "
+                                f"positions to {length}")
+        tree_verify.truncate_cache(self.cache, self.past_length + self._slots, length)
+        self.past_length = length
         self._slots = 0
