@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import numpy as np
@@ -141,3 +142,157 @@ def test_greedy_accepts_the_longest_argmax_path(case):
     slots, tokens = accept_greedy(logits, tree.compile())
     assert slots == want_slots
     assert tokens == [int(tree.tokens[s - 1]) for s in slots[1:]] + [best[slots[-1]]]
+
+
+# --- stochastic drafts: tokens sampled from a draft distribution q, kept with q ----------------
+
+DRAW_VOCAB = 5
+# Draft distributions: different from the model's, with zeros where the model has mass and mass
+# where the model's filtered distribution has none.
+Q_ROWS = torch.tensor([[0.45, 0.3, 0.2, 0.05, 0.0],
+                       [0.1, 0.0, 0.5, 0.2, 0.2]])
+
+
+@functools.lru_cache(maxsize=None)
+def path_logits(path: tuple[int, ...]) -> torch.Tensor:
+    """The test's "model": fixed logits for every path (a function of the path alone, as a real
+    model's are), whatever tree the path sits in. Not to be modified (cached)."""
+    seed = hash(path) % (2**31)
+    return torch.randn(DRAW_VOCAB, generator=torch.Generator().manual_seed(seed)) * 1.5
+
+
+def tree_logits(tree: DraftTree) -> torch.Tensor:
+    """The model's logits at every slot of ``tree``."""
+    return torch.stack([path_logits(())] + [path_logits(path) for path in tree.node_paths()])
+
+
+def drafted_tree(chains: list[tuple[int, ...]], draws: list[tuple[tuple[int, ...], int, int]],
+                 deterministic: list[tuple[int, ...]] = ()) -> DraftTree:
+    """The trie of ``chains`` then ``deterministic`` paths, carrying ``draws`` = ``(anchor path,
+    token, q row)`` in draw order."""
+    from tiny_models import trie_tree
+
+    from restdecode.drafting.draws import Draws
+
+    tree = trie_tree(list(chains) + list(deterministic))
+    node_of = {path: node for node, path in enumerate(tree.node_paths())} | {(): -1}
+    anchors = [node_of[anchor] for anchor, _, _ in draws]
+    return tree.with_draws(Draws(anchors, [len(anchor) for anchor, _, _ in draws],
+                                 [token for _, token, _ in draws], [row for _, _, row in draws],
+                                 Q_ROWS))
+
+
+def chain_draft(x):
+    """A two-token chain: x[0] ~ q0 below the root, x[1] ~ q1 below it."""
+    return drafted_tree([tuple(x)], [((), x[0], 0), ((x[0],), x[1], 1)])
+
+
+def three_chains_draft(x):
+    """Three i.i.d. chains (x[i] ~ q0, then x[3 + i] ~ q1 below it): duplicates share a node,
+    which then holds several draws."""
+    chains = [(x[i], x[3 + i]) for i in range(3)]
+    draws = [((), x[i], 0) for i in range(3)] + [((x[i],), x[3 + i], 1) for i in range(3)]
+    return drafted_tree(chains, draws)
+
+
+def mixed_draft(x):
+    """Two draws below the root (one continued by a draw below it) and deterministic
+    (retrieval-like) paths (1,) and (3, 0) after them; a deterministic token equal to a draw
+    shares its node, which stays a draw."""
+    return drafted_tree([(x[0], x[2]), (x[1],)], [((), x[0], 0), ((), x[1], 0), ((x[0],), x[2], 1)],
+                        deterministic=[(1,), (3, 0)])
+
+
+def root_draws_only(x):
+    """Draws below the root with no node at all: an accepted draw is the bonus token."""
+    from restdecode.drafting.draws import Draws
+
+    return DraftTree.empty().with_draws(Draws([-1, -1], [0, 0], list(x), [0, 1], Q_ROWS))
+
+
+DRAFTS = {"chain": (chain_draft, [0, 1]), "three_chains": (three_chains_draft, [0, 0, 0, 1, 1, 1]),
+          "mixed": (mixed_draft, [0, 0, 1]), "root_draws_only": (root_draws_only, [0, 1])}
+
+
+LENGTH = 3  # tokens compared: the deepest draft (2) plus the bonus
+
+
+def model_sequences(sampler: Sampler) -> dict:
+    """The model's own distribution of its next ``LENGTH`` tokens, sampled one by one."""
+    import itertools
+
+    expected = {}
+    for sequence in itertools.product(range(DRAW_VOCAB), repeat=LENGTH):
+        chance = 1.0
+        for depth, token in enumerate(sequence):
+            chance *= float(sampler.probs(path_logits(sequence[:depth]))[token])
+        expected[sequence] = chance
+    return expected
+
+
+@functools.lru_cache(maxsize=None)
+def verified_draft(name: str, drawn: tuple[int, ...]):
+    """The draft ``name`` makes of ``drawn``, compiled, with the model's logits at its slots."""
+    tree = DRAFTS[name][0](drawn)
+    return tree.compile(), tree_logits(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def model_probs(sampler: Sampler, path: tuple[int, ...]) -> np.ndarray:
+    return sampler.probs(path_logits(path)).numpy()
+
+
+@pytest.mark.parametrize("name,temperature,top_p", [
+    ("chain", 1.0, 1.0), ("chain", 0.8, 0.7), ("three_chains", 0.8, 0.7), ("mixed", 1.0, 1.0),
+    ("mixed", 0.8, 0.7), ("root_draws_only", 0.8, 0.7)])
+def test_sampled_drafts_keep_the_model_distribution(name, temperature, top_p):
+    """Each trial samples a fresh draft (as a draft model does) and accepts against it; what the
+    step emits, continued by plain sampling to ``LENGTH`` tokens (the steps after it), is
+    distributed as the model's own sampling. (Per step alone it is not: with random drafts the
+    step's length depends on what was drawn, which the first token's distribution hides.)"""
+    rows = DRAFTS[name][1]
+    sampler, n = Sampler(temperature, 0, top_p), 20_000
+    rng = np.random.default_rng(5)
+    q = Q_ROWS.double().numpy()
+    draws = np.stack([rng.choice(DRAW_VOCAB, size=n, p=q[row]) for row in rows], axis=1)
+    generator = torch.Generator().manual_seed(11)
+    counts, accepted_draws = Counter(), 0
+    for drawn in map(tuple, draws.tolist()):
+        compiled, logits = verified_draft(name, drawn)
+        slots, tokens = accept_sampling(logits, compiled, sampler, generator)
+        assert [compiled.slot_tokens[s] for s in slots[1:]] == tokens[:-1]
+        accepted_draws += tokens[0] == drawn[0]
+        while len(tokens) < LENGTH:
+            tokens.append(int(rng.choice(DRAW_VOCAB, p=model_probs(sampler, tuple(tokens)))))
+        counts[tuple(tokens[:LENGTH])] += 1
+    assert accepted_draws > n // 10  # the draws really were accepted, often
+    assert chi_square_p(counts, model_sequences(sampler), n) > 1e-3
+
+
+def test_a_draw_is_accepted_by_the_ratio_rule_not_the_deterministic_one():
+    """q = p: the drawn token is always accepted (the deterministic rule would take it with
+    probability p(x) only), whichever it is."""
+    from restdecode.drafting.draws import Draws
+
+    logits = torch.tensor([[1.0, 0.5, -0.5, 0.0]])
+    p = Sampler().probs(logits[0]).float()
+    generator = torch.Generator().manual_seed(0)
+    for token in range(4):
+        tree = DraftTree.empty().with_draws(Draws([-1], [0], [token], [0], p[None]))
+        for _ in range(50):
+            assert accept_sampling(logits, tree.compile(), Sampler(), generator) == ([0], [token])
+
+
+@settings(max_examples=100, deadline=None)
+@given(tree_and_logits(), st.integers(0, 2**16))
+def test_greedy_ignores_draws(case, seed):
+    from restdecode.drafting.draws import Draws
+
+    tree, logits = case
+    vocab = logits.shape[1]
+    rng = np.random.default_rng(seed)
+    q = torch.tensor(rng.dirichlet(np.ones(vocab)), dtype=torch.float32)[None]
+    anchors = [int(a) for a in rng.integers(-1, len(tree), 3)]
+    depths = [0 if a < 0 else int(tree.depths[a]) for a in anchors]
+    drawn = tree.with_draws(Draws(anchors, depths, rng.integers(0, vocab, 3), [0, 0, 0], q))
+    assert accept_greedy(logits, drawn.compile()) == accept_greedy(logits, tree.compile())

@@ -6,11 +6,22 @@ the drafted tokens of those draft slots followed by the bonus token, so
 ``len(tokens) == len(accepted_slots)``. The bonus token becomes the next pending token.
 
 * Greedy: at each slot take the argmax; move to the child proposing it, else stop.
-* Sampling: multi-draft speculative sampling for deterministic drafts (SpecInfer, Alg. 2). At a slot
-  with processed distribution p, try the children in stored order: accept child x with probability
-  p(x) (p the current residual, normalised); on rejection set p(x) = 0 and renormalise. If every
-  child is rejected (or there is none), the bonus is drawn from what is left. Each emitted token is
-  then distributed exactly as the model's processed distribution p, whatever the draft.
+* Sampling: multi-draft speculative sampling. At a slot with processed distribution p, the
+  residual r starts as p, and
+  1. the tokens a drafter *sampled* there (the tree's draws, in the order drawn, duplicates
+     included) are tried first: draw x from q is accepted with probability min(1, r(x) / q(x));
+     on rejection r = normalise(max(0, r - q)) (SpecInfer's multi-step speculative sampling;
+     one draw is Leviathan / Chen's rule). An accepted draw continues at the child proposing it,
+     or is the bonus token when the tree has no such child;
+  2. then the children in stored order, as deterministic drafts (SpecInfer, Alg. 2): accept child
+     x with probability r(x) / sum(r); on rejection set r(x) = 0. (A drawn token already rejected
+     has r(x) = 0 here: it is never accepted twice.)
+  If every draw and child is rejected (or there is none), the bonus is drawn from what is left.
+  Step 1 emits x with probability min(q(x), r(x)) per draw and leaves exactly the residual it
+  passes on, whatever was drawn; step 2 emits exactly its input distribution: each emitted token
+  is distributed exactly as the model's processed distribution p. This needs the draws at a slot
+  to be independent draws from their q, independent of the model's randomness, and the slot's
+  presence in the tree not to depend on them (see :mod:`restdecode.drafting.draws`).
 """
 
 from __future__ import annotations
@@ -80,7 +91,7 @@ def accept_greedy(logits: torch.Tensor, tree: CompiledTree) -> tuple[list[int], 
     while True:
         token = best[slot]
         tokens.append(token)
-        child = next((c for c in tree.children[slot] if tree.slot_tokens[c] == token), None)
+        child = tree.child_with_token(slot, token)
         if child is None:
             return slots, tokens
         slots.append(child)
@@ -97,14 +108,51 @@ def accept_sampling(
     slots, tokens = [0], []
     slot = 0
     while True:
-        residual = sampler.probs(logits[slot])
-        child = _try_children(residual, tree, slot, generator)
+        full = sampler.probs(logits[slot])
+        residual = full.clone()
+        token = _try_draws(residual, tree, slot, generator)
+        if token is not None:
+            child = tree.child_with_token(slot, token)
+        else:
+            child = _try_children(residual, tree, slot, generator)
+            token = (tree.slot_tokens[child] if child is not None
+                     else _draw_residual(residual, full, generator))
+        tokens.append(token)
         if child is None:
-            tokens.append(_draw_residual(residual, sampler.probs(logits[slot]), generator))
             return slots, tokens
         slots.append(child)
-        tokens.append(tree.slot_tokens[child])
         slot = child
+
+
+def _try_draws(
+    residual: torch.Tensor, tree: CompiledTree, slot: int, generator: torch.Generator | None
+) -> int | None:
+    """The first of ``slot``'s draws accepted by speculative sampling against its q; on each
+    rejection ``residual`` becomes max(0, r - q) (unnormalised) in place."""
+    if tree.slot_draws is None:
+        return None
+    for token, row in tree.slot_draws[slot]:
+        mass = float(residual.sum())
+        if mass <= 0:
+            return None
+        q = draft_distribution(tree.draft_probs[row], residual.numel())
+        # An id the model lacks has p = 0: never accepted (q is then cut to the model's ids).
+        chance = float(residual[token]) / mass / float(q[token]) if token < q.numel() else 0.0
+        if float(torch.rand((), generator=generator, dtype=torch.float64)) < chance:
+            return token
+        residual.div_(mass).sub_(q).clamp_(min=0.0)
+    return None
+
+
+def draft_distribution(row: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A stored draft distribution as float64 over the model's ``vocab_size`` ids: normalised
+    over its whole row (what it was sampled from), then cut or zero-padded to the model's
+    vocabulary (ids the model lacks have p = 0, so they are never accepted either way)."""
+    q = row.double()
+    q = q / q.sum()
+    if q.numel() >= vocab_size:
+        return q[:vocab_size]
+    return torch.nn.functional.pad(q, (0, vocab_size - q.numel()))
 
 
 def _try_children(

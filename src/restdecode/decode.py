@@ -301,8 +301,9 @@ def _check_request(backend: Backend, prompt_ids: list[int]) -> None:
 
 
 def _limit_depth(tree: DraftTree, max_depth: int) -> DraftTree:
-    """The sub-tree of nodes at depth <= ``max_depth`` (still topologically ordered)."""
-    return tree.subset(tree.depths <= max_depth)
+    """The sub-tree of nodes at depth <= ``max_depth`` (still topologically ordered); a cut by
+    depth alone, so the draws below the kept nodes stay."""
+    return tree.subset(tree.depths <= max_depth, blind_to_draws=True)
 
 
 class _TokenChooser:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from restdecode.drafting.draws import Draws, anchor_paths, concatenate_draws
 from restdecode.drafting.tree import DraftTree, path_probabilities
 
 
@@ -61,13 +62,16 @@ class WeightedContinuations:
     * ``continuations``: (n, L) int64 tokens, padded with -1 after each row's end;
     * ``lengths``: (n,) int64 true length of each row (1..L);
     * ``weights``: (n,) float64, higher = more likely;
-    * ``match_length``: length of the context suffix they were found after (0: none, or unknown).
+    * ``match_length``: length of the context suffix they were found after (0: none, or unknown);
+    * ``draws``: tokens sampled below some of their prefixes (anchors = row indices, with the
+      prefix's depth; :mod:`restdecode.drafting.draws`), carried into the tree they become.
     """
 
     continuations: np.ndarray
     lengths: np.ndarray
     weights: np.ndarray
     match_length: int = 0
+    draws: Draws | None = None
 
     def __post_init__(self) -> None:
         continuations = np.asarray(self.continuations, dtype=np.int64)
@@ -94,7 +98,7 @@ class WeightedContinuations:
         not carry on, so that the rows through a node add up to the node's probability.
         """
         if len(tree) == 0:
-            return cls.empty()
+            return replace(cls.empty(), draws=tree.draws)
         conditional = (np.ones(len(tree)) if tree.scores is None
                        else np.clip(tree.scores, 0.0, 1.0))
         probability = path_probabilities(tree, conditional)
@@ -107,7 +111,8 @@ class WeightedContinuations:
         carried_on = np.zeros(len(tree))
         np.add.at(carried_on, tree.parents[tree.parents >= 0], probability[tree.parents >= 0])
         residual = np.maximum(probability - carried_on, 0.0)
-        return cls(rows, tree.depths.copy(), residual, tree.match_length)
+        # Row i is node i's path: a draw below node i is below the first depth(i) tokens of row i.
+        return cls(rows, tree.depths.copy(), residual, tree.match_length, tree.draws)
 
     @classmethod
     def empty(cls, span: int = 0) -> "WeightedContinuations":
@@ -129,9 +134,9 @@ class WeightedContinuations:
         weight_sum = float(self.weights.sum())
         if weight_sum <= 0:
             return self
-        return WeightedContinuations(
-            self.continuations, self.lengths, self.weights * (total / weight_sum), self.match_length
-        )
+        return WeightedContinuations(self.continuations, self.lengths,
+                                     self.weights * (total / weight_sum), self.match_length,
+                                     self.draws)
 
     def padded_to(self, span: int) -> "WeightedContinuations":
         """The same continuations in an array ``span`` wide (longer rows are cut)."""
@@ -140,13 +145,28 @@ class WeightedContinuations:
         padded = np.full((len(self), span), -1, dtype=np.int64)
         width = min(span, self.span)
         padded[:, :width] = self.continuations[:, :width]
+        draws = self.draws
+        if draws is not None and span < self.span:  # prefixes cut short lose their draws
+            draws = draws.select(draws.depths <= span, draws.anchors)
         return WeightedContinuations(padded, np.minimum(self.lengths, span), self.weights,
-                                     self.match_length)
+                                     self.match_length, draws)
 
     def to_tree(self, budget: int) -> DraftTree:
-        """The ``budget`` heaviest nodes of the trie of these continuations."""
-        return DraftTree.from_continuations(self.continuations, self.lengths, self.weights, budget,
+        """The ``budget`` heaviest nodes of the trie of these continuations, with the draws
+        whose prefix is among them (a draw below the root always stays).
+
+        Which nodes are kept depends on each node's own weight and on the weights of nodes
+        outside its subtree, never on what was drawn below it, so the draws stay lossless.
+        """
+        tree = DraftTree.from_continuations(self.continuations, self.lengths, self.weights, budget,
                                             self.match_length)
+        if self.draws is None:
+            return tree
+        node_of = {path: node for node, path in enumerate(tree.node_paths())} | {(): -1}
+        anchors = np.array([node_of.get(path, -2)
+                            for path in anchor_paths(self.draws, self.continuations)],
+                           dtype=np.int64)
+        return tree.with_draws(self.draws.select(anchors >= -1, anchors))
 
 
 def concatenate(parts: Sequence[WeightedContinuations]) -> WeightedContinuations:
@@ -156,11 +176,13 @@ def concatenate(parts: Sequence[WeightedContinuations]) -> WeightedContinuations
         return WeightedContinuations.empty()
     span = max(part.span for part in parts)
     padded = [part.padded_to(span) for part in parts]
+    first_rows = np.cumsum([0] + [len(part) for part in padded[:-1]])
     return WeightedContinuations(
         np.concatenate([part.continuations for part in padded]),
         np.concatenate([part.lengths for part in padded]),
         np.concatenate([part.weights for part in padded]),
         max(part.match_length for part in parts),
+        concatenate_draws([(part.draws, int(first)) for part, first in zip(padded, first_rows)]),
     )
 
 

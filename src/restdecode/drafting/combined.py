@@ -34,6 +34,10 @@ class CombinedDrafter(ContinuationDrafter):
 
     ``match_power`` > 0 trusts a source more the longer the context suffix it matched: its weight
     is multiplied by ``match_length ** match_power`` (a source that matched nothing counts 1).
+
+    Tokens a source *sampled* (``DraftTree.draws``, e.g. a draft model's) stay draws in the
+    merged tree, below the node of the same path, in source order; a sampled node that another
+    source also proposes is one node, still tried first as a draw.
     """
 
     def __init__(

@@ -9,6 +9,9 @@ Conventions (shared by drafting and verification):
 * Compiled, the tree becomes a verification batch of ``1 + n`` **slots**: slot 0 is the root,
   slot ``i + 1`` is node ``i``.  The model's logits at a slot predict the token that follows the
   path root → that slot.
+* A tree may also carry :class:`~restdecode.drafting.draws.Draws`: tokens a drafter sampled
+  below some nodes, with the distributions it sampled them from (for sampling acceptance;
+  verification never reads them).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numba
 import numpy as np
 import torch
 
+from restdecode.drafting.draws import Draws
+
 
 @dataclass(frozen=True, eq=False)
 class DraftTree:
@@ -28,12 +33,16 @@ class DraftTree:
     ``scores`` is an optional per-node confidence (higher is more likely to be accepted); the
     order of siblings in the arrays is the order in which sampling tries them. ``match_length``
     is the length of the context suffix the drafter matched to find it (0: none, or unknown).
+    ``draws`` (optional) are the tokens sampled below some nodes (anchors = node indices, -1 the
+    root) with their draft distributions; a draw's token is usually also a child node there,
+    but need not be (a cut child can still be accepted, as the bonus token).
     """
 
     tokens: np.ndarray
     parents: np.ndarray
     scores: np.ndarray | None = None
     match_length: int = 0
+    draws: Draws | None = None
     depths: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +60,14 @@ class DraftTree:
         object.__setattr__(self, "depths", depths)
         if self.scores is not None:
             object.__setattr__(self, "scores", np.asarray(self.scores, dtype=np.float64).reshape(-1))
+        if self.draws is not None:
+            anchors = self.draws.anchors
+            if anchors.size and (anchors.min() < -1 or anchors.max() >= tokens.size):
+                raise ValueError("a draw is anchored outside the tree")
+            anchor_depths = np.where(anchors < 0, 0, depths[np.maximum(anchors, 0)] if tokens.size
+                                     else 0)
+            if not np.array_equal(anchor_depths, self.draws.depths):
+                raise ValueError("the draws' depths are not their anchors' depths")
 
     @classmethod
     def empty(cls) -> "DraftTree":
@@ -91,22 +108,45 @@ class DraftTree:
     def max_depth(self) -> int:
         return int(self.depths.max()) if len(self) else 0
 
-    def subset(self, keep: np.ndarray) -> "DraftTree":
-        """The nodes where ``keep`` is true (a prefix-closed mask), renumbered, order kept."""
+    def subset(self, keep: np.ndarray, *, blind_to_draws: bool = False) -> "DraftTree":
+        """The nodes where ``keep`` is true (a prefix-closed mask), renumbered, order kept.
+
+        The draws below kept nodes stay only with ``blind_to_draws``: when ``keep`` was chosen
+        without looking at anything drawn below a kept node (a cut by depth). Otherwise (a cut
+        by scores, e.g. the latency planner, which could keep a node *because* of what was
+        drawn below it) they are dropped and the nodes count as deterministic drafts.
+        """
         keep = np.asarray(keep, dtype=bool)
-        if keep.all():
+        draws = self.draws if blind_to_draws else None
+        if keep.all() and draws is self.draws:
             return self
         new_index = np.cumsum(keep) - 1
         parents = self.parents[keep]
         parents = np.where(parents < 0, -1, new_index[np.maximum(parents, 0)])
         scores = self.scores[keep] if self.scores is not None else None
-        return DraftTree(self.tokens[keep], parents, scores, self.match_length)
+        if draws is not None:
+            anchors = draws.anchors
+            kept_anchor = (anchors < 0) | keep[np.maximum(anchors, 0)]
+            draws = draws.select(kept_anchor, np.where(anchors < 0, -1,
+                                                        new_index[np.maximum(anchors, 0)]))
+        return DraftTree(self.tokens[keep], parents, scores, self.match_length, draws)
 
     def with_match_length(self, match_length: int) -> "DraftTree":
         """The same tree, found after a context suffix of ``match_length`` tokens."""
         if match_length == self.match_length:
             return self
-        return DraftTree(self.tokens, self.parents, self.scores, int(match_length))
+        return DraftTree(self.tokens, self.parents, self.scores, int(match_length), self.draws)
+
+    def with_draws(self, draws: Draws | None) -> "DraftTree":
+        """The same tree carrying ``draws`` (anchored at its nodes) instead of its own."""
+        return DraftTree(self.tokens, self.parents, self.scores, self.match_length, draws)
+
+    def node_paths(self) -> list[tuple[int, ...]]:
+        """The tokens from the root's child down to each node."""
+        paths: list[tuple[int, ...]] = []
+        for token, parent in zip(self.tokens.tolist(), self.parents.tolist()):
+            paths.append((paths[parent] if parent >= 0 else ()) + (token,))
+        return paths
 
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root's child down to ``node`` (inclusive)."""
@@ -142,6 +182,8 @@ class DraftTree:
             slot_tokens=[-1] + self.tokens.tolist(),
             slot_parents=slot_parents.tolist(),
             children=self.children,
+            slot_draws=None if self.draws is None else self.draws.by_slot(n + 1),
+            draft_probs=None if self.draws is None else self.draws.q,
         )
 
 
@@ -171,7 +213,10 @@ class CompiledTree:
     * ``depth_offsets``: (n+1,) position of each slot relative to the root's position;
     * ``ancestor_mask``: (n+1, n+1) bool, ``[i, j]`` true when slot i may attend to slot j;
     * ``slot_tokens``/``slot_parents``/``children``: plain Python lists per slot for the accept
-      stage (``slot_tokens[0]`` is -1: the root's token is the decoder's pending token).
+      stage (``slot_tokens[0]`` is -1: the root's token is the decoder's pending token);
+    * ``slot_draws`` / ``draft_probs``: for the accept stage only, None when nothing was
+      sampled: per slot, the ``(token, row)`` draws made below it in order, and the
+      ``(rows, vocab)`` float32 draft distributions they were drawn from.
     """
 
     node_tokens: torch.Tensor
@@ -180,6 +225,12 @@ class CompiledTree:
     slot_tokens: list[int]
     slot_parents: list[int]
     children: list[list[int]]
+    slot_draws: list[list[tuple[int, int]]] | None = None
+    draft_probs: torch.Tensor | None = None
+
+    def child_with_token(self, slot: int, token: int) -> int | None:
+        """The first child slot of ``slot`` proposing ``token``, None if none does."""
+        return next((c for c in self.children[slot] if self.slot_tokens[c] == token), None)
 
     @property
     def num_slots(self) -> int:
