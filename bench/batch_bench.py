@@ -14,6 +14,9 @@ total output tokens/s (all new tokens over the wall time), per-request decode to
 tokens per step, and how many outputs equal our plain batched loop's (greedy: all of ours must).
 
     .venv/bin/python bench/batch_bench.py --limit 8 --batch-sizes 1,2,4,8 --max-new-tokens 128
+
+With ``--backend llamacpp`` the model is the GGUF on llama.cpp (one context whose cells all rows
+share, sized for --limit rows) and hf-generate-batched is skipped (no transformers model).
 """
 
 from __future__ import annotations
@@ -40,21 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--budget", type=int, default=6, help="nodes of spec-fixed's trees")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--backend", choices=("transformers", "llamacpp"), default="transformers")
+    parser.add_argument("--context", type=int, default=1024,
+                        help="llama.cpp: cells per row (the context holds B times this)")
     parser.add_argument("--out", default="bench/out/batch")
     args = parser.parse_args(argv)
 
-    from restdecode import Engine
     from restdecode.decode import prompt_token_ids
     from restdecode.workloads import load_workload
 
-    engine = Engine.load(args.model, datastore=Path(args.datastore).expanduser(),
-                         backend="transformers", progress=True)
+    engine = load_engine(args)
     engine.profile  # measured (or read from the cache) before any timing
     engine.batch_profile
     prompts = load_workload(args.prompts, limit=args.limit)
     ids = [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     methods = args.methods.split(",")
+    if args.backend == "llamacpp":
+        methods = [m for m in methods if m != "hf-generate-batched"]
     runs = []
     for size in sizes:
         outputs: dict[str, list[list[int]]] = {}
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 run["identical_to_plain_batched"] = sum(
                     a == b for a, b in zip(outputs[run["method"]], reference))
     report = {"command": " ".join(sys.argv), "model": args.model, "prompts": len(ids),
-              "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
+              "max_new_tokens": args.max_new_tokens, "backend": args.backend,
+              "cpus": os.cpu_count(),
               "platform": platform.platform(), "runs": runs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(f"`{report['command']}`\n\n{table}\n")
     print(table)
     return 0
+
+
+def load_engine(args):
+    """The model on the chosen backend (llama.cpp: a context of ``--context`` cells for each of
+    the largest batch's rows), the datastore, a planned default drafter."""
+    from restdecode import Engine
+    from restdecode.backends.llamacpp import LlamaCppBackend
+    from restdecode.engine import open_datastore
+    from restdecode.models import gguf_path, load_tokenizer
+
+    datastore = Path(args.datastore).expanduser()
+    if args.backend == "transformers":
+        return Engine.load(args.model, datastore=datastore, backend="transformers")
+    rows = max(int(b) for b in args.batch_sizes.split(","))
+    backend = LlamaCppBackend(gguf_path(args.model), n_ctx=rows * args.context)
+    tokenizer = load_tokenizer(args.model)
+    return Engine(backend, tokenizer, datastore=open_datastore(datastore, tokenizer),
+                  name=args.model)
 
 
 def measure(method: str, engine, ids: list[list[int]], size: int, args) -> dict:
