@@ -9,8 +9,9 @@ TINY_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 
 
 def tiny_model(arch: str, *, vocab_size: int = 64, attn: str = "sdpa", seed: int = 0,
-               init_std: float = 0.3, sliding_window: int = 6):
-    """A 2-layer random model of ``arch`` with grouped-query attention (4 heads, 2 KV heads).
+               init_std: float = 0.3, sliding_window: int = 6, layers: int = 2):
+    """A random model of ``arch`` (2 layers unless told) with grouped-query attention (4 heads,
+    2 KV heads); ``layers=1`` with another ``seed`` makes a smaller draft model.
 
     A large ``init_std`` makes next-token distributions peaked, so greedy decoding has no
     accidental near-ties; Gemma 3 alternates a sliding-window layer (window ``sliding_window``)
@@ -19,7 +20,8 @@ def tiny_model(arch: str, *, vocab_size: int = 64, attn: str = "sdpa", seed: int
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
                               Qwen2Config, Qwen2ForCausalLM)
 
-    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                   max_position_embeddings=256, initializer_range=init_std,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -29,7 +31,7 @@ def tiny_model(arch: str, *, vocab_size: int = 64, attn: str = "sdpa", seed: int
         config, cls = Qwen2Config(**common), Qwen2ForCausalLM
     elif arch == "gemma3":
         config = Gemma3TextConfig(**common, sliding_window=sliding_window,
-                                  layer_types=["sliding_attention", "full_attention"])
+                                  layer_types=["sliding_attention", "full_attention"][:layers])
         cls = Gemma3ForCausalLM
     else:
         raise ValueError(arch)
@@ -147,14 +149,14 @@ SAMPLING_VOCAB = 8
 SAMPLING_PROMPT = [1, 5, 3]
 
 
-def sampling_model_and_distribution(temperature: float, top_p: float):
-    """A vocab-8 Qwen2 model (no end-of-sequence) and the exact distribution of its first 3
-    sampled tokens after ``SAMPLING_PROMPT``: ``{(a, b, c): probability}``, from one batched
+def sampling_model_and_distribution(temperature: float, top_p: float, arch: str = "qwen2"):
+    """A vocab-8 model of ``arch`` (no end-of-sequence) and the exact distribution of its first
+    3 sampled tokens after ``SAMPLING_PROMPT``: ``{(a, b, c): probability}``, from one batched
     forward over every 2-token continuation."""
     from restdecode.accept import Sampler
 
     vocab, prompt = SAMPLING_VOCAB, SAMPLING_PROMPT
-    model = tiny_model("qwen2", vocab_size=vocab, init_std=0.15, seed=4)
+    model = tiny_model(arch, vocab_size=vocab, init_std=0.15, seed=4)
     model.generation_config.eos_token_id = None
     pairs = torch.cartesian_prod(torch.arange(vocab), torch.arange(vocab))
     batch = torch.cat([torch.tensor(prompt).expand(len(pairs), -1), pairs], dim=1)

@@ -9,6 +9,7 @@ from restdecode.drafting.base import (
 )
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
+from restdecode.drafting.draft_model import DraftModelDrafter, check_same_tokenizer
 from restdecode.drafting.defaults import (CANDIDATE_BUDGET, DEFAULT_BUDGET, default_drafter,
                                           default_memory)
 from restdecode.drafting.memory import MemoryDrafter
@@ -23,6 +24,7 @@ __all__ = [
     "CompiledTree",
     "ContextDrafter",
     "ContinuationDrafter",
+    "DraftModelDrafter",
     "DraftTree",
     "Drafter",
     "MemoryDrafter",
@@ -31,6 +33,7 @@ __all__ = [
     "RetrievalDrafter",
     "StepFeedback",
     "WeightedContinuations",
+    "check_same_tokenizer",
     "default_drafter",
     "default_memory",
 ]
