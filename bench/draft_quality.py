@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 DEFAULT_COSTS = "0.004,0.01,0.02,0.04,0.08,0.15,0.3,0.6"
@@ -141,12 +142,10 @@ def max_merged(datastore, cost, *, weights=None):
                           cost, overhead=STEP_OVERHEAD_S)
 
 
-def depth_grouped(datastore, cost, *, depths: int = 4):
-    """Experimental: the planner's calibration also grouped by node depth (1, 2, ..., >= depths)
-    within each match-length group."""
-    from restdecode.drafting import PlannedDrafter
-    from restdecode.drafting.planner import (MATCH_LENGTH_EDGES, AcceptanceCalibration,
-                                             match_length_group, plan_tree, raw_scores)
+def node_grouped_calibration(groups: int):
+    """An acceptance calibration whose group may differ from node to node (an array of groups,
+    one per node, or one group for the whole tree)."""
+    from restdecode.drafting.planner import AcceptanceCalibration, raw_scores
 
     class NodeGroupedCalibration(AcceptanceCalibration):
         def update(self, tree, accepted_nodes, group=0):
@@ -159,6 +158,15 @@ def depth_grouped(datastore, cost, *, depths: int = 4):
             groups = np.broadcast_to(group, (len(tree),))[tested]
             np.add.at(self.trials, (groups, bins), 1.0)
             np.add.at(self.successes, (groups, bins), accepted[tested].astype(np.float64))
+
+    return NodeGroupedCalibration(groups=groups)
+
+
+def depth_grouped(datastore, cost, *, depths: int = 4):
+    """Experimental: the planner's calibration also grouped by node depth (1, 2, ..., >= depths)
+    within each match-length group."""
+    from restdecode.drafting import PlannedDrafter
+    from restdecode.drafting.planner import MATCH_LENGTH_EDGES, match_length_group, plan_tree
 
     class DepthGroupedPlanner(PlannedDrafter):
         def _groups(self, tree):
@@ -178,7 +186,7 @@ def depth_grouped(datastore, cost, *, depths: int = 4):
             self.drafter.observe(feedback)
 
     inner = planned(datastore, cost, memory=True, weights=[1, 3]).drafter
-    calibration = NodeGroupedCalibration(groups=(len(MATCH_LENGTH_EDGES) + 1) * depths)
+    calibration = node_grouped_calibration((len(MATCH_LENGTH_EDGES) + 1) * depths)
     return DepthGroupedPlanner(inner, cost, calibration=calibration)
 
 
@@ -394,6 +402,359 @@ def support_grouped(datastore, cost, *, edges=(2, 4, 10), min_suffix: int = 2):
     return SupportPlanner(merged, cost, calibration=calibration, overhead=STEP_OVERHEAD_S)
 
 
+@numba.njit(cache=True)
+def _length_scores(rows, lengths, matched, lcp, candidates, budgets, self_count, min_prob):
+    """SuffixDecoding's score of the draft each match length would give: for each candidate
+    length m, the occurrences matching at least m tokens form a trie of their continuations
+    (``rows`` in lexicographic order, ``lcp[i]`` the common prefix of rows i - 1 and i), a node's
+    probability is its count over (occurrences + ``self_count``), and the score is the sum of the
+    ``budgets[c]`` most probable nodes' probabilities (those >= ``min_prob``): the expected
+    accepted tokens of the best-first tree of that many nodes."""
+    n, depth = rows.shape
+    scores = np.zeros(candidates.size)
+    emitted_counts = np.empty(n * depth + 1, dtype=np.int64)
+    current = np.zeros(depth, dtype=np.int64)
+    for c in range(candidates.size):
+        m = candidates[c]
+        total = 0
+        for i in range(n):
+            if matched[i] >= m:
+                total += 1
+        if total == 0:
+            continue
+        emitted = 0
+        current[:] = 0
+        shared = depth
+        started = False
+        for i in range(n):
+            if i > 0 and lcp[i] < shared:
+                shared = lcp[i]
+            if matched[i] < m:
+                continue
+            if started:
+                for d in range(shared, depth):
+                    if current[d] > 0:
+                        emitted_counts[emitted] = current[d]
+                        emitted += 1
+                        current[d] = 0
+            for d in range(min(lengths[i], depth)):
+                current[d] += 1
+            started = True
+            shared = depth
+        for d in range(depth):
+            if current[d] > 0:
+                emitted_counts[emitted] = current[d]
+                emitted += 1
+        counts = np.sort(emitted_counts[:emitted])[::-1]
+        denominator = total + self_count
+        score = 0.0
+        for j in range(min(budgets[c], emitted)):
+            probability = counts[j] / denominator
+            if probability < min_prob:
+                break
+            score += probability
+        scores[c] = score
+    return scores
+
+
+def length_scores_naive(rows, lengths, matched, candidates, budgets, self_count=1, min_prob=0.0):
+    """Brute-force oracle of :func:`_length_scores` (tests): counts every prefix in a dict."""
+    scores = []
+    for m, budget in zip(candidates, budgets):
+        chosen = [i for i in range(len(rows)) if matched[i] >= m]
+        if not chosen:
+            scores.append(0.0)
+            continue
+        counts: dict[tuple, int] = {}
+        for i in chosen:
+            for d in range(1, min(int(lengths[i]), rows.shape[1]) + 1):
+                prefix = tuple(int(t) for t in rows[i, :d])
+                counts[prefix] = counts.get(prefix, 0) + 1
+        probabilities = sorted((c / (len(chosen) + self_count) for c in counts.values()),
+                               reverse=True)
+        scores.append(float(sum(p for p in probabilities[:budget] if p >= min_prob)))
+    return np.array(scores)
+
+
+def scored_source_class(base):
+    """``base`` (ContextDrafter or MemoryDrafter) drafting from the match length whose draft
+    SuffixDecoding would score best, instead of always the longest repeated suffix."""
+    from restdecode.drafting.base import WeightedContinuations
+    from restdecode.drafting.memory import SEPARATOR
+
+    class Scored(base):
+        """Every occurrence of the last ``min_suffix`` tokens matches the context's suffix over
+        some length; for each length m the occurrences matching >= m tokens would give a tree of
+        at most min(``cap``, ``factor`` x m + ``offset``) nodes, scored as SuffixDecoding does
+        (sum of count-ratio path probabilities, the context's own occurrence counted when
+        ``self_count`` is 1). ``pool`` False: the best-scoring length's occurrences draft (ties:
+        the longer); True: the longest length's and the best-scoring shorter one's, each set
+        weighing its score. ``split``: the current context's occurrences and the memory's are
+        scored apart and the better one drafts (SuffixDecoding's prompt tree vs global tree)."""
+
+        def __init__(self, *, factor=1.0, offset=0.0, cap=24, self_count=1, min_prob=0.0,
+                     pool=False, split=False, **options):
+            self.factor, self.offset, self.cap = factor, offset, cap
+            self.self_count, self.min_prob = self_count, min_prob
+            self.pool, self.split = pool, split
+            super().__init__(**options)
+
+        def continuations(self, token_ids):
+            self._sync(token_ids)
+            length = self._length
+            self.last_match_length = 0
+            empty = WeightedContinuations.empty(self.span)
+            if length <= self.min_suffix:
+                return empty
+            key = tuple(self._tokens[length - self.min_suffix:length].tolist())
+            ends = np.asarray(self._ends.get(key, ()), dtype=np.int64)
+            ends = ends[ends < length]
+            if ends.size == 0:
+                return empty
+            matched = self._backward_match_lengths(ends)
+            if ends.size > self.max_matches:  # the longest matches, then the most recent
+                keep = np.sort(np.lexsort((ends, matched))[-self.max_matches:])
+                ends, matched = ends[keep], matched[keep]
+            found = self._continuations_after(ends, 0)
+            rows = found.continuations.copy()
+            separator = rows == SEPARATOR
+            lengths = np.where(separator.any(axis=1), separator.argmax(axis=1), found.lengths)
+            rows[np.arange(rows.shape[1])[None, :] >= lengths[:, None]] = -1
+            if self.split and self._context_start > 0:
+                parts = [ends < self._context_start, ends >= self._context_start]
+            else:
+                parts = [np.ones(ends.size, dtype=bool)]
+            best = None
+            for part in parts:
+                if not part.any():
+                    continue
+                chosen = self._choose(rows[part], lengths[part], matched[part])
+                if best is None or chosen[0] > best[0]:
+                    best = chosen[:1] + (part,) + chosen[1:]
+            score, part, selections = best
+            weights = np.zeros(ends.size)
+            index = np.flatnonzero(part)
+            for mask, set_weight in selections:
+                weights[index[mask]] += set_weight / mask.sum()
+            weights *= found.weights  # the recency tie-break
+            keep = (weights > 0) & (lengths > 0)
+            match_length = max(int(matched[index[mask]].min()) for mask, _ in selections)
+            self.last_match_length = match_length
+            return WeightedContinuations(rows[keep], lengths[keep], weights[keep], match_length)
+
+        def _choose(self, rows, lengths, matched):
+            """(best score, [(occurrence mask, set weight), ...]) for one group of occurrences."""
+            candidates = np.unique(matched[matched >= self.min_suffix])
+            if candidates.size == 0:
+                candidates = np.array([int(matched.max())])
+            budgets = np.maximum(1, np.minimum(
+                self.cap, np.floor(self.factor * candidates + self.offset + 1e-6))).astype(np.int64)
+            depth = int(min(rows.shape[1], budgets.max()))
+            cut = rows[:, :depth]
+            order = np.lexsort(cut.T[::-1])
+            cut = cut[order]
+            same = cut[1:] == cut[:-1]
+            lcp = np.zeros(len(cut), dtype=np.int64)
+            if len(cut) > 1:
+                lcp[1:] = np.where(same.all(axis=1), depth, same.argmin(axis=1))
+            scores = _length_scores(cut, lengths[order], matched[order], lcp, candidates,
+                                    budgets, self.self_count, self.min_prob)
+            best = int(np.flatnonzero(scores >= scores.max())[-1])  # ties: the longer match
+            longest = candidates.size - 1
+            selections = [(matched >= candidates[best], max(scores[best], 1e-9))]
+            if self.pool and longest > 0:
+                if best == longest:
+                    other = int(np.flatnonzero(scores[:longest] >= scores[:longest].max())[-1])
+                else:
+                    other = longest
+                selections.append((matched >= candidates[other], max(scores[other], 1e-9)))
+            return float(scores[best]), selections
+
+    Scored.__name__ = f"Scored{base.__name__}"
+    return Scored
+
+
+def scored(datastore, cost, *, memory: bool = True, min_suffix: int = 1, weights=(1, 3),
+           **options):
+    """Retrieval + a scored context or memory source (:func:`scored_source_class`), planned."""
+    from restdecode.drafting import (CombinedDrafter, ContextDrafter, MemoryDrafter,
+                                     PlannedDrafter, RetrievalDrafter)
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+
+    source = scored_source_class(MemoryDrafter if memory else ContextDrafter)(
+        span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET, min_suffix=min_suffix, **options)
+    sources = [RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET), source]
+    merged = CombinedDrafter(sources, budget=CANDIDATE_BUDGET, weights=list(weights))
+    return PlannedDrafter(merged, cost, overhead=STEP_OVERHEAD_S)
+
+
+# Memory / context match lengths 0, 1, 2, 3, 4-5, 6-8, 9-12, >= 13; datastore 0-2, 3-4, >= 5.
+SOURCE_MEMORY_EDGES = (1, 2, 3, 4, 6, 9, 13)
+SOURCE_DATASTORE_EDGES = (3, 5)
+
+
+def node_sources(tree, found) -> np.ndarray:
+    """For each node of ``tree``: 1 if its path starts a row of ``found[0]`` only, 2 if of
+    ``found[1]`` only, 3 if of both (0: neither)."""
+    from restdecode.drafting.base import WeightedContinuations
+
+    presence = np.zeros(len(tree), dtype=np.int64)
+    if len(tree) == 0:
+        return presence
+    paths = WeightedContinuations.from_tree(tree).continuations  # row i: node i's path
+    for bit, part in ((1, found[0]), (2, found[1])):
+        if len(part) == 0:
+            continue
+        rows, lengths = part.continuations, part.lengths
+        width = min(rows.shape[1], paths.shape[1])
+        for node in range(len(tree)):
+            depth = int(tree.depths[node])
+            if depth > width:
+                continue
+            hit = (lengths >= depth) & (rows[:, :depth] == paths[node, :depth]).all(axis=1)
+            if hit.any():
+                presence[node] |= bit
+    return presence
+
+
+def source_grouped(datastore, cost, *, by_datastore: bool = True, memory: bool = True,
+                   scored_options: dict | None = None, min_suffix: int = 1, depths: int = 1,
+                   by_presence: bool = False, edges=None):
+    """Experimental: the planner's calibration grouped by the context / memory source's own
+    match length (and the datastore's), not by the merged tree's (the longer of the two, most
+    often the datastore's), so that a node drawn after a 1-token memory match and one drawn
+    after a 12-token one are not calibrated together."""
+    from restdecode.drafting import (CombinedDrafter, ContextDrafter, MemoryDrafter,
+                                     PlannedDrafter, RetrievalDrafter)
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+    from restdecode.drafting.base import concatenate
+    from restdecode.drafting.planner import node_probabilities
+
+    base = MemoryDrafter if memory else ContextDrafter
+    if scored_options is not None:
+        source = scored_source_class(base)(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET,
+                                           min_suffix=min_suffix, **scored_options)
+    else:
+        source = base(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET, min_suffix=min_suffix)
+    retrieval = RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET)
+    class RecordingCombined(CombinedDrafter):
+        found = None
+
+        def continuations(self, token_ids):
+            from restdecode.drafting.combined import weighted_paths
+            self.found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
+            return concatenate([paths.normalized(weight)
+                                for paths, weight in zip(self.found, self.weights)])
+
+    merged = RecordingCombined([retrieval, source], budget=CANDIDATE_BUDGET, weights=[1, 3])
+    datastore_groups = len(SOURCE_DATASTORE_EDGES) + 1 if by_datastore else 1
+    edges = SOURCE_MEMORY_EDGES if edges is None else edges
+    if by_presence:
+        depths = 3  # node groups: 0 datastore only (or neither), 1 memory only, 2 both
+
+    class SourceGroupedPlanner(PlannedDrafter):
+        def candidate(self, token_ids):
+            tree = self.drafter.propose(token_ids)
+            group = int(np.searchsorted(edges, source.last_match_length, side="right"))
+            if by_datastore:
+                group = group * datastore_groups + int(np.searchsorted(
+                    SOURCE_DATASTORE_EDGES, retrieval.last_match_length, side="right"))
+            self._step_group = group
+            self._group = self._groups(tree)
+            return tree, node_probabilities(tree, self.calibration, self._group)
+
+        _step_group = 0
+
+        def _groups(self, tree):
+            if depths == 1 or len(tree) == 0:
+                return self._step_group
+            if by_presence:
+                presence = node_sources(tree, merged.found)
+                return self._step_group * 3 + np.maximum(presence - 1, 0)
+            return self._step_group * depths + np.minimum(tree.depths - 1, depths - 1)
+
+        def observe(self, feedback):
+            if depths > 1:
+                self._group = self._groups(feedback.tree)
+            super().observe(feedback)
+
+    calibration = node_grouped_calibration((len(edges) + 1) * datastore_groups * depths)
+    return SourceGroupedPlanner(merged, cost, calibration=calibration, overhead=STEP_OVERHEAD_S)
+
+
+def scored_retrieval_class():
+    """Experimental: REST retrieval drafting from the suffix length SuffixDecoding would pick."""
+    from restdecode.drafting import RetrievalDrafter
+    from restdecode.drafting.base import WeightedContinuations, context_array
+    from restdecode.drafting.trie import heaviest_subtree
+
+    class ScoredRetrieval(RetrievalDrafter):
+        """Searches the longest suffix, then every shorter one down to ``min_suffix`` (at most
+        ``lengths`` of them, the longest first); each length's continuations would give a tree of
+        min(``cap``, ``factor`` x m + ``offset``) nodes whose score is the sum of its count-ratio
+        path probabilities (over the occurrences + ``self_count``); the best-scoring length
+        drafts (ties: the longer)."""
+
+        def __init__(self, datastore, *, factor=1.0, offset=0.0, cap=24, self_count=1,
+                     lengths: int = 16, **options):
+            super().__init__(datastore, **options)
+            self.factor, self.offset, self.cap = factor, offset, cap
+            self.self_count, self.lengths = self_count, lengths
+
+        def _search(self, query, max_suffix):
+            return self.datastore.search(query, max_suffix=max_suffix, min_suffix=self.min_suffix,
+                                         max_matches=self.max_matches, span=self.span)
+
+        def continuations(self, token_ids):
+            query = context_array(token_ids, last=self.max_suffix)
+            best_result, best_score = None, -1.0
+            result = self._search(query, self.max_suffix)
+            longest = int(result.match_length)
+            self.last_match_length = longest
+            if longest == 0 or len(result.lengths) == 0:
+                return WeightedContinuations.empty(self.span)
+            for m in range(longest, max(self.min_suffix, longest - self.lengths + 1) - 1, -1):
+                if m < longest:
+                    result = self._search(query, m)
+                    if int(result.match_length) != m or len(result.lengths) == 0:
+                        continue
+                budget = int(max(1, min(self.cap, np.floor(self.factor * m + self.offset + 1e-6))))
+                _, parents, scores = heaviest_subtree(result.continuations, result.lengths,
+                                                      result.counts.astype(np.float64), budget)
+                total = float(result.counts.sum())
+                probability = np.empty(parents.size)
+                for node, parent in enumerate(parents.tolist()):
+                    probability[node] = (probability[parent] if parent >= 0 else 1.0) * scores[node]
+                score = float(probability.sum()) * total / (total + self.self_count)
+                if score > best_score:
+                    best_result, best_score = result, score
+            self.last_match_length = int(best_result.match_length)
+            return WeightedContinuations(best_result.continuations, best_result.lengths,
+                                         best_result.counts, int(best_result.match_length))
+
+    return ScoredRetrieval
+
+
+def scored_retrieval(datastore, cost, *, memory: bool = True, retrieval_options=None,
+                     source_options=None):
+    """Experimental: a scored datastore source (:func:`scored_retrieval_class`) + the memory
+    or context source (scored too when ``source_options`` is given), planned."""
+    from restdecode.drafting import (CombinedDrafter, ContextDrafter, MemoryDrafter,
+                                     PlannedDrafter)
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, CONTEXT_SPAN, STEP_OVERHEAD_S
+
+    base = MemoryDrafter if memory else ContextDrafter
+    if source_options is not None:
+        source = scored_source_class(base)(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET,
+                                           **source_options)
+    else:
+        source = base(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET)
+    retrieval = scored_retrieval_class()(datastore, budget=CANDIDATE_BUDGET,
+                                         **(retrieval_options or {}))
+    merged = CombinedDrafter([retrieval, source], budget=CANDIDATE_BUDGET, weights=[1, 3])
+    return PlannedDrafter(merged, cost, overhead=STEP_OVERHEAD_S)
+
+
 def configurations(datastore):
     """name -> (cost -> drafter): the drafters compared."""
     from restdecode.drafting import default_drafter, default_memory
@@ -413,6 +774,8 @@ def configurations(datastore):
             lambda cost, factor=factor, offset=offset: capped(datastore, cost, factor=factor,
                                                               offset=offset))
     variants["memory max merge"] = lambda cost: max_merged(datastore, cost)
+    # "context x3" / "memory x3": the default drafters as they were until 2026-11-26 (two-token
+    # minimum suffix, calibration grouped by the longest match of all sources).
     variants["context x3"] = lambda cost: planned(datastore, cost, weights=[1, 3])
     variants["memory x3 depth-grouped calibration"] = lambda cost: depth_grouped(datastore, cost)
     variants["memory only"] = lambda cost: planned(datastore, cost, memory=True, retrieval=False)
@@ -440,6 +803,52 @@ def configurations(datastore):
         datastore, cost)
     variants["memory x3 support-grouped calibration, min suffix 1"] = lambda cost: (
         support_grouped(datastore, cost, min_suffix=1))
+    # Issue 12: the match length SuffixDecoding's way (the best-scoring draft, not the longest).
+    for label, options in (
+        ("1m", dict(factor=1.0, offset=0.0)),
+        ("1m+4", dict(factor=1.0, offset=4.0)),
+        ("8 nodes", dict(factor=0.0, offset=8.0)),
+    ):
+        variants[f"memory scored {label}"] = (
+            lambda cost, options=options: scored(datastore, cost, **options))
+        variants[f"memory scored {label} pooled"] = (
+            lambda cost, options=options: scored(datastore, cost, pool=True, **options))
+        variants[f"memory scored {label} split"] = (
+            lambda cost, options=options: scored(datastore, cost, split=True, **options))
+        variants[f"context scored {label}"] = (
+            lambda cost, options=options: scored(datastore, cost, memory=False, **options))
+    variants["memory scored 1m no self"] = lambda cost: scored(datastore, cost, self_count=0)
+    variants["memory scored 1m min suffix 2"] = lambda cost: scored(datastore, cost, min_suffix=2)
+    variants["memory source-grouped calibration"] = lambda cost: source_grouped(
+        datastore, cost, by_datastore=False)
+    variants["memory source x datastore-grouped calibration"] = lambda cost: source_grouped(
+        datastore, cost)
+    variants["memory scored 1m split, source x datastore-grouped calibration"] = (
+        lambda cost: source_grouped(datastore, cost, scored_options=dict(split=True)))
+    variants["memory scored 1m split, source-grouped calibration"] = (
+        lambda cost: source_grouped(datastore, cost, by_datastore=False,
+                                    scored_options=dict(split=True)))
+    variants["context source x datastore-grouped calibration"] = lambda cost: source_grouped(
+        datastore, cost, memory=False)
+    variants["memory source-grouped calibration, by depth"] = lambda cost: source_grouped(
+        datastore, cost, by_datastore=False, depths=3)
+    variants["memory source-grouped calibration, long-run rate"] = lambda cost: LongRunPlanner(
+        source_grouped(datastore, cost, by_datastore=False))
+    variants["memory, datastore scored 1m"] = lambda cost: scored_retrieval(datastore, cost)
+    variants["memory, datastore scored 1m+4"] = lambda cost: scored_retrieval(
+        datastore, cost, retrieval_options=dict(offset=4.0))
+    variants["context, datastore scored 1m"] = lambda cost: scored_retrieval(
+        datastore, cost, memory=False)
+    variants["memory scored 1m split, datastore scored 1m"] = lambda cost: scored_retrieval(
+        datastore, cost, source_options=dict(min_suffix=1, split=True))
+    variants["memory source-grouped calibration, by node source"] = lambda cost: (
+        source_grouped(datastore, cost, by_datastore=False, by_presence=True))
+    variants["memory source-grouped calibration, min suffix 2"] = lambda cost: source_grouped(
+        datastore, cost, by_datastore=False, min_suffix=2)
+    variants["memory source-grouped calibration, planner's 6 groups"] = lambda cost: (
+        source_grouped(datastore, cost, by_datastore=False, edges=(3, 4, 6, 9, 13)))
+    variants["context source-grouped calibration"] = lambda cost: source_grouped(
+        datastore, cost, by_datastore=False, memory=False)
     return variants
 
 

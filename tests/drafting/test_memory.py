@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from restdecode.drafting import ContextDrafter, DraftTree, MemoryDrafter, StepFeedback
 from restdecode.drafting.memory import SEPARATOR
@@ -150,3 +152,50 @@ def test_a_foreign_or_damaged_memory_file_is_refused_whole(tmp_path, damage):
         fresh.load(path, key="tok B" if damage == "other key" else "tok A",
                    vocab_size=50 if damage == "small vocabulary" else 100)
     assert fresh.outputs == []
+
+
+def brute_force_memory(outputs: list[list[int]], context: list[int], min_suffix: int,
+                       max_suffix: int, span: int, max_matches: int):
+    """(match length, rows) scanning remembered outputs + context, each output followed by a
+    separator: the longest suffix that occurs earlier, rows cut before a separator, empty rows
+    dropped."""
+    sequence = [token for output in outputs for token in output + [SEPARATOR]] + context
+    n = len(sequence)
+    for k in range(min(max_suffix, n - 1), min_suffix - 1, -1):
+        suffix = sequence[n - k:]
+        ends = [e for e in range(k, n) if sequence[e - k:e] == suffix][-max_matches:]
+        if ends:
+            rows = []
+            for e in ends:
+                row = sequence[e:e + span]
+                row = row[:row.index(SEPARATOR)] if SEPARATOR in row else row
+                if row:
+                    rows.append(tuple(row))
+            return k, rows
+    return 0, []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    outputs=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=25), max_size=4),
+    context=st.lists(st.integers(0, 3), min_size=1, max_size=40),
+    min_suffix=st.integers(1, 2),
+    span=st.integers(1, 5),
+    max_matches=st.integers(1, 50),
+)
+def test_memory_matches_brute_force_down_to_one_token(outputs, context, min_suffix, span,
+                                                      max_matches):
+    # With min_suffix 1 the drafter looks up bigrams first and single tokens only when the last
+    # two tokens never occurred before: the same as scanning everything.
+    drafter = MemoryDrafter(budget=1000, min_suffix=min_suffix, max_suffix=6, span=span,
+                            max_matches=max_matches)
+    for output in outputs:
+        drafter.remember(output)
+    drafter.reset()
+    for end in range(1, len(context) + 1):
+        found = drafter.continuations(context[:end])
+        length, rows = brute_force_memory(outputs, context[:end], min_suffix, 6, span,
+                                          max_matches)
+        assert drafter.last_match_length == length
+        assert [tuple(int(t) for t in row[:size])
+                for row, size in zip(found.continuations, found.lengths)] == rows

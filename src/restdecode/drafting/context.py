@@ -8,7 +8,9 @@ classic prompt lookup.
 The index maps every ``min_suffix``-gram to the positions right after its occurrences. It is
 extended with the new tokens only, each time ``propose`` sees a longer context; the candidates
 for a longer match are the occurrences of the last ``min_suffix``-gram, compared backwards in one
-vectorised step.
+vectorised step. With ``min_suffix`` 1 the bigrams are indexed too, and a single token's
+occurrences (thousands, for a newline) are only looked up when the last two tokens never
+occurred before: every one of them then matches exactly one token, and nothing is compared.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class ContextDrafter(ContinuationDrafter):
         self.min_suffix = min_suffix
         self.span = span
         self.max_matches = max_matches
+        # n-gram lengths indexed, longest first: bigrams too when single tokens may match.
+        self._gram_lengths = sorted({min_suffix, min(max(min_suffix, 2), max_suffix)},
+                                    reverse=True)
         self.last_match_length = 0
         self.reset()
 
@@ -65,7 +70,7 @@ class ContextDrafter(ContinuationDrafter):
         self._length = 0
         self._context_start = 0  # where the context begins in the indexed tokens (subclasses
         # may index other tokens before it, e.g. a memory of earlier outputs)
-        self._tail: list[int] = []  # the last min_suffix - 1 tokens, to form the next n-grams
+        self._tail: list[int] = []  # the last (longest gram - 1) tokens, to form the next grams
         self._ends: dict[tuple[int, ...], list[int]] = {}
         self.last_match_length = 0
 
@@ -109,12 +114,14 @@ class ContextDrafter(ContinuationDrafter):
         self._tokens[start:end] = new_tokens
         self._length = end
         window = self._tail + new_tokens.tolist()
-        n = self.min_suffix
         first_end = start - len(self._tail)  # position of window[0]
-        for offset in range(len(window) - n + 1):
-            gram = tuple(window[offset:offset + n])
-            self._ends.setdefault(gram, []).append(first_end + offset + n)
-        self._tail = window[len(window) - (n - 1):] if n > 1 else []
+        longest = self._gram_lengths[0]
+        for n in self._gram_lengths:
+            # Grams ending in the new tokens only: the tail's own grams are indexed already.
+            for offset in range(max(0, len(self._tail) - n + 1), len(window) - n + 1):
+                gram = tuple(window[offset:offset + n])
+                self._ends.setdefault(gram, []).append(first_end + offset + n)
+        self._tail = window[len(window) - (longest - 1):] if longest > 1 else []
 
     def _longest_match_occurrences(self) -> tuple[np.ndarray, int]:
         """Ends (position after the match) of the earlier occurrences of the longest suffix, in
@@ -122,14 +129,20 @@ class ContextDrafter(ContinuationDrafter):
         length = self._length
         if length <= self.min_suffix:
             return np.zeros(0, dtype=np.int64), 0
-        key = tuple(self._tokens[length - self.min_suffix:length].tolist())
-        candidates = np.asarray(self._ends.get(key, ()), dtype=np.int64)
-        candidates = candidates[candidates < length]  # the suffix itself is not an earlier one
-        if candidates.size == 0:
-            return candidates, 0
-        matched = self._backward_match_lengths(candidates)
-        best = int(matched.max())
-        return candidates[matched == best], best
+        for n in self._gram_lengths:
+            if length <= n:
+                continue
+            key = tuple(self._tokens[length - n:length].tolist())
+            candidates = np.asarray(self._ends.get(key, ()), dtype=np.int64)
+            candidates = candidates[candidates < length]  # the suffix itself is not earlier
+            if candidates.size == 0:
+                continue
+            if n == 1:  # no earlier bigram: every occurrence matches exactly one token
+                return candidates, 1
+            matched = self._backward_match_lengths(candidates)
+            best = int(matched.max())
+            return candidates[matched == best], best
+        return np.zeros(0, dtype=np.int64), 0
 
     def _backward_match_lengths(self, ends: np.ndarray) -> np.ndarray:
         """How many tokens before each end agree with the context's suffix (<= max_suffix)."""

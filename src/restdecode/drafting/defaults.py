@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from restdecode.drafting.base import ContinuationDrafter, Drafter
+from collections.abc import Sequence
+
+from restdecode.drafting.base import ContinuationDrafter, Drafter, WeightedContinuations
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
 from restdecode.drafting.memory import MemoryDrafter
@@ -30,6 +32,13 @@ CONTEXT_SPAN = 32
 # without), and 10 was worse than 3.
 CONTEXT_WEIGHT = 3.0
 
+# Shortest context suffix after which the context (or memory) source drafts: one token, as
+# SuffixDecoding does (the datastore keeps REST's two). Together with the planner grouping its
+# calibration by the context source's own match length (ContextGroupedDrafter), replayed on the
+# recorded greedy outputs (bench/draft_quality.py, 2026-11-26): +2-8% tokens per forward at 2-16
+# nodes per step over a two-token minimum grouped by the longest match of all sources.
+CONTEXT_MIN_SUFFIX = 1
+
 # Per-step work besides the verification forward (search, tree, acceptance, commit), seconds;
 # measured at 1-2 ms for SmolLM2 on 2 cores (GenerationStats.time_draft + time_accept_commit).
 STEP_OVERHEAD_S = 0.0015
@@ -45,7 +54,9 @@ def default_drafter(
     calibration: AcceptanceCalibration | None = None,
 ) -> Drafter:
     """restdecode's default drafter: datastore retrieval merged with context lookup, the
-    context weighing ``CONTEXT_WEIGHT`` times the datastore.
+    context weighing ``CONTEXT_WEIGHT`` times the datastore and drafting after suffixes of
+    ``CONTEXT_MIN_SUFFIX`` tokens and up; the merged tree carries the context source's match
+    length (:class:`ContextGroupedDrafter`: the planner calibrates by it).
 
     * ``profile`` (a :class:`restdecode.latency.LatencyProfile`, see
       :func:`restdecode.latency.profile_for`): each step verifies the part of a
@@ -61,28 +72,58 @@ def default_drafter(
     * ``calibration``: the planner's acceptance calibration, to share among the drafters of one
       model (default: a fresh one, learning from zero).
     """
-    context = memory if memory is not None else ContextDrafter(span=CONTEXT_SPAN)
+    context = (memory if memory is not None
+               else ContextDrafter(span=CONTEXT_SPAN, min_suffix=CONTEXT_MIN_SUFFIX))
     sources = [(context, CONTEXT_WEIGHT)]
     if datastore is not None:
         sources.insert(0, (RetrievalDrafter(datastore), 1.0))
     if learned is not None:
         sources.append((learned, CONTEXT_WEIGHT))
     if profile is None or budget is not None:
-        return _merged(sources, DEFAULT_BUDGET if budget is None else budget)
-    return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET), profile, overhead=STEP_OVERHEAD_S,
-                          calibration=calibration)
+        return _merged(sources, DEFAULT_BUDGET if budget is None else budget, context)
+    return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET, context), profile,
+                          overhead=STEP_OVERHEAD_S, calibration=calibration)
 
 
 def default_memory() -> MemoryDrafter:
     """An empty output memory, shaped to be :func:`default_drafter`'s context source."""
-    return MemoryDrafter(span=CONTEXT_SPAN)
+    return MemoryDrafter(span=CONTEXT_SPAN, min_suffix=CONTEXT_MIN_SUFFIX)
 
 
-def _merged(sources: list[tuple[ContinuationDrafter, float]], budget: int):
-    """One source alone, or the sources merged with their weights, each under ``budget``."""
+class ContextGroupedDrafter(CombinedDrafter):
+    """A :class:`CombinedDrafter` whose tree carries the match length of its context (or memory)
+    source, ``drafters[context]``, instead of the longest match among all sources.
+
+    The planner calibrates its steps by the tree's match length. The datastore nearly always
+    matches a few tokens, so the longest of all says little; how long a suffix this generation
+    (or this model's earlier outputs) repeats says how far its continuations will be accepted.
+    """
+
+    def __init__(self, drafters: Sequence[Drafter], *, budget: int,
+                 weights: Sequence[float] | None = None, context: int = 0) -> None:
+        super().__init__(drafters, budget=budget, weights=weights)
+        if not 0 <= context < len(self.drafters):
+            raise ValueError(f"context must index a drafter, got {context}")
+        self.context = context
+
+    def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
+        """The merged continuations, with the context source's match length (0: it matched
+        nothing, or it reports none)."""
+        merged = super().continuations(token_ids)
+        match_length = int(getattr(self.drafters[self.context], "last_match_length", 0))
+        return WeightedContinuations(merged.continuations, merged.lengths, merged.weights,
+                                     match_length)
+
+
+def _merged(sources: list[tuple[ContinuationDrafter, float]], budget: int,
+            context: ContinuationDrafter):
+    """One source alone, or the sources merged with their weights, each under ``budget``, the
+    tree carrying ``context``'s match length."""
     for source, _ in sources:  # each proposes as many nodes as the merged tree may keep
         source.budget = budget
     if len(sources) == 1:
         return sources[0][0]
-    return CombinedDrafter([source for source, _ in sources], budget=budget,
-                           weights=[weight for _, weight in sources])
+    drafters = [source for source, _ in sources]
+    return ContextGroupedDrafter(drafters, budget=budget,
+                                 weights=[weight for _, weight in sources],
+                                 context=drafters.index(context))
