@@ -153,3 +153,27 @@ def test_smollm2_loads_with_tokenizer_chat_template_and_generates(smollm2, monke
 
 def _as_list(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@pytest.mark.assets
+def test_the_qwen_coder_pair_loads_shares_a_tokenizer_and_drafts_losslessly():
+    """Qwen2.5-Coder-1.5B-Instruct (target) and 0.5B (draft), de-quantized once from their GGUF
+    files (~1.6 GB fetched, ~3 min the first time); the 0.5B drafts for the 1.5B, greedy output
+    identical to plain greedy."""
+    from restdecode.decode import generate
+    from restdecode.drafting import DraftModelDrafter, NoDrafter, check_same_tokenizer
+
+    target, tokenizer = models.load("qwen2.5-coder-1.5b-instruct", quiet=True)
+    draft, draft_tokenizer = models.load("qwen2.5-coder-0.5b-instruct", quiet=True)
+    check_same_tokenizer(tokenizer, draft_tokenizer)
+    assert target.config.model_type == draft.config.model_type == "qwen2"
+    assert target.config.vocab_size == draft.config.vocab_size == 151_936
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    text = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    messages = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+    plain = generate(target, tokenizer, messages=messages, drafter=NoDrafter(), max_new_tokens=12)
+    drafted = generate(target, tokenizer, messages=messages, max_new_tokens=12,
+                       drafter=DraftModelDrafter(draft, k=4))
+    assert drafted.token_ids == plain.token_ids
+    assert drafted.stats.steps < plain.stats.steps  # the 0.5B's drafts are accepted

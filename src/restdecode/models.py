@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Asset names that are models (the others in restdecode.assets are data sets).
-MODEL_ASSETS: tuple[str, ...] = ("smollm2-135m-instruct", "gemma3-270m")
+MODEL_ASSETS: tuple[str, ...] = ("smollm2-135m-instruct", "gemma3-270m",
+                                 "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 
 WEIGHTS_FILE = "model.safetensors"
 SOURCE_FILE = "restdecode-source.json"  # written last: its presence marks a complete cache
@@ -41,8 +42,8 @@ def load(
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal LM and its tokenizer, the model in eval mode.
 
-    ``name_or_path`` is a model asset name (``smollm2-135m-instruct``, ``gemma3-270m``; fetched
-    on first use), a path to a ``.gguf`` file (de-quantized once into the cache), or a local
+    ``name_or_path`` is a model asset name (``MODEL_ASSETS``: ``smollm2-135m-instruct``,
+    ``gemma3-270m``, the Qwen2.5-Coder pair; fetched on first use), a path to a ``.gguf`` file (de-quantized once into the cache), or a local
     Hugging Face model directory. Raises ModelError for an unknown name or a missing path.
     """
     from transformers import AutoModelForCausalLM
