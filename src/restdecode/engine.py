@@ -20,11 +20,17 @@ if TYPE_CHECKING:
     from restdecode.datastore import Datastore
     from restdecode.decode import GenerationResult, TextStream
     from restdecode.drafting import ContinuationDrafter, Drafter, MemoryDrafter
+    from restdecode.drafting.draft_model import DraftModelDrafter
     from restdecode.drafting.planner import AcceptanceCalibration
     from restdecode.latency import LatencyProfile
     from restdecode.options import GenerationOptions
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# A draft model's default shape (--draft-k, --draft-branches): a chain of 4 tokens, one draft
+# forward each (not measured yet on the Qwen2.5-Coder pair; transformers' assisted generation
+# drafts up to 20, stopping where the draft's confidence falls below an adaptive threshold).
+DRAFT_K = 4
+DRAFT_BRANCHES = 1
 # Where `make demo` builds the ShareGPT datastore of a model (relative to restdecode_home()).
 DEFAULT_DATASTORES = {DEFAULT_MODEL: "datastores/sharegpt-smollm2.rds"}
 
@@ -54,6 +60,11 @@ class Engine:
     * ``draft=False``: plain decoding (no drafter);
     * ``budget``: a fixed draft tree of that many nodes every step; without it, each step's tree
       is sized by the model's latency profile on this machine (measured once, then cached);
+    * ``draft_model``: a smaller model of the same tokenizer (a transformers model or a
+      :class:`~restdecode.backends.Backend` of its own, e.g. a GGUF on llama.cpp) whose chain
+      of ``draft_k`` tokens (a tree of ``draft_branches`` chains when > 1) joins retrieval and
+      context in the default drafter (:func:`merge_draft_model`); ``draft_tokenizer`` (its
+      tokenizer), when given, is checked to be the target's (:func:`check_same_tokenizer`);
     * ``memory=True``: the context source also searches this engine's earlier outputs
       (:class:`~restdecode.drafting.MemoryDrafter`, kept in ``engine.memory``);
       ``memory_file``: where that memory is loaded from now and saved by :meth:`save_memory`
@@ -65,7 +76,9 @@ class Engine:
                  profile: "LatencyProfile | None" = None, draft: bool = True,
                  budget: int | None = None, memory: bool = False,
                  memory_file: str | Path | None = None, name: str = "", progress: bool = True,
-                 say: Callable[[str], None] = _say) -> None:
+                 say: Callable[[str], None] = _say, draft_model=None, draft_tokenizer=None,
+                 draft_k: int = DRAFT_K, draft_branches: int = DRAFT_BRANCHES,
+                 draft_name: str = "") -> None:
         from restdecode.drafting import default_memory
         from restdecode.drafting.planner import default_calibration
 
@@ -83,6 +96,15 @@ class Engine:
             check_vocabulary(datastore, model)
         if budget is not None and budget < 0:
             raise OptionsError(f"budget must be >= 0 nodes, got {budget}")
+        check_draft_shape(draft_k, draft_branches)
+        if draft_model is not None and draft_tokenizer is not None:
+            from restdecode.drafting.draft_model import check_same_tokenizer
+
+            check_same_tokenizer(tokenizer, draft_tokenizer)
+        self.draft_model = draft_model
+        self.draft_backend = as_backend(draft_model) if draft_model is not None else None
+        self.draft_name = draft_name
+        self.draft_k, self.draft_branches = draft_k, draft_branches
         self.say = say
         self.memory = default_memory() if memory and draft else None
         self.memory_file = Path(memory_file).expanduser() if memory_file is not None else None
@@ -98,7 +120,9 @@ class Engine:
              backend: str = "transformers", compile: bool = False, draft: bool = True,
              budget: int | None = None, memory: bool = False,
              memory_file: str | Path | None = None, progress: bool = True,
-             say: Callable[[str], None] = _say) -> "Engine":
+             say: Callable[[str], None] = _say, draft_model: str | None = None,
+             draft_backend: str = "auto", draft_k: int = DRAFT_K,
+             draft_branches: int = DRAFT_BRANCHES) -> "Engine":
         """Load ``model`` (asset name, GGUF file or Hugging Face directory) on ``backend``
         (``transformers``; ``llamacpp`` for a GGUF; ``auto``: llama.cpp for a GGUF when it is
         installed, else transformers), and ``datastore`` (a file from ``restdecode
@@ -107,25 +131,37 @@ class Engine:
         The datastore is checked to exist before the model is loaded. With ``compile`` (the
         transformers backend only), the model's verification forward runs through
         ``torch.compile``; its graphs are built here (minutes on a CPU, said through ``say``).
+
+        ``draft_model`` (same forms as ``model``) is loaded on ``draft_backend`` (resolved as
+        ``backend`` is; on llama.cpp a backend of its own) after both tokenizers were compared
+        (:func:`~restdecode.drafting.draft_model.check_same_tokenizer`: a mismatched pair is
+        refused before either model loads); ``draft_k`` / ``draft_branches`` shape its drafts.
         """
         from restdecode.backends import resolve_backend
-        from restdecode.models import load, load_llamacpp
 
         backend = resolve_backend(backend, model, compile=compile)
         if compile and backend != "transformers":
             raise OptionsError("--compile applies to the transformers backend only")
+        check_draft_shape(draft_k, draft_branches)
         path = Path(datastore).expanduser() if datastore is not None else None
         if path is not None and not path.is_file():
             raise DatastoreError(f"datastore {path} does not exist (build one with "
                                  "`restdecode build-datastore`)")
-        loaded, tokenizer = load_llamacpp(model) if backend == "llamacpp" else load(model)
+        if draft_model is not None:
+            check_draft_pair(model, draft_model)
+            draft_backend = resolve_backend(draft_backend, draft_model)
+        loaded, tokenizer = _load_on(backend, model)
         store = open_datastore(path, tokenizer) if path is not None else None
         if store is not None:
             check_vocabulary(store, loaded)  # before minutes of compiling
+        draft_loaded, draft_tokenizer = (_load_on(draft_backend, draft_model)
+                                         if draft_model is not None else (None, None))
         if compile:
             loaded = compile_model(loaded, say)
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
-                   memory_file=memory_file, name=model, progress=progress, say=say)
+                   memory_file=memory_file, name=model, progress=progress, say=say,
+                   draft_model=draft_loaded, draft_tokenizer=draft_tokenizer, draft_k=draft_k,
+                   draft_branches=draft_branches, draft_name=draft_model or "")
 
     @property
     def profile(self) -> "LatencyProfile":
@@ -155,23 +191,56 @@ class Engine:
     def new_drafter(self, *, budget: int | None = None,
                     memory: "MemoryDrafter | None" = None,
                     learned: "ContinuationDrafter | None" = None,
-                    calibration: "AcceptanceCalibration | None" = None) -> "Drafter":
+                    calibration: "AcceptanceCalibration | None" = None,
+                    draft_model: bool = True) -> "Drafter":
         """A fresh default drafter (:func:`restdecode.drafting.default_drafter`) over this
         engine's datastore: sized by the latency profile, or fixed at ``budget`` nodes
         (default: the engine's ``budget``);
         ``memory`` (default: the engine's, if any) as its context source; ``learned`` an extra
         source (e.g. the server's learned memory of a tenant). The planner learns into
         ``calibration``, by default ``engine.calibration``, which all this engine's drafters share
-        (pass a fresh one to keep a drafter's learning apart, as the benchmark's methods do)."""
-        from restdecode.drafting import default_drafter
+        (pass a fresh one to keep a drafter's learning apart, as the benchmark's methods do).
+        With a draft model (and ``draft_model`` True) the drafter merges its drafts with
+        retrieval and context (:func:`~restdecode.drafting.draft_model.merge_draft_model`), a
+        draft-model session of its own."""
+        from restdecode.drafting import CANDIDATE_BUDGET, default_drafter
+        from restdecode.drafting.draft_model import merge_draft_model
 
         memory = memory if memory is not None else self.memory
         budget = budget if budget is not None else self.budget
         calibration = calibration if calibration is not None else self.calibration
+        profile = self.profile if budget is None else None
+        if draft_model and self.draft_model is not None:
+            sources = default_drafter(self.datastore, memory=memory, learned=learned,
+                                      budget=CANDIDATE_BUDGET if budget is None else budget)
+            return merge_draft_model(self.new_draft_model_drafter(), sources, budget=budget,
+                                     profile=profile, calibration=calibration)
         if budget is not None:
             return default_drafter(self.datastore, budget=budget, memory=memory, learned=learned)
-        return default_drafter(self.datastore, profile=self.profile, memory=memory,
+        return default_drafter(self.datastore, profile=profile, memory=memory,
                                learned=learned, calibration=calibration)
+
+    def new_draft_model_drafter(self) -> "DraftModelDrafter":
+        """A fresh :class:`~restdecode.drafting.DraftModelDrafter` on this engine's draft model
+        (``draft_k``, ``draft_branches``; argmax drafts: under sampling they are accepted by the
+        deterministic-draft rule, still lossless). ``ModelError`` without a draft model."""
+        from restdecode.drafting.draft_model import DraftModelDrafter
+        from restdecode.errors import ModelError
+
+        if self.draft_backend is None:
+            raise ModelError("this engine has no draft model (Engine.load(draft_model=...), "
+                             "--draft-model)")
+        return DraftModelDrafter(self.draft_backend, k=self.draft_k,
+                                 branches=self.draft_branches, vocab_size=self.backend.vocab_size)
+
+    def check_batched_drafting(self) -> None:
+        """OptionsError when this engine's drafters cannot run side by side (batched decoding
+        gives every row a drafter of its own): a llama.cpp draft model runs one session at a
+        time."""
+        if self.draft_backend is not None and self.draft_backend.name == "llamacpp":
+            raise OptionsError("batched decoding needs a draft model on the transformers "
+                               "backend (--draft-backend transformers): a llama.cpp draft "
+                               "model drafts for one sequence at a time")
 
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
                  input_ids: Sequence[int] | None = None, drafter: "Drafter | None" = None,
@@ -226,6 +295,31 @@ class Engine:
         from restdecode.datastore.vocab import tokenizer_fingerprint
 
         return f"tokenizer {tokenizer_fingerprint(self.tokenizer)}"
+
+
+def _load_on(backend: str, model: str):
+    """(model or llama.cpp backend, tokenizer) of ``model`` on ``backend``."""
+    from restdecode.models import load, load_llamacpp
+
+    return load_llamacpp(model) if backend == "llamacpp" else load(model)
+
+
+def check_draft_shape(k: int, branches: int) -> None:
+    """OptionsError unless a draft model's depth and branching are both at least 1."""
+    if isinstance(k, bool) or isinstance(branches, bool) or not (
+            isinstance(k, int) and isinstance(branches, int) and k >= 1 and branches >= 1):
+        raise OptionsError(f"draft depth (--draft-k) and branches (--draft-branches) must be "
+                           f"integers >= 1, got {k!r} and {branches!r}")
+
+
+def check_draft_pair(model: str, draft_model: str) -> None:
+    """Refuse ``draft_model`` unless its tokenizer is ``model``'s, comparing the tokenizers
+    alone (:func:`~restdecode.drafting.draft_model.check_same_tokenizer`), before any model
+    loads."""
+    from restdecode.drafting.draft_model import check_same_tokenizer
+    from restdecode.models import load_tokenizer
+
+    check_same_tokenizer(load_tokenizer(model), load_tokenizer(draft_model))
 
 
 def default_memory_file(model: str) -> Path:

@@ -313,3 +313,18 @@ def test_the_default_gguf_model_is_served_on_llama_cpp():
         assert answer.model_extra["restdecode"]["completion_token_ids"] == expected.token_ids
     finally:
         server.stop()
+
+
+def test_a_draft_model_drafts_for_every_request(start_server, tiny_dir, reference):
+    """--draft-model (here the served model itself: its drafts are accepted), batched rows each
+    with a draft-model session of their own; greedy answers stay plain greedy's."""
+    server = start_server("--draft-model", str(tiny_dir), "--draft-k", "3", "--max-batch", "2")
+    assert f"draft model {tiny_dir}" in server.stderr
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    for prompt in PROMPTS[:2]:
+        expected = reference(prompt=prompt, max_tokens=24)
+        answer = client.completions.create(model=SERVED_NAME, prompt=prompt, max_tokens=24,
+                                           temperature=0)
+        extra = answer.model_extra["restdecode"]
+        assert extra["completion_token_ids"] == expected.token_ids
+        assert extra["steps"] < len(expected.token_ids) / 2

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from restdecode.benchmark.methods import DEFAULT_METHODS, METHOD_NAMES, rest_drafter
-from restdecode.engine import DEFAULT_MODEL, default_datastore
+from restdecode.engine import DEFAULT_MODEL, DRAFT_BRANCHES, DRAFT_K, default_datastore
 
 if TYPE_CHECKING:
     from restdecode.engine import Engine
@@ -26,7 +26,9 @@ class BenchConfig:
 
     ``backend``: what runs the model for our engine's methods (``transformers``, ``llamacpp``,
     or ``auto``: see :func:`restdecode.backends.resolve_backend`); ``methods`` None: that
-    backend's defaults (:func:`restdecode.benchmark.methods.default_methods`).
+    backend's defaults (:func:`restdecode.benchmark.methods.default_methods`). ``draft_model``
+    (with ``draft_backend``, ``draft_k``, ``draft_branches``, as ``Engine.load`` takes them)
+    offers the draft-model methods, and adds them to the defaults.
     """
 
     workload: str
@@ -42,6 +44,10 @@ class BenchConfig:
     compile: bool = False  # our engine's methods through a torch.compile'd forward
     memory_file: Path | None = None  # restdecode-memory starts from it, and is saved to it
     backend: str = "auto"
+    draft_model: str | None = None
+    draft_backend: str = "auto"
+    draft_k: int = DRAFT_K
+    draft_branches: int = DRAFT_BRANCHES
 
 
 @dataclass
@@ -68,11 +74,13 @@ def run_benchmark(config: BenchConfig) -> BenchOutcome:
     config = resolve_config(config)
     datastore_path = config.datastore or default_datastore(config.model)
     check_method_names(config.methods, has_datastore=datastore_path is not None,
-                       model=config.model)
+                       model=config.model, has_draft_model=config.draft_model is not None)
     prompts = load_workload(config.workload, limit=config.limit, turns=config.turns)
     compile = config.compile and bool(ENGINE_METHODS.intersection(config.methods))
     engine = Engine.load(config.model, datastore=datastore_path, backend=config.backend,
-                         compile=compile, draft=False, progress=config.progress)
+                         compile=compile, draft=False, progress=config.progress,
+                         draft_model=config.draft_model, draft_backend=config.draft_backend,
+                         draft_k=config.draft_k, draft_branches=config.draft_branches)
     methods = build_methods(config.methods, engine, memory_file=config.memory_file)
     tokenizer, datastore = engine.tokenizer, engine.datastore
     baseline = Baseline(baseline_for(config.methods, config.backend), _end_ids(engine))
@@ -118,7 +126,8 @@ def resolve_config(config: BenchConfig) -> BenchConfig:
     backend = resolve_backend(config.backend, config.model, compile=config.compile)
     if config.compile and backend != "transformers":
         raise OptionsError("--compile applies to the transformers backend only")
-    methods = list(config.methods) if config.methods else default_methods(backend)
+    methods = (list(config.methods) if config.methods
+               else default_methods(backend, draft_model=config.draft_model is not None))
     return replace(config, backend=backend, methods=methods)
 
 
@@ -208,7 +217,17 @@ def _run_identity(config: BenchConfig, datastore_path: Path | None) -> dict:
         identity["backend"] = config.backend
     if config.memory_file is not None:
         identity["memory_file"] = str(config.memory_file)
+    if config.draft_model is not None:
+        identity["draft"] = _draft_settings(config)
     return identity
+
+
+def _draft_settings(config: BenchConfig) -> dict | None:
+    """The draft model and its shape (None without one)."""
+    if config.draft_model is None:
+        return None
+    return {"model": config.draft_model, "backend": config.draft_backend, "k": config.draft_k,
+            "branches": config.draft_branches}
 
 
 def _model_info(name: str, engine: "Engine") -> dict:
@@ -262,6 +281,7 @@ def _settings(config: BenchConfig, engine: "Engine") -> dict:
                 "turns": config.turns, "warmup_tokens": WARMUP_TOKENS, "greedy": True,
                 "batch_size": 1, "backend": config.backend, "compiled_engine": config.compile,
                 "memory_file": str(config.memory_file) if config.memory_file else None,
+                "draft_model": _draft_settings(config),
                 "timing": "decode_s = e2e_s - prefill_s; prefill_s = a max_new_tokens=1 "
                           "generation of the same prompt, for every method"}
     if config.backend == "llamacpp" or LLAMACPP_METHODS.intersection(config.methods):

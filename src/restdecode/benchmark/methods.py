@@ -17,6 +17,16 @@ the timing around :meth:`Method.generate`, so every method is timed the same way
   this method's own earlier outputs of the run (:class:`restdecode.drafting.MemoryDrafter`),
   carried across prompts in the benchmark's order.
 
+With a draft model (``Engine.load(draft_model=...)``, ``bench --draft-model``), and only then:
+
+* ``hf-assisted``: ``model.generate(do_sample=False, assistant_model=draft)``, transformers'
+  assisted generation with the draft as a transformers model (the peer of ``draft-model``);
+* ``draft-model``: our engine with the draft model's drafts alone
+  (:class:`~restdecode.drafting.DraftModelDrafter`, ``--draft-k`` / ``--draft-branches``);
+* ``draft-model+retrieval``: our engine with the draft model merged with retrieval and context
+  (``Engine.new_drafter``: what ``generate --draft-model`` uses). ``restdecode`` stays
+  retrieval + context alone.
+
 Our engine's methods run on the engine's backend (transformers or llama.cpp); the ``hf-*`` and
 ``llamacpp-*`` methods always run their own library's loop.
 """
@@ -51,12 +61,17 @@ DEFAULT_METHODS: tuple[str, ...] = (HF_GREEDY, "hf-prompt-lookup", "rest", "rest
 # costs about 21 plain llama.cpp steps on a CPU (bench/RESULTS.md, issue 13).
 LLAMACPP_DEFAULT_METHODS: tuple[str, ...] = (LLAMACPP_GREEDY, HF_GREEDY, "llamacpp-prompt-lookup",
                                              "restdecode", PLAIN)
+HF_ASSISTED = "hf-assisted"
+# The methods that need a draft model; they join the defaults when one is given.
+DRAFT_METHODS: tuple[str, ...] = (HF_ASSISTED, "draft-model", "draft-model+retrieval")
 METHOD_NAMES: tuple[str, ...] = DEFAULT_METHODS + (
-    "restdecode-memory", LLAMACPP_GREEDY, "llamacpp-prompt-lookup")
+    "restdecode-memory", LLAMACPP_GREEDY, "llamacpp-prompt-lookup") + DRAFT_METHODS
 NEEDS_DATASTORE: frozenset[str] = frozenset({"rest"})
-HF_METHODS: frozenset[str] = frozenset({HF_GREEDY, "hf-prompt-lookup"})  # transformers' own loop
+# transformers' own loop
+HF_METHODS: frozenset[str] = frozenset({HF_GREEDY, "hf-prompt-lookup", HF_ASSISTED})
 LLAMACPP_METHODS: frozenset[str] = frozenset({LLAMACPP_GREEDY, "llamacpp-prompt-lookup"})
-ENGINE_METHODS: frozenset[str] = frozenset({"rest", "restdecode", PLAIN, "restdecode-memory"})
+ENGINE_METHODS: frozenset[str] = frozenset({"rest", "restdecode", PLAIN, "restdecode-memory",
+                                            "draft-model", "draft-model+retrieval"})
 
 # REST's published configuration (He et al. 2024, FasterDecoding/REST): the datastore search's
 # defaults (restdecode.datastore.search) and trees of 64 nodes.
@@ -90,10 +105,11 @@ class Method(Protocol):
         ...
 
 
-def default_methods(backend: str) -> list[str]:
+def default_methods(backend: str, *, draft_model: bool = False) -> list[str]:
     """The methods run when none are named: on the llamacpp backend llama.cpp's own loops take
-    the place of transformers' ones."""
-    return list(LLAMACPP_DEFAULT_METHODS if backend == "llamacpp" else DEFAULT_METHODS)
+    the place of transformers' ones; with a draft model, the ``DRAFT_METHODS`` too."""
+    methods = list(LLAMACPP_DEFAULT_METHODS if backend == "llamacpp" else DEFAULT_METHODS)
+    return methods + list(DRAFT_METHODS) if draft_model else methods
 
 
 def baseline_for(methods: list[str], backend: str) -> str | None:
@@ -289,9 +305,11 @@ def engine_accepted_per_step(stats) -> list[int]:
     return prefill + [int(n) for n in stats.accepted_per_step]
 
 
-def check_method_names(names: list[str], *, has_datastore: bool, model: str | None = None) -> None:
-    """Raise a user-facing error for unknown names, for ``rest`` without a datastore, and for
-    ``llamacpp-*`` methods without llama-cpp-python or (``model`` given) without a GGUF model."""
+def check_method_names(names: list[str], *, has_datastore: bool, model: str | None = None,
+                       has_draft_model: bool = False) -> None:
+    """Raise a user-facing error for unknown names, for ``rest`` without a datastore, for the
+    ``DRAFT_METHODS`` without a draft model, and for ``llamacpp-*`` methods without
+    llama-cpp-python or (``model`` given) without a GGUF model."""
     unknown = [name for name in names if name not in METHOD_NAMES]
     if unknown:
         raise RestdecodeError(f"unknown method(s) {', '.join(unknown)}; "
@@ -299,6 +317,11 @@ def check_method_names(names: list[str], *, has_datastore: bool, model: str | No
     if not has_datastore and NEEDS_DATASTORE.intersection(names):
         raise RestdecodeError("method 'rest' needs a datastore: pass --datastore FILE "
                               "(build one with `restdecode build-datastore`)")
+    needs_draft = [name for name in names if name in DRAFT_METHODS]
+    if needs_draft and not has_draft_model:
+        raise RestdecodeError(f"{', '.join(needs_draft)} need a draft model: pass --draft-model "
+                              "NAME|PATH (a smaller model with the same tokenizer, e.g. "
+                              "qwen2.5-coder-0.5b-instruct for qwen2.5-coder-1.5b-instruct)")
     _check_llamacpp_methods(names, model)
 
 
@@ -331,20 +354,24 @@ def build_methods(names: list[str], engine: "Engine", *,
     transformers model of ``engine.name``, only if one of them is asked for. The ``llamacpp-*``
     methods load the GGUF file of ``engine.name`` (a second copy of the model).
     """
-    check_method_names(names, has_datastore=engine.datastore is not None)
+    check_method_names(names, has_datastore=engine.datastore is not None,
+                       has_draft_model=engine.draft_model is not None)
     hf_model = functools.cache(lambda: _transformers_model(engine))
     return [_build_method(name, engine, memory_file, hf_model) for name in names]
 
 
-def _transformers_model(engine: "Engine") -> "PreTrainedModel":
-    """The eager transformers model: the engine's own, or loaded now for another backend."""
+def _transformers_model(engine: "Engine", *, draft: bool = False) -> "PreTrainedModel":
+    """The eager transformers model (``draft``: the draft model): the engine's own, or loaded
+    now for another backend."""
     from restdecode.compiled import eager
 
-    if engine.backend.name == "transformers":
-        return eager(engine.model)
+    backend, model, name = ((engine.draft_backend, engine.draft_model, engine.draft_name)
+                            if draft else (engine.backend, engine.model, engine.name))
+    if backend.name == "transformers":
+        return eager(model)
     from restdecode.models import load
 
-    return load(engine.name)[0]
+    return load(name)[0]
 
 
 def _llamacpp_method(name: str, engine: "Engine") -> LlamaCppGenerate:
@@ -365,14 +392,23 @@ def _build_method(name: str, engine: "Engine", memory_file: "Path | None",
     if name == "hf-prompt-lookup":
         return HFGenerate(name, hf_model(), engine.tokenizer,
                           prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
+    if name == HF_ASSISTED:
+        return HFGenerate(name, hf_model(), engine.tokenizer,
+                          assistant_model=_transformers_model(engine, draft=True))
     if name in LLAMACPP_METHODS:
         return _llamacpp_method(name, engine)
     if name == "rest":
         return EngineMethod(name, engine, rest_drafter(engine.datastore))
     if name == "restdecode":
+        return EngineMethod(name, engine, engine.new_drafter(calibration=default_calibration(),
+                                                             draft_model=False))
+    if name == "draft-model":
+        return EngineMethod(name, engine, engine.new_draft_model_drafter())
+    if name == "draft-model+retrieval":
         return EngineMethod(name, engine, engine.new_drafter(calibration=default_calibration()))
     if name == "restdecode-memory":
         memory = default_memory()
-        drafter = engine.new_drafter(memory=memory, calibration=default_calibration())
+        drafter = engine.new_drafter(memory=memory, calibration=default_calibration(),
+                                     draft_model=False)
         return EngineMethod(name, engine, drafter, memory, memory_file)
     return EngineMethod(name, engine, NoDrafter())

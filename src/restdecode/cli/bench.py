@@ -12,6 +12,13 @@ Methods (run interleaved per prompt, each warmed up once, model loading not time
   restdecode-memory      restdecode that also searches its own earlier outputs of the run
                          (not in the default lists; name it in --methods)
 
+With --draft-model (a smaller model with the same tokenizer), these are offered and run by default:
+  hf-assisted            model.generate(do_sample=False, assistant_model=DRAFT) (transformers)
+  draft-model            our engine with the draft model's drafts alone (--draft-k tokens,
+                         --draft-branches chains)
+  draft-model+retrieval  our engine with the draft model merged with retrieval + context
+                         (what `generate --draft-model` uses)
+
 Our engine's methods run on --backend; hf-* always run transformers (loaded only when
 asked for), llamacpp-* always llama.cpp (GGUF models only: asset names, ASSET:TYPE, .gguf).
 The baseline that identity and speedups refer to is llamacpp-greedy on the llamacpp backend
@@ -25,6 +32,8 @@ examples:
   restdecode bench mtbench --backend llamacpp --limit 10 --out bench-llamacpp
   restdecode bench humaneval --limit 20 --methods hf-greedy,restdecode --out he-out
   restdecode bench prompts:my.jsonl --model ./my-hf-model --datastore my.rds --out my-out
+  restdecode bench humaneval --model qwen2.5-coder-1.5b-instruct \\
+      --draft-model qwen2.5-coder-0.5b-instruct --backend transformers --limit 10 --out he-qwen
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import argparse
 from pathlib import Path
 
 from restdecode.benchmark.methods import DEFAULT_METHODS, LLAMACPP_DEFAULT_METHODS
-from restdecode.cli.common import add_model_argument
+from restdecode.cli.common import add_model_argument, draft_model_options
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         workload=args.workload, out=args.out or default_out(args.workload), model=args.model, limit=args.limit,
         max_new_tokens=args.max_new_tokens, methods=methods, turns=args.turns,
         datastore=args.datastore, progress=not args.no_progress, resume=args.resume,
-        compile=args.compile, memory_file=args.memory_file, backend=args.backend))
+        compile=args.compile, memory_file=args.memory_file, backend=args.backend,
+        **draft_model_options(args)))
     print(summary_table(outcome.document))
     print()
     print(f"results: {outcome.results}")

@@ -14,6 +14,7 @@ examples:
   restdecode chat
   restdecode chat --datastore ~/.cache/restdecode/datastores/sharegpt-smollm2.rds --temperature 0.7
   printf 'Hello!\\nTell me a joke.\\n' | restdecode chat
+  restdecode chat --model qwen2.5-coder-1.5b-instruct --draft-model qwen2.5-coder-0.5b-instruct
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Check that speculative greedy decoding is token-identical to plain greedy decoding.
 
 For every prompt, our greedy output (drafting from --datastore merged with the context; context
-only without --datastore) is compared with the backend's own plain greedy decoding: transformers'
+only without --datastore; with --draft-model, that model's drafts merged in too) is compared with the backend's own plain greedy decoding: transformers'
 model.generate(do_sample=False), or llama.cpp's own generation loop (llama-cpp-python's
 Llama.generate) on --backend llamacpp. For a prompt that differs, the first differing position
 and the gap between the model's two best logits there, in plain one-token-at-a-time decoding,
@@ -20,6 +20,8 @@ examples:
   restdecode check-lossless --backend llamacpp --model smollm2-135m-instruct:f32 --limit 10
   restdecode check-lossless --backend llamacpp --tie-margin 0.25 --limit 10
   restdecode check-lossless --backend transformers --batch-size 8 --limit 16
+  restdecode check-lossless --model qwen2.5-coder-1.5b-instruct \\
+      --draft-model qwen2.5-coder-0.5b-instruct --prompts humaneval --limit 5
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise OptionsError(f"--batch-size must be at least 1, got {args.batch_size}")
     prompts = load_workload(args.prompts, limit=args.limit)
     engine = engine_from_args(args)
+    if args.batch_size > 1:
+        engine.check_batched_drafting()
     reference = reference_method(engine)
     ours = batched_outputs(engine, prompts, options, args.batch_size) if args.batch_size > 1 else {}
     differing, steps, tokens = [], 0, 0

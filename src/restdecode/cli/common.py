@@ -1,4 +1,5 @@
-"""Arguments and set-up shared by the commands that decode (generate, chat, check-lossless, bench).
+"""Arguments and set-up shared by the commands that decode (generate, chat, check-lossless, bench,
+serve).
 
 Every such command builds its :class:`~restdecode.engine.Engine` and its
 :class:`~restdecode.options.GenerationOptions` here, so a default or a check lives in one place.
@@ -11,7 +12,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from restdecode.engine import DEFAULT_MODEL
+from restdecode.engine import DEFAULT_MODEL, DRAFT_BRANCHES, DRAFT_K
 
 if TYPE_CHECKING:
     from restdecode.engine import Engine
@@ -30,6 +31,35 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                              "on a CPU), transformers (any Hugging Face causal LM; --compile), "
                              "or auto: llamacpp for a GGUF model when llama-cpp-python is "
                              "installed, else transformers (default: auto)")
+    add_draft_model_arguments(parser)
+
+
+def add_draft_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--draft-model``, ``--draft-backend``, ``--draft-k``, ``--draft-branches``."""
+    parser.add_argument("--draft-model", default=None, metavar="NAME|PATH",
+                        help="a smaller model with the same tokenizer that drafts for --model "
+                             "(asset name, .gguf file or Hugging Face directory), its drafts "
+                             "merged with retrieval and context; a pair whose tokenizers differ "
+                             "is refused before loading (e.g. --model "
+                             "qwen2.5-coder-1.5b-instruct --draft-model "
+                             "qwen2.5-coder-0.5b-instruct; default: none)")
+    parser.add_argument("--draft-backend", choices=("auto", "transformers", "llamacpp"),
+                        default="auto",
+                        help="what runs the draft model, chosen as --backend is (a llama.cpp "
+                             "draft gets a llama.cpp context of its own; default: auto)")
+    parser.add_argument("--draft-k", type=int, default=DRAFT_K, metavar="K",
+                        help=f"tokens the draft model drafts per step, one draft forward each "
+                             f"(default: {DRAFT_K})")
+    parser.add_argument("--draft-branches", type=int, default=DRAFT_BRANCHES, metavar="B",
+                        help=f"chains below the pending token, each from one of the draft's "
+                             f"top-B first tokens (a tree; one draft forward per level; "
+                             f"default: {DRAFT_BRANCHES}, a chain)")
+
+
+def draft_model_options(args: argparse.Namespace) -> dict:
+    """The ``Engine.load`` keywords of the draft-model arguments."""
+    return {"draft_model": args.draft_model, "draft_backend": args.draft_backend,
+            "draft_k": args.draft_k, "draft_branches": args.draft_branches}
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
@@ -82,11 +112,13 @@ def options_from_args(args: argparse.Namespace) -> "GenerationOptions":
 def engine_from_args(args: argparse.Namespace, *, datastore=None, memory: bool = False,
                      memory_file=None) -> "Engine":
     """The engine of ``--model``, ``--compile``, ``--budget``/``--no-draft`` (where the command
-    has them), ``datastore`` (default: ``--datastore``) and the output memory."""
+    has them), ``--draft-model`` and its knobs, ``datastore`` (default: ``--datastore``) and the
+    output memory."""
     from restdecode.engine import Engine
 
     return Engine.load(args.model, datastore=datastore if datastore is not None else args.datastore,
                        backend=args.backend, compile=args.compile,
                        draft=not getattr(args, "no_draft", False),
                        budget=getattr(args, "budget", None), memory=memory, memory_file=memory_file,
-                       say=lambda message: print(message, file=sys.stderr, flush=True))
+                       say=lambda message: print(message, file=sys.stderr, flush=True),
+                       **draft_model_options(args))

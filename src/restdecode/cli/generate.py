@@ -1,7 +1,8 @@
 """Generate one completion with lossless speculative decoding.
 
 The draft tree merges retrieval from a datastore (--datastore) with lookup in the context
-(prompt + output so far); without --datastore, context drafting only; --no-draft decodes plainly.
+(prompt + output so far); without --datastore, context drafting only; --draft-model adds a smaller
+model's drafts (same tokenizer) to the tree; --no-draft decodes plainly.
 The text goes to stdout as it is generated, statistics to stderr; --json prints one JSON object
 (text, token_ids, stats) on stdout instead.
 
@@ -9,6 +10,8 @@ examples:
   restdecode generate --model smollm2-135m-instruct --prompt "def fib(n):"
   restdecode generate --model smollm2-135m-instruct --datastore sharegpt.rds \\
       --messages '[{"role": "user", "content": "Name three rivers."}]' --json
+  restdecode generate --model qwen2.5-coder-1.5b-instruct \\
+      --draft-model qwen2.5-coder-0.5b-instruct --prompt "def quicksort(items):"
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ otherwise infer from the speed of its answers what another tenant generated.
 examples:
   restdecode serve
   restdecode serve --port 8080 --api-key sk-local --memory ~/.cache/restdecode/serve-memory
+  restdecode serve --model qwen2.5-coder-1.5b-instruct --draft-model qwen2.5-coder-0.5b-instruct
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
 """
@@ -29,7 +30,7 @@ import socket
 import sys
 from pathlib import Path
 
-from restdecode.cli.common import add_compile_argument, add_model_argument
+from restdecode.cli.common import add_compile_argument, add_model_argument, draft_model_options
 
 ENV_API_KEY = "RESTDECODE_API_KEY"
 
@@ -95,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
     store = args.datastore or default_datastore(args.model)
     engine = Engine.load(args.model, datastore=store, backend=args.backend, compile=args.compile,
                          draft=not args.no_speculation, budget=args.budget,
-                         say=lambda message: print(message, file=sys.stderr, flush=True))
+                         say=lambda message: print(message, file=sys.stderr, flush=True),
+                         **draft_model_options(args))
     if args.max_batch > 1 and engine.backend.name != "transformers":
         raise OptionsError(f"--max-batch > 1 needs the transformers backend (the "
                            f"{engine.backend.name} backend decodes one request at a time)")
+    if args.max_batch > 1:
+        engine.check_batched_drafting()
     if engine.drafter is not None and args.budget is None:
         engine.profile  # measured now (once per model and machine), not in the first request
     memory = _open_memory(engine, args.memory, args.compact_tokens)
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine, scheduler, config, metrics)
     host, port = listener.getsockname()[:2]
     print(f"restdecode serve: http://{host}:{port}/v1 | model {config.model_name} on "
-          f"{engine.backend.name} | datastore {store or 'none'} | speculation "
+          f"{engine.backend.name} | datastore {store or 'none'} | draft model "
+          f"{engine.draft_name or 'none'} | speculation "
           f"{'off' if args.no_speculation else 'on'} | batch {args.max_batch} | auth "
           f"{f'on ({len(keys)} keys)' if keys else 'off'} | memory "
           f"{f'{args.memory} ({scope})' if memory else 'off'}", file=sys.stderr, flush=True)

@@ -40,6 +40,8 @@ from restdecode.errors import DecodingError, ModelError
 
 if TYPE_CHECKING:
     from restdecode.accept import Sampler
+    from restdecode.drafting.base import Drafter
+    from restdecode.drafting.planner import AcceptanceCalibration, CostModel
 
 
 def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
@@ -228,3 +230,34 @@ class DraftModelDrafter:
             return tree
         depths = [0 if a < 0 else int(tree.depths[a]) for a in anchors]
         return tree.with_draws(Draws(anchors, depths, drawn, rows, torch.stack(q_rows)))
+
+
+# Weight of a draft model's drafts in the merged tree, against retrieval and context together
+# (weighing 1): a draft model's chain ties the heaviest retrieval path. Not tuned yet (issue 16).
+DRAFT_MODEL_WEIGHT = 1.0
+
+
+def merge_draft_model(draft: DraftModelDrafter, sources: "Drafter", *, budget: int | None = None,
+                      profile: "CostModel | None" = None,
+                      calibration: "AcceptanceCalibration | None" = None) -> "Drafter":
+    """A draft model's drafts merged with ``sources`` (retrieval + context, as
+    :func:`~restdecode.drafting.default_drafter` builds them) into one tree
+    (:class:`~restdecode.drafting.CombinedDrafter`, the draft model weighing
+    ``DRAFT_MODEL_WEIGHT``): a path both propose adds up, so a long retrieval match can carry
+    the tree past the draft model's ``k`` tokens.
+
+    The merged tree keeps the draft model's ``k * branches`` nodes on top of ``budget`` (default
+    ``CANDIDATE_BUDGET``). With a ``profile``, a :class:`~restdecode.drafting.PlannedDrafter`
+    verifies the part of it worth its verification time, as the default drafter does; it does
+    not price the draft model's own forwards yet. Its score cut drops sampled draws, so under
+    sampling draft nodes are accepted by the deterministic-draft rule (still lossless).
+    """
+    from restdecode.drafting.combined import CombinedDrafter
+    from restdecode.drafting.defaults import CANDIDATE_BUDGET, STEP_OVERHEAD_S
+    from restdecode.drafting.planner import PlannedDrafter
+
+    nodes = (CANDIDATE_BUDGET if budget is None else budget) + draft.k * draft.branches
+    merged = CombinedDrafter([draft, sources], budget=nodes, weights=[DRAFT_MODEL_WEIGHT, 1.0])
+    if profile is None:
+        return merged
+    return PlannedDrafter(merged, profile, overhead=STEP_OVERHEAD_S, calibration=calibration)
