@@ -199,3 +199,30 @@ def test_memory_matches_brute_force_down_to_one_token(outputs, context, min_suff
         assert drafter.last_match_length == length
         assert [tuple(int(t) for t in row[:size])
                 for row, size in zip(found.continuations, found.lengths)] == rows
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    outputs=st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=40), min_size=1, max_size=5),
+    context=st.lists(st.integers(0, 4), min_size=1, max_size=40),
+    min_suffix=st.integers(1, 3),
+)
+def test_the_bulk_index_equals_the_token_by_token_one(outputs, context, min_suffix):
+    # A whole memory is indexed at once with numpy at each new generation (and a long context
+    # in one step): the same n-gram -> positions lists as indexing token by token.
+    import restdecode.drafting.context as context_module
+
+    indexes = []
+    saved = context_module._BULK_GRAMS
+    try:
+        for bulk in (1, 10**9):
+            context_module._BULK_GRAMS = bulk
+            drafter = MemoryDrafter(min_suffix=min_suffix, max_suffix=4)
+            for output in outputs:
+                drafter.remember(output)
+            drafter.reset()
+            drafter.continuations(context)
+            indexes.append({gram: list(ends) for gram, ends in drafter._ends.items()})
+    finally:
+        context_module._BULK_GRAMS = saved
+    assert indexes[0] == indexes[1]

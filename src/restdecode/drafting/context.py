@@ -26,6 +26,9 @@ from restdecode.drafting.base import (ContinuationDrafter, StepFeedback, Weighte
 # Recency only breaks ties: all the bonuses of a node together stay below one occurrence.
 _RECENCY_BONUS = 0.5
 
+# Grams indexed at once from which numpy groups them (a memory's outputs, a long prompt).
+_BULK_GRAMS = 256
+
 
 class ContextDrafter(ContinuationDrafter):
     """Drafts from earlier occurrences of the context's longest repeated suffix.
@@ -118,10 +121,33 @@ class ContextDrafter(ContinuationDrafter):
         longest = self._gram_lengths[0]
         for n in self._gram_lengths:
             # Grams ending in the new tokens only: the tail's own grams are indexed already.
-            for offset in range(max(0, len(self._tail) - n + 1), len(window) - n + 1):
+            first = max(0, len(self._tail) - n + 1)
+            if len(window) - n + 1 - first >= _BULK_GRAMS:
+                self._index_bulk(window, first_end, n, first)
+                continue
+            for offset in range(first, len(window) - n + 1):
                 gram = tuple(window[offset:offset + n])
                 self._ends.setdefault(gram, []).append(first_end + offset + n)
         self._tail = window[len(window) - (longest - 1):] if longest > 1 else []
+
+    def _index_bulk(self, window: list[int], first_end: int, n: int, first: int) -> None:
+        """Index the ``n``-grams of ``window`` from offset ``first`` on, grouped with numpy (a
+        whole memory is indexed at every new generation): the same lists as one by one."""
+        grams = np.lib.stride_tricks.sliding_window_view(np.asarray(window, dtype=np.int64),
+                                                         n)[first:]
+        ends = first_end + n + np.arange(first, first + len(grams))
+        if n == 1:
+            codes = grams[:, 0]
+        elif n == 2:  # one exact int64 per bigram (ids and the separators lie in [-2, 2**32 - 2))
+            codes = grams[:, 0] * (1 << 32) + (grams[:, 1] + 2)
+        else:
+            codes = np.unique(grams, axis=0, return_inverse=True)[1].reshape(-1)
+        order = np.argsort(codes, kind="stable")  # each gram's ends stay in context order
+        sorted_codes = codes[order]
+        starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+        keys = map(tuple, grams[order[starts]].tolist())
+        for gram, gram_ends in zip(keys, np.split(ends[order], starts[1:])):
+            self._ends.setdefault(gram, []).extend(gram_ends.tolist())
 
     def _longest_match_occurrences(self) -> tuple[np.ndarray, int]:
         """Ends (position after the match) of the earlier occurrences of the longest suffix, in

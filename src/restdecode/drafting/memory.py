@@ -155,9 +155,10 @@ class MemoryDrafter(ContextDrafter):
 
     def _index_memory(self) -> None:
         """Index the remembered outputs, each followed by a separator; the context comes next."""
-        for output in self._outputs:
-            self._append(output)
-            self._append(np.array([SEPARATOR], dtype=np.int64))
+        if self._outputs:
+            separator = np.array([SEPARATOR], dtype=np.int64)
+            self._append(np.concatenate([part for output in self._outputs
+                                         for part in (output, separator)]))
         self._context_start = self._length
 
 
