@@ -777,6 +777,23 @@ def context_grouped(datastore, cost, *, memory: bool = True, weight: float = 3.0
     return PlannedDrafter(merged, cost, calibration=calibration, overhead=STEP_OVERHEAD_S)
 
 
+def discounted_memory_class(base):
+    """Experimental: a memory whose remembered outputs' occurrences weigh ``memory_weight``
+    against 1 for the current context's (prompt + answer so far)."""
+
+    class DiscountedMemory(base):
+        def __init__(self, *, memory_weight: float = 0.5, **options):
+            self.memory_weight = memory_weight
+            super().__init__(**options)
+
+        def _continuations_after(self, ends, match_length):
+            found = super()._continuations_after(ends, match_length)
+            weights = np.where(ends < self._context_start, self.memory_weight, 1.0) * found.weights
+            return type(found)(found.continuations, found.lengths, weights, match_length)
+
+    return DiscountedMemory
+
+
 def configurations(datastore):
     """name -> (cost -> drafter): the drafters compared."""
     from restdecode.drafting import default_drafter, default_memory
@@ -885,6 +902,11 @@ def configurations(datastore):
         datastore, cost, source_class=scored_source_class, source_options=dict(split=True))
     variants["memory grouped, scored pooled"] = lambda cost: context_grouped(
         datastore, cost, source_class=scored_source_class, source_options=dict(pool=True))
+    for memory_weight in (0.3, 0.1):
+        variants[f"memory grouped, memory occurrences x{memory_weight:g}"] = (
+            lambda cost, memory_weight=memory_weight: context_grouped(
+                datastore, cost, source_class=discounted_memory_class,
+                source_options=dict(memory_weight=memory_weight)))
     return variants
 
 
