@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=6, help="nodes of spec-fixed's trees")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--backend", choices=("transformers", "llamacpp"), default="transformers")
+    parser.add_argument("--device", default="cpu", help="transformers: cpu or cuda")
     parser.add_argument("--context", type=int, default=1024,
                         help="llama.cpp: cells per row (the context holds B times this)")
     parser.add_argument("--out", default="bench/out/batch")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 run["identical_to_plain_batched"] = sum(
                     a == b for a, b in zip(outputs[run["method"]], reference))
     report = {"command": " ".join(sys.argv), "model": args.model, "prompts": len(ids),
-              "max_new_tokens": args.max_new_tokens, "backend": args.backend,
+              "max_new_tokens": args.max_new_tokens, "backend": args.backend, "device": args.device,
               "cpus": os.cpu_count(),
               "platform": platform.platform(), "runs": runs}
     out = Path(args.out)
@@ -99,7 +100,9 @@ def load_engine(args):
 
     datastore = Path(args.datastore).expanduser()
     if args.backend == "transformers":
-        return Engine.load(args.model, datastore=datastore, backend="transformers")
+        engine = Engine.load(args.model, datastore=datastore, backend="transformers")
+        engine.model.to(args.device)
+        return engine
     rows = max(int(b) for b in args.batch_sizes.split(","))
     backend = LlamaCppBackend(gguf_path(args.model), n_ctx=rows * args.context)
     tokenizer = load_tokenizer(args.model)
@@ -154,8 +157,9 @@ def hf_batched(engine, ids: list[list[int]], size: int, max_new_tokens: int):
     for start in range(0, len(ids), size):
         group = ids[start:start + size]
         width = max(map(len, group))
-        input_ids = torch.tensor([[pad] * (width - len(g)) + g for g in group])
-        mask = torch.tensor([[0] * (width - len(g)) + [1] * len(g) for g in group])
+        input_ids = torch.tensor([[pad] * (width - len(g)) + g for g in group], device=model.device)
+        mask = torch.tensor([[0] * (width - len(g)) + [1] * len(g) for g in group],
+                            device=model.device)
         begun = time.perf_counter()
         with torch.inference_mode():
             generated = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,

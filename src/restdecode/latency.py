@@ -241,6 +241,7 @@ def measure_batch_profile(
                              for i, tree in enumerate(shapes[width])]
                     started = time.perf_counter()
                     session.verify(items)
+                    _synchronize(backend.device)
                     elapsed = time.perf_counter() - started
                     for row, _, _ in items:
                         session.commit(row, [])  # drop every slot: the cache stays as it was
@@ -277,12 +278,19 @@ def _timed_rounds(session, vocab: int, trees: dict, repeats: int, rng: np.random
             pending = int(rng.integers(0, vocab))
             started = time.perf_counter()
             session.verify(pending, tree)
+            _synchronize(tree.node_tokens.device)
             elapsed = time.perf_counter() - started
             session.commit([])  # drop every slot: back to the same cache length
             if round_index > 0:
                 timings[width].append(elapsed)
             bar.update()
     return timings
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the accelerator's queued work (a CUDA forward returns before it has run)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _filled_session(backend, cache_length: int, rng: np.random.Generator):
