@@ -757,21 +757,21 @@ def scored_retrieval(datastore, cost, *, memory: bool = True, retrieval_options=
 
 def context_grouped(datastore, cost, *, memory: bool = True, weight: float = 3.0,
                     prior_strength: float = 8.0, source_class=None, source_options=None):
-    """The default drafter's shape since 2026-11-26 (ContextGroupedDrafter: calibration by the
+    """The default drafter's shape since 2026-11-26 (CombinedDrafter(match_from=1): calibration by the
     context / memory source's own match length, one-token minimum suffix), with its context
     weight, calibration prior and context source class as given."""
-    from restdecode.drafting import (ContextDrafter, MemoryDrafter, PlannedDrafter,
-                                     RetrievalDrafter)
+    from restdecode.drafting import (CombinedDrafter, ContextDrafter, MemoryDrafter,
+                                     PlannedDrafter, RetrievalDrafter)
     from restdecode.drafting.defaults import (CANDIDATE_BUDGET, CONTEXT_MIN_SUFFIX, CONTEXT_SPAN,
-                                              STEP_OVERHEAD_S, ContextGroupedDrafter)
+                                              STEP_OVERHEAD_S)
     from restdecode.drafting.planner import MATCH_LENGTH_EDGES, AcceptanceCalibration
 
     base = MemoryDrafter if memory else ContextDrafter
     make = base if source_class is None else source_class(base)
     source = make(span=CONTEXT_SPAN, budget=CANDIDATE_BUDGET, min_suffix=CONTEXT_MIN_SUFFIX,
                   **(source_options or {}))
-    merged = ContextGroupedDrafter([RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET), source],
-                                   budget=CANDIDATE_BUDGET, weights=[1, weight], context=1)
+    merged = CombinedDrafter([RetrievalDrafter(datastore, budget=CANDIDATE_BUDGET), source],
+                             budget=CANDIDATE_BUDGET, weights=[1, weight], match_from=1)
     calibration = AcceptanceCalibration(groups=len(MATCH_LENGTH_EDGES) + 1,
                                         prior_strength=prior_strength)
     return PlannedDrafter(merged, cost, calibration=calibration, overhead=STEP_OVERHEAD_S)
@@ -888,7 +888,7 @@ def configurations(datastore):
         source_grouped(datastore, cost, by_datastore=False, edges=(3, 4, 6, 9, 13)))
     variants["context source-grouped calibration"] = lambda cost: source_grouped(
         datastore, cost, by_datastore=False, memory=False)
-    # On top of the 2026-11-26 defaults (ContextGroupedDrafter, one-token minimum suffix).
+    # On top of the 2026-11-26 defaults (match length from the context source, one-token minimum suffix).
     for weight in (2.0, 5.0):
         variants[f"memory grouped x{weight:g}"] = (
             lambda cost, weight=weight: context_grouped(datastore, cost, weight=weight))

@@ -33,14 +33,22 @@ if TYPE_CHECKING:
 MODEL_ASSETS: tuple[str, ...] = ("smollm2-135m-instruct", "gemma3-270m",
                                  "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 
+# The dtype a model asset runs in on the transformers backend, where fp32 is not the faster one
+# on this project's CPU. Qwen2.5-Coder-1.5B-Instruct, plain greedy on 2 cores (AMD EPYC, torch
+# 2.13), 32 tokens, two rounds interleaved: fp32 2.57 / 2.63 tok/s, bf16 5.60 / 4.69 tok/s, the
+# same tokens (bench/RESULTS.md, issue 16). Lossless decoding is then lossless with respect to
+# that dtype. Anything else loads in fp32.
+ASSET_DTYPES: dict[str, torch.dtype] = {"qwen2.5-coder-1.5b-instruct": torch.bfloat16}
+
 WEIGHTS_FILE = "model.safetensors"
 SOURCE_FILE = "restdecode-source.json"  # written last: its presence marks a complete cache
 
 
 def load(
-    name_or_path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, quiet: bool = False
+    name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None, quiet: bool = False
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """Load a causal LM and its tokenizer, the model in eval mode.
+    """Load a causal LM and its tokenizer, the model in eval mode, in ``dtype`` (default: the
+    asset's entry in ``ASSET_DTYPES``, else float32).
 
     ``name_or_path`` is a model asset name (``MODEL_ASSETS``: ``smollm2-135m-instruct``,
     ``gemma3-270m``, the Qwen2.5-Coder pair; fetched on first use), a path to a ``.gguf`` file (de-quantized once into the cache), or a local
@@ -48,6 +56,8 @@ def load(
     """
     from transformers import AutoModelForCausalLM
 
+    if dtype is None:
+        dtype = ASSET_DTYPES.get(os.fspath(name_or_path), torch.float32)
     directory = resolve_model_dir(name_or_path, quiet=quiet)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     model.eval()

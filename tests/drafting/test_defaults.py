@@ -15,7 +15,7 @@ from restdecode.drafting import (
     RetrievalDrafter,
     default_drafter,
 )
-from restdecode.drafting.defaults import CONTEXT_MIN_SUFFIX, ContextGroupedDrafter, default_memory
+from restdecode.drafting.defaults import CONTEXT_MIN_SUFFIX, default_memory
 from restdecode.latency import LatencyProfile
 from tests.drafting.test_context import brute_force
 
@@ -37,7 +37,7 @@ def test_with_a_datastore_both_sources_merge_under_the_budget(store_and_document
     drafter = default_drafter(store)
     assert isinstance(drafter, CombinedDrafter) and drafter.budget == DEFAULT_BUDGET
     assert {type(source) for source in drafter.drafters} == {RetrievalDrafter, ContextDrafter}
-    assert isinstance(drafter, ContextGroupedDrafter) and drafter.context == 1
+    assert drafter.match_from == 1  # the tree carries the context source's match length
     context = tokenizer.encode("the cat", add_special_tokens=False)
     tree = drafter.propose(context)
     assert 0 < len(tree) <= DEFAULT_BUDGET
@@ -98,6 +98,6 @@ def test_the_datastore_match_does_not_set_the_trees_match_length(store_and_docum
     assert tree.match_length == 0  # the context repeats nothing
 
 
-def test_the_context_index_must_name_a_drafter():
-    with pytest.raises(ValueError):
-        ContextGroupedDrafter([ContextDrafter()], budget=4, context=1)
+def test_match_from_must_name_a_drafter():
+    with pytest.raises(ValueError, match="match_from"):
+        CombinedDrafter([ContextDrafter()], budget=4, match_from=1)

@@ -34,6 +34,10 @@ class CombinedDrafter(ContinuationDrafter):
 
     ``match_power`` > 0 trusts a source more the longer the context suffix it matched: its weight
     is multiplied by ``match_length ** match_power`` (a source that matched nothing counts 1).
+    ``match_from = i``: the merged tree carries the match length of source ``i`` instead of the
+    longest of all (the planner calibrates by it: the datastore nearly always matches a few
+    tokens, while how long a suffix this generation repeats says how far its own continuations
+    will be accepted).
 
     Tokens a source *sampled* (``DraftTree.draws``, e.g. a draft model's) stay draws in the
     merged tree, below the node of the same path, in source order; a sampled node that another
@@ -47,12 +51,16 @@ class CombinedDrafter(ContinuationDrafter):
         budget: int,
         weights: Sequence[float] | None = None,
         match_power: float = 0.0,
+        match_from: int | None = None,
     ) -> None:
         super().__init__(budget=budget)
         self.match_power = float(match_power)
         self.drafters = list(drafters)
         if not self.drafters:
             raise ValueError("CombinedDrafter needs at least one drafter")
+        if match_from is not None and not 0 <= match_from < len(self.drafters):
+            raise ValueError(f"match_from must index a drafter, got {match_from}")
+        self.match_from = match_from
         for drafter in self.drafters:
             if not isinstance(drafter, Drafter):
                 raise TypeError(f"{type(drafter).__name__} is not a Drafter (propose, observe, reset)")
@@ -63,10 +71,14 @@ class CombinedDrafter(ContinuationDrafter):
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
         """Every source's tree as weighted paths, each source's weights summing to its weight."""
         found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
-        return concatenate([
+        merged = concatenate([
             paths.normalized(weight * max(paths.match_length, 1) ** self.match_power)
             for paths, weight in zip(found, self.weights)
         ])
+        if self.match_from is None:
+            return merged
+        return WeightedContinuations(merged.continuations, merged.lengths, merged.weights,
+                                     found[self.match_from].match_length)
 
     def observe(self, feedback: StepFeedback) -> None:
         """Forward to every source."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from restdecode.drafting.base import ContinuationDrafter, Drafter, WeightedContinuations
+from restdecode.drafting.base import ContinuationDrafter, Drafter
 from restdecode.drafting.combined import CombinedDrafter
 from restdecode.drafting.context import ContextDrafter
 from restdecode.drafting.memory import MemoryDrafter
@@ -34,7 +32,7 @@ CONTEXT_WEIGHT = 3.0
 
 # Shortest context suffix after which the context (or memory) source drafts: one token, as
 # SuffixDecoding does (the datastore keeps REST's two). Together with the planner grouping its
-# calibration by the context source's own match length (ContextGroupedDrafter), replayed on the
+# calibration by the context source's own match length (CombinedDrafter's match_from), replayed on the
 # recorded greedy outputs (bench/draft_quality.py, 2026-11-26): +2-8% tokens per forward at 2-16
 # nodes per step over a two-token minimum grouped by the longest match of all sources.
 CONTEXT_MIN_SUFFIX = 1
@@ -56,7 +54,7 @@ def default_drafter(
     """restdecode's default drafter: datastore retrieval merged with context lookup, the
     context weighing ``CONTEXT_WEIGHT`` times the datastore and drafting after suffixes of
     ``CONTEXT_MIN_SUFFIX`` tokens and up; the merged tree carries the context source's match
-    length (:class:`ContextGroupedDrafter`: the planner calibrates by it).
+    length (``CombinedDrafter(match_from=...)``: the planner calibrates by it).
 
     * ``profile`` (a :class:`restdecode.latency.LatencyProfile`, see
       :func:`restdecode.latency.profile_for`): each step verifies the part of a
@@ -90,31 +88,6 @@ def default_memory() -> MemoryDrafter:
     return MemoryDrafter(span=CONTEXT_SPAN, min_suffix=CONTEXT_MIN_SUFFIX)
 
 
-class ContextGroupedDrafter(CombinedDrafter):
-    """A :class:`CombinedDrafter` whose tree carries the match length of its context (or memory)
-    source, ``drafters[context]``, instead of the longest match among all sources.
-
-    The planner calibrates its steps by the tree's match length. The datastore nearly always
-    matches a few tokens, so the longest of all says little; how long a suffix this generation
-    (or this model's earlier outputs) repeats says how far its continuations will be accepted.
-    """
-
-    def __init__(self, drafters: Sequence[Drafter], *, budget: int,
-                 weights: Sequence[float] | None = None, context: int = 0) -> None:
-        super().__init__(drafters, budget=budget, weights=weights)
-        if not 0 <= context < len(self.drafters):
-            raise ValueError(f"context must index a drafter, got {context}")
-        self.context = context
-
-    def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
-        """The merged continuations, with the context source's match length (0: it matched
-        nothing, or it reports none)."""
-        merged = super().continuations(token_ids)
-        match_length = int(getattr(self.drafters[self.context], "last_match_length", 0))
-        return WeightedContinuations(merged.continuations, merged.lengths, merged.weights,
-                                     match_length)
-
-
 def _merged(sources: list[tuple[ContinuationDrafter, float]], budget: int,
             context: ContinuationDrafter):
     """One source alone, or the sources merged with their weights, each under ``budget``, the
@@ -124,6 +97,5 @@ def _merged(sources: list[tuple[ContinuationDrafter, float]], budget: int,
     if len(sources) == 1:
         return sources[0][0]
     drafters = [source for source, _ in sources]
-    return ContextGroupedDrafter(drafters, budget=budget,
-                                 weights=[weight for _, weight in sources],
-                                 context=drafters.index(context))
+    return CombinedDrafter(drafters, budget=budget, weights=[weight for _, weight in sources],
+                           match_from=drafters.index(context))
