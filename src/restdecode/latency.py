@@ -409,13 +409,19 @@ def batch_profile_for(
     """The *batched* latency profile of ``model`` on this machine (:func:`measure_batch_profile`,
     which ``measure_options`` go to): cached beside the single-sequence one, else measured
     (about a minute for SmolLM2-135M on 2 cores) and cached. The grid is cut so that one row's
-    share of the cache and the widest forward fit the model's context."""
+    share of the cache and the widest forward fit the model's context, and so does the whole
+    batch's cache (llama.cpp's rows share one context's cells)."""
     options = {"widths": BATCH_WIDTHS, "cache_lengths": BATCH_CACHE_LENGTHS,
                "rows": BATCH_ROWS} | measure_options
     rows = options["rows"]
     options["widths"], shares = fitting_grid(model, options["widths"],
                                              [c // rows for c in options["cache_lengths"]])
-    options["cache_lengths"] = tuple(share * rows for share in shares)
+    totals = [share * rows for share in shares]
+    limit, widest = as_backend(model).context_limit, max(options["widths"])
+    if limit is not None:  # llama.cpp's rows share one context's cells: the total must fit too
+        totals = ([c for c in totals if c + widest <= limit]
+                  or [max(rows, (limit - widest) // rows * rows)])
+    options["cache_lengths"] = tuple(totals)
     key = as_backend(model).profile_key() | {"layout": "batch", "rows": options["rows"]}
     return _cached_or_measured(measure_batch_profile, model, key, cache_dir, refresh, progress,
                                options)

@@ -123,3 +123,14 @@ def test_batched_greedy_equals_each_request_alone():
                              drafters=drafters, max_rows=3, max_new_tokens=12)
     assert [r.token_ids for r in results] == [a.token_ids for a in alone]
     assert sum(sum(r.stats.accepted_per_step) > r.stats.steps for r in results) >= 1
+
+
+def test_the_batch_profile_fits_the_rows_shared_cells(tmp_path):
+    """llama.cpp's rows share one context: the batch profile's largest cache plus its widest
+    forward must fit it, though each row's share would (504 cached + 16 > 512 cells)."""
+    from restdecode.latency import batch_profile_for
+
+    backend = LlamaCppBackend(tiny_gguf(), n_threads=1, n_ctx=512)
+    profile = batch_profile_for(backend, cache_dir=tmp_path, progress=False, repeats=1,
+                                widths=(1, 2, 16), cache_lengths=(64, 256, 504), rows=4)
+    assert profile.cache_lengths == (64, 256) and profile.seconds.shape == (2, 3)
