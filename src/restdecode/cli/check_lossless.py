@@ -1,7 +1,8 @@
 """Check that speculative greedy decoding is token-identical to plain greedy decoding.
 
 For every prompt, our greedy output (drafting from --datastore merged with the context; context
-only without --datastore; with --draft-model, that model's drafts merged in too) is compared with the backend's own plain greedy decoding: transformers'
+only without --datastore; with --draft-model, that model's drafts merged in too) is compared
+with the backend's own plain greedy decoding: transformers'
 model.generate(do_sample=False), or llama.cpp's own generation loop (llama-cpp-python's
 Llama.generate) on --backend llamacpp. For a prompt that differs, the first differing position
 and the gap between the model's two best logits there, in plain one-token-at-a-time decoding,
