@@ -280,8 +280,9 @@ class BatchDecoder:
 
     def _finish(self, row: _Row) -> None:
         """The row is done: free its cache entries now, keep its result."""
-        if row.session_row is not None and row.session_row in self.session.rows:
+        if row.session_row is not None:
             self.session.remove_row(row.session_row)
+            row.session_row = None  # its entries are gone: a later remove() frees nothing
         row.new_text.append("".join(row.output.flush()))
         stats = row.stats
         stats.time_total = time.perf_counter() - row.started
