@@ -154,13 +154,13 @@ class Engine:
         store = open_datastore(path, tokenizer) if path is not None else None
         if store is not None:
             check_vocabulary(store, loaded)  # before minutes of compiling
-        draft_loaded, draft_tokenizer = (_load_on(draft_backend, draft_model)
-                                         if draft_model is not None else (None, None))
+        # The pair's tokenizers were compared above (check_draft_pair), so not again below.
+        draft_loaded = _load_on(draft_backend, draft_model)[0] if draft_model is not None else None
         if compile:
             loaded = compile_model(loaded, say)
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
                    memory_file=memory_file, name=model, progress=progress, say=say,
-                   draft_model=draft_loaded, draft_tokenizer=draft_tokenizer, draft_k=draft_k,
+                   draft_model=draft_loaded, draft_k=draft_k,
                    draft_branches=draft_branches, draft_name=draft_model or "")
 
     @property

@@ -25,7 +25,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,8 +190,14 @@ def measure_profile(
                                       disable=not progress, leave=False) as bar:
         for row, cache_length in enumerate(cache_lengths):
             session = _filled_session(backend, cache_length, rng)
-            timings = _timed_rounds(session, vocab, trees, repeats, rng, bar)
-            seconds[row] = [np.median(timings[w]) for w in widths]
+
+            def forward(width: int) -> float:
+                elapsed = _seconds(backend.device, session.verify, int(rng.integers(0, vocab)),
+                                   trees[width])
+                session.commit([])  # drop every slot: back to the same cache length
+                return elapsed
+
+            seconds[row] = _timed_rounds(widths, repeats, rng, bar, forward)
     return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, backend.profile_key())
 
 
@@ -234,21 +240,16 @@ def measure_batch_profile(
             _check_fits(backend, max(widths), share)
             row_ids = [session.add_row(rng.integers(0, vocab, share).tolist())[0]
                        for _ in range(rows)]
-            timings = {w: [] for w in widths}
-            for round_index in range(1 + repeats):
-                for width in rng.permutation(widths).tolist():
-                    items = [(row_ids[i], int(rng.integers(0, vocab)), tree)
-                             for i, tree in enumerate(shapes[width])]
-                    started = time.perf_counter()
-                    session.verify(items)
-                    _synchronize(backend.device)
-                    elapsed = time.perf_counter() - started
-                    for row, _, _ in items:
-                        session.commit(row, [])  # drop every slot: the cache stays as it was
-                    if round_index > 0:
-                        timings[width].append(elapsed)
-                    bar.update()
-            seconds[index] = [np.median(timings[w]) for w in widths]
+
+            def forward(width: int) -> float:
+                items = [(row_ids[i], int(rng.integers(0, vocab)), tree)
+                         for i, tree in enumerate(shapes[width])]
+                elapsed = _seconds(backend.device, session.verify, items)
+                for row, _, _ in items:
+                    session.commit(row, [])  # drop every slot: the cache stays as it was
+                return elapsed
+
+            seconds[index] = _timed_rounds(widths, repeats, rng, bar, forward)
     key = backend.profile_key() | {"layout": "batch", "rows": rows}
     return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, key)
 
@@ -268,23 +269,26 @@ def random_tree(num_nodes: int, vocab_size: int, rng: np.random.Generator) -> Dr
     return DraftTree(tokens, np.array(parents, dtype=np.int64))
 
 
-def _timed_rounds(session, vocab: int, trees: dict, repeats: int, rng: np.random.Generator,
-                  bar) -> dict[int, list[float]]:
-    """Seconds per width over ``repeats`` rounds, after one warm-up round."""
-    timings: dict[int, list[float]] = {w: [] for w in trees}
+def _timed_rounds(widths: Sequence[int], repeats: int, rng: np.random.Generator, bar,
+                  forward: Callable[[int], float]) -> list[float]:
+    """Median seconds of ``forward(width)`` (one timed forward of that width, dropped again)
+    per width, over ``repeats`` rounds after one warm-up round, each round in a shuffled order."""
+    timings: dict[int, list[float]] = {w: [] for w in widths}
     for round_index in range(1 + repeats):
-        for width in rng.permutation(list(trees)).tolist():
-            tree = trees[width]
-            pending = int(rng.integers(0, vocab))
-            started = time.perf_counter()
-            session.verify(pending, tree)
-            _synchronize(tree.node_tokens.device)
-            elapsed = time.perf_counter() - started
-            session.commit([])  # drop every slot: back to the same cache length
+        for width in rng.permutation(list(widths)).tolist():
+            elapsed = forward(width)
             if round_index > 0:
                 timings[width].append(elapsed)
             bar.update()
-    return timings
+    return [float(np.median(timings[w])) for w in widths]
+
+
+def _seconds(device: torch.device, call: Callable, *args) -> float:
+    """Wall seconds of ``call(*args)``, its queued accelerator work included."""
+    started = time.perf_counter()
+    call(*args)
+    _synchronize(device)
+    return time.perf_counter() - started
 
 
 def _synchronize(device: torch.device) -> None:

@@ -170,6 +170,7 @@ class DraftModelDrafter:
     def _chain(self, logits: torch.Tensor) -> DraftTree:
         """``k`` tokens, each forward committed (the session ends holding all but the last)."""
         tokens, scores, rows = [], [], []
+        plain_step = DraftTree.empty().compile(self.backend.device)
         for depth in range(self.k):
             q = self.distribution(logits)
             token = self._pick(q, 1)[0]
@@ -178,8 +179,7 @@ class DraftModelDrafter:
             rows.append(q)
             if depth + 1 == self.k:
                 break
-            logits = self.session.verify(token, DraftTree.empty().compile(self.backend.device))
-            logits = logits[0].clone()
+            logits = self.session.verify(token, plain_step)[0].clone()
             self.session.commit([0])
             self.held.append(token)
         tree = DraftTree.chain(tokens)
