@@ -56,10 +56,13 @@ def test_drafter_choices(model_and_tokenizer, tmp_path, monkeypatch):
 
 
 class FlatProfile:
+    def __init__(self, seconds: float = 0.01) -> None:
+        self.seconds = seconds
+
     def predict(self, widths, cache_length):
         import numpy as np
 
-        return np.full(np.shape(widths), 0.01)
+        return np.full(np.shape(widths), self.seconds)
 
 
 def test_a_missing_datastore_is_refused_before_the_model_loads(tmp_path, monkeypatch):

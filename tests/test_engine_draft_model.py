@@ -13,7 +13,8 @@ from test_engine import FlatProfile
 from tiny_models import BYTE_VOCAB, byte_tokenizer, tiny_model
 from restdecode.cli import main
 from restdecode.decode import generate
-from restdecode.drafting import CombinedDrafter, DraftModelDrafter, NoDrafter, PlannedDrafter
+from restdecode.drafting import CombinedDrafter, DraftModelDrafter, NoDrafter
+from restdecode.drafting.draft_planner import PricedDraftModel
 from restdecode.engine import Engine
 from restdecode.errors import ModelError, OptionsError, RestdecodeError
 
@@ -40,6 +41,8 @@ def dirs(tmp_path_factory):
 def sources_of(drafter) -> list:
     """The drafters a (planned) merged drafter draws from."""
     drafter = getattr(drafter, "drafter", drafter)  # a PlannedDrafter wraps the merged one
+    if isinstance(drafter, PricedDraftModel):
+        return [drafter.draft, *getattr(drafter.sources, "drafters", [drafter.sources])]
     return list(getattr(drafter, "drafters", [drafter]))
 
 
@@ -50,8 +53,9 @@ def test_engine_with_a_draft_model_is_greedy_identical(draft_is_target, budget):
     draft = target if draft_is_target else tiny_model("llama", vocab_size=BYTE_VOCAB, layers=1,
                                                       seed=5)
     engine = Engine(target, tokenizer, budget=budget, profile=FlatProfile(), draft_model=draft,
-                    draft_tokenizer=tokenizer, draft_k=3)
-    assert isinstance(engine.drafter, PlannedDrafter) == (budget is None)
+                    draft_tokenizer=tokenizer, draft_k=3, draft_profile=FlatProfile(0.001))
+    # Planned: the draft model's forwards are priced too (PricedDraftModel)
+    assert isinstance(engine.drafter, PricedDraftModel) == (budget is None)
     assert isinstance(sources_of(engine.drafter)[0], DraftModelDrafter)
     steps = tokens = 0
     for prompt in PROMPTS:
@@ -153,7 +157,12 @@ def test_draft_methods_run_and_report_identity(bench_dirs, tmp_path, monkeypatch
     from restdecode.benchmark import BenchConfig, resolve_config, run_benchmark
     from restdecode.benchmark.methods import DRAFT_METHODS
 
-    monkeypatch.setattr("restdecode.latency.profile_for", lambda *a, **k: FlatProfile())
+    from restdecode.backends import Backend
+
+    # The engine profiles the target (a model) and the draft model (its backend): a draft
+    # forward a twentieth of the target's, so that drafting pays.
+    monkeypatch.setattr("restdecode.latency.profile_for", lambda model, **k: FlatProfile(
+        0.0005 if isinstance(model, Backend) else 0.01))
     target, draft = bench_dirs
     prompts = f"prompts:{write_prompts(tmp_path / 'prompts.jsonl')}"
     config = BenchConfig(workload=prompts, out=tmp_path / "out", model=str(target),

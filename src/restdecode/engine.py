@@ -78,7 +78,7 @@ class Engine:
                  memory_file: str | Path | None = None, name: str = "", progress: bool = True,
                  say: Callable[[str], None] = _say, draft_model=None, draft_tokenizer=None,
                  draft_k: int = DRAFT_K, draft_branches: int = DRAFT_BRANCHES,
-                 draft_name: str = "") -> None:
+                 draft_name: str = "", draft_profile: "LatencyProfile | None" = None) -> None:
         from restdecode.drafting import default_memory
         from restdecode.drafting.planner import default_calibration
 
@@ -92,6 +92,7 @@ class Engine:
         self.progress = progress
         self._profile = profile
         self._batch_profile: "LatencyProfile | None" = None
+        self._draft_profile = draft_profile
         if datastore is not None:
             check_vocabulary(datastore, model)
         if budget is not None and budget < 0:
@@ -173,6 +174,19 @@ class Engine:
         return self._profile
 
     @property
+    def draft_profile(self) -> "LatencyProfile | None":
+        """The draft model's latency profile on this machine (None without a draft model),
+        which prices its forwards when a step decides how deep to draft (measured on first
+        use, then cached, as the target's is)."""
+        if self.draft_backend is None:
+            return None
+        if self._draft_profile is None:
+            from restdecode.latency import profile_for
+
+            self._draft_profile = profile_for(self.draft_backend, progress=self.progress)
+        return self._draft_profile
+
+    @property
     def plans_drafts(self) -> bool:
         """Whether this engine's drafts are sized by the latency profile (not a fixed budget)."""
         return self.drafter is not None and self.budget is None
@@ -213,8 +227,10 @@ class Engine:
         if draft_model and self.draft_model is not None:
             sources = default_drafter(self.datastore, memory=memory, learned=learned,
                                       budget=CANDIDATE_BUDGET if budget is None else budget)
-            return merge_draft_model(self.new_draft_model_drafter(), sources, budget=budget,
-                                     profile=profile, calibration=calibration)
+            return merge_draft_model(
+                self.new_draft_model_drafter(), sources, budget=budget, profile=profile,
+                draft_profile=self.draft_profile if profile is not None else None,
+                calibration=calibration)
         if budget is not None:
             return default_drafter(self.datastore, budget=budget, memory=memory, learned=learned)
         return default_drafter(self.datastore, profile=profile, memory=memory,

@@ -26,7 +26,7 @@ way the target's output distribution is unchanged. Node ``scores`` = q(token) at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -112,16 +112,34 @@ class DraftModelDrafter:
         """Nothing to learn: ``propose`` compares the context with what the session holds."""
 
     @torch.inference_mode()
-    def propose(self, token_ids: Sequence[int]) -> DraftTree:
-        """A chain or tree of draft tokens after ``token_ids`` (pending token last)."""
+    def propose(self, token_ids: Sequence[int], *, depth: int | None = None,
+                keep_going: "Callable[[list[float]], bool] | None" = None) -> DraftTree:
+        """A chain or tree of draft tokens after ``token_ids`` (pending token last).
+
+        ``depth`` (1..k, default k) drafts fewer levels this step; ``keep_going`` (chains only)
+        is asked after each drafted token, with the draft's probabilities of the tokens so
+        far, whether the next one is worth its forward (a planner's early stop)."""
+        depth = self.k if depth is None else depth
+        if not 1 <= depth <= self.k:
+            raise ValueError(f"depth must be in 1..{self.k}, got {depth}")
         context = [int(t) for t in token_ids]
         limit = self.backend.context_limit
         if limit is not None and len(context) + self.k >= limit:
             return DraftTree.empty()  # the draft model's context is full
         root = self.feed(context)
         if self.branches == 1:
-            return self._chain(root)
-        return self._tree(context, root)
+            return self._chain(root, depth, keep_going)
+        return self._tree(context, root, depth)
+
+    def unfed(self, token_ids: Sequence[int]) -> int:
+        """How many tokens of ``token_ids`` the next proposal has to feed the draft model
+        first (the width of its first forward)."""
+        common = 0
+        for held, new in zip(self.held, token_ids):
+            if held != int(new):
+                break
+            common += 1
+        return max(len(token_ids) - min(common, len(token_ids) - 1), 1)
 
     def feed(self, context: list[int]) -> torch.Tensor:
         """Make the session hold all of ``context``; the draft's logits after it.
@@ -167,17 +185,19 @@ class DraftModelDrafter:
             return torch.topk(q, count).indices.tolist()
         return torch.multinomial(q, count, replacement=True, generator=self.generator).tolist()
 
-    def _chain(self, logits: torch.Tensor) -> DraftTree:
-        """``k`` tokens, each forward committed (the session ends holding all but the last)."""
+    def _chain(self, logits: torch.Tensor, length: int,
+               keep_going: "Callable[[list[float]], bool] | None") -> DraftTree:
+        """Up to ``length`` tokens, each forward committed (the session ends holding all but the
+        last)."""
         tokens, scores, rows = [], [], []
         plain_step = DraftTree.empty().compile(self.backend.device)
-        for depth in range(self.k):
+        for depth in range(length):
             q = self.distribution(logits)
             token = self._pick(q, 1)[0]
             tokens.append(token)
             scores.append(float(q[token]))
             rows.append(q)
-            if depth + 1 == self.k:
+            if depth + 1 == length or (keep_going is not None and not keep_going(scores)):
                 break
             logits = self.session.verify(token, plain_step)[0].clone()
             self.session.commit([0])
@@ -185,12 +205,13 @@ class DraftModelDrafter:
         tree = DraftTree.chain(tokens)
         draws = None
         if self.sampler is not None:
-            depths = np.arange(self.k)
+            depths = np.arange(len(tokens))
             draws = Draws(depths - 1, depths, tokens, depths, torch.stack(rows))
         return DraftTree(tree.tokens, tree.parents, np.array(scores), draws=draws)
 
-    def _tree(self, context: list[int], root_logits: torch.Tensor) -> DraftTree:
-        """``branches`` chains below the root, one forward per level (module docstring)."""
+    def _tree(self, context: list[int], root_logits: torch.Tensor, levels: int) -> DraftTree:
+        """``branches`` chains below the root, ``levels`` deep, one forward per level (module
+        docstring)."""
         past = len(context) - 1  # the pending token is slot 0 of every level's forward
         self.session.truncate(past)
         self.held = context[:-1]
@@ -201,7 +222,7 @@ class DraftModelDrafter:
         anchors, drawn, rows, q_rows = [], [], [], []
         ends = [-1] * self.branches  # the node each chain has reached (-1: the root)
         logits = root_logits[None]
-        for level in range(self.k):
+        for level in range(levels):
             next_ends = []
             for anchor in dict.fromkeys(ends):  # each node reached, once
                 q = self.distribution(logits[anchor + 1])
@@ -220,7 +241,7 @@ class DraftModelDrafter:
                     rows.append(len(q_rows))
                 q_rows.append(q)
             ends = [end for _, end in sorted(next_ends)]
-            if level + 1 < self.k:
+            if level + 1 < levels:
                 compiled = DraftTree(np.array(tokens), np.array(parents)).compile(
                     self.backend.device)
                 logits = self.session.verify(context[-1], compiled).clone()
@@ -239,25 +260,39 @@ DRAFT_MODEL_WEIGHT = 1.0
 
 def merge_draft_model(draft: DraftModelDrafter, sources: "Drafter", *, budget: int | None = None,
                       profile: "CostModel | None" = None,
+                      draft_profile: "CostModel | None" = None,
                       calibration: "AcceptanceCalibration | None" = None) -> "Drafter":
     """A draft model's drafts merged with ``sources`` (retrieval + context, as
-    :func:`~restdecode.drafting.default_drafter` builds them) into one tree
-    (:class:`~restdecode.drafting.CombinedDrafter`, the draft model weighing
-    ``DRAFT_MODEL_WEIGHT``): a path both propose adds up, so a long retrieval match can carry
-    the tree past the draft model's ``k`` tokens.
+    :func:`~restdecode.drafting.default_drafter` builds them) into one tree, the draft model
+    weighing ``DRAFT_MODEL_WEIGHT``: a path both propose adds up, so a long retrieval match can
+    carry the tree past the draft model's ``k`` tokens. The merged tree keeps the draft model's
+    nodes on top of ``budget`` (default ``CANDIDATE_BUDGET``).
 
-    The merged tree keeps the draft model's ``k * branches`` nodes on top of ``budget`` (default
-    ``CANDIDATE_BUDGET``). With a ``profile``, a :class:`~restdecode.drafting.PlannedDrafter`
-    verifies the part of it worth its verification time, as the default drafter does; it does
-    not price the draft model's own forwards yet. Its score cut drops sampled draws, so under
-    sampling draft nodes are accepted by the deterministic-draft rule (still lossless).
+    * With the target's ``profile`` and the draft model's ``draft_profile`` (the default
+      everywhere a latency profile is used): a
+      :class:`~restdecode.drafting.draft_planner.PricedDraftModel`, which drafts only as deep
+      as the draft model's forwards pay for themselves (down to retrieval alone), then cuts
+      the merged tree as the latency planner does.
+    * With ``profile`` alone: every step drafts ``k`` tokens, and a
+      :class:`~restdecode.drafting.PlannedDrafter` cuts the merged tree, pricing only its
+      verification.
+    * Without: the whole merged tree (:class:`~restdecode.drafting.CombinedDrafter`).
+
+    The planners' score cut drops sampled draws, so under sampling the draft nodes are accepted
+    by the deterministic-draft rule (still lossless).
     """
     from restdecode.drafting.combined import CombinedDrafter
     from restdecode.drafting.defaults import CANDIDATE_BUDGET, STEP_OVERHEAD_S
+    from restdecode.drafting.draft_planner import PricedDraftModel
     from restdecode.drafting.planner import PlannedDrafter
 
-    nodes = (CANDIDATE_BUDGET if budget is None else budget) + draft.k * draft.branches
-    merged = CombinedDrafter([draft, sources], budget=nodes, weights=[DRAFT_MODEL_WEIGHT, 1.0])
+    candidates = CANDIDATE_BUDGET if budget is None else budget
+    if profile is not None and draft_profile is not None:
+        return PricedDraftModel(draft, sources, profile, draft_profile, budget=candidates,
+                                weight=DRAFT_MODEL_WEIGHT, calibration=calibration,
+                                overhead=STEP_OVERHEAD_S)
+    merged = CombinedDrafter([draft, sources], budget=candidates + draft.k * draft.branches,
+                             weights=[DRAFT_MODEL_WEIGHT, 1.0])
     if profile is None:
         return merged
     return PlannedDrafter(merged, profile, overhead=STEP_OVERHEAD_S, calibration=calibration)
