@@ -12,8 +12,8 @@ from test_draft_model import byte_model, prompts, tokenizer
 from restdecode.decode import generate
 from restdecode.drafting import ContextDrafter, DraftModelDrafter, DraftTree, StepFeedback
 from restdecode.drafting.draft_model import merge_draft_model
-from restdecode.drafting.draft_planner import (DraftAcceptance, PricedDraftModel, first_chain,
-                                               merged_tree)
+from restdecode.drafting.draft_planner import (PricedDraftModel, chain_outcome, first_chain,
+                                               merged_tree, path_chances, verified_nodes, united)
 from restdecode.drafting.base import WeightedContinuations
 
 
@@ -39,6 +39,7 @@ class CountingDraft(DraftModelDrafter):
         return super().propose(token_ids, depth=depth, keep_going=keep_going)
 
 
+NOTHING = np.zeros(0)  # retrieval found nothing
 TARGET = LinearProfile(0.010, 0.0005)  # a 10 ms forward, width nearly free
 REPEATING = [5, 6, 7, 8, 9, 10, 11, 12] * 4  # the context source predicts its next tokens
 
@@ -49,7 +50,7 @@ def priced(draft_profile, *, k=4, branches=1, prior=None, model=None):
     planner = PricedDraftModel(draft, ContextDrafter(budget=16, min_suffix=1), TARGET,
                                draft_profile, budget=16)
     if prior is not None:
-        planner.acceptance.prior = prior
+        planner.prior_acceptance = prior
     return planner, draft
 
 
@@ -57,17 +58,17 @@ def test_an_expensive_draft_model_is_not_called_and_a_cheap_one_drafts_its_full_
     expensive, _ = priced(LinearProfile(0.050, 0.0))
     cheap, draft = priced(LinearProfile(0.0001, 0.0), prior=0.9)
     context = [3, 4, 17, 21]  # nothing repeats: retrieval has nothing to offer
-    assert expensive.draft_depth((0.0, 0), 3, 1) == 0
+    assert expensive.draft_depth(NOTHING, 0, 3) == 0
     assert len(expensive.propose(context)) == 0 and expensive.draft.calls == []
     assert expensive.draft.session is None  # its model never ran
-    assert cheap.draft_depth((0.0, 0), 3, 1) == 4
+    assert cheap.draft_depth(NOTHING, 0, 3) == 4
     tree = cheap.propose(context)
     assert draft.calls == [4] and tree.max_depth >= 1
 
 
 def test_a_confident_retrieval_match_stands_in_for_a_moderately_priced_draft():
     planner, draft = priced(LinearProfile(0.004, 0.0))
-    assert planner.draft_depth((0.0, 0), 40, 1) > 0  # alone the draft would pay
+    assert planner.draft_depth(NOTHING, 0, 40) > 0  # alone the draft would pay
     tree = planner.propose(REPEATING)
     assert draft.calls == [] and planner.last_depth == 0
     assert tree.max_depth >= 3  # the context's repetition, verified without the draft model
@@ -77,22 +78,43 @@ def test_the_depth_grows_with_the_draft_models_observed_acceptance():
     planner, _ = priced(LinearProfile(0.002, 0.0))
     depths = []
     for rate in (0.2, 0.5, 0.8, 0.95):
-        planner.acceptance.prior, planner.acceptance.strength = rate, 1e9
-        depths.append(planner.draft_depth((0.0, 0), 10, 1))
+        planner.prior_acceptance, planner.prior_strength = rate, 1e9
+        depths.append(planner.draft_depth(NOTHING, 0, 10))
     assert depths == sorted(depths) and depths[0] < depths[-1]
 
 
-def test_drafting_seconds_price_the_first_forward_by_what_it_feeds_and_tree_levels_by_width():
+def test_drafting_seconds_price_chain_tokens_and_tree_levels_by_their_width():
     chain, _ = priced(LinearProfile(0.001, 0.001))
-    assert chain.drafting_seconds(3, 10, fed=5) == pytest.approx(0.006 + 0.002 + 0.002)
+    assert chain.drafting_seconds(3, 10) == pytest.approx(3 * 0.002)
     tree, _ = priced(LinearProfile(0.001, 0.001), k=3, branches=2)
-    assert tree.drafting_seconds(3, 10, fed=1) == pytest.approx(0.002 + 0.004 + 0.006)
-    assert tree.drafting_seconds(0, 10, fed=1) == 0.0
+    assert tree.drafting_seconds(3, 10) == pytest.approx(0.002 + 0.004 + 0.006)
+    assert tree.drafting_seconds(0, 10) == 0.0
+
+
+def test_a_long_prompt_not_yet_fed_to_the_draft_model_does_not_keep_it_idle():
+    """The first draft feeds the whole prompt (a prefill); that debt is paid whenever the draft
+    model drafts, so it must not price the draft model out of every step."""
+    planner, draft = priced(LinearProfile(0.001, 0.001), prior=0.8)
+    prompt = [int(t) for t in np.random.default_rng(3).integers(3, 200, 120)]
+    planner.propose(prompt)
+    assert draft.calls and draft.calls[0] > 0
+
+
+def test_sources_and_draft_reach_depths_as_independent_drafts():
+    assert united(np.array([0.5, 0.2]), np.array([0.5])).tolist() == [0.75, 0.2]
+    planner, _ = priced(LinearProfile(0.002, 0.0))
+    planner.prior_acceptance, planner.prior_strength = 0.5, 1e9
+    assert planner.draft_reach(3) == pytest.approx([0.5, 0.25, 0.125])
+    tree, _ = priced(LinearProfile(0.002, 0.0), k=3, branches=2)
+    tree.prior_acceptance, tree.prior_strength = 0.5, 1e9
+    assert tree.draft_reach(2) == pytest.approx([0.75, 0.375])
+    # a sure retrieval path to depth 3 leaves nothing for the draft to add there
+    assert planner.draft_depth(np.ones(3), 3, 10) == 0
 
 
 def test_a_chain_stops_early_at_a_token_unlikely_to_be_accepted():
     planner, _ = priced(LinearProfile(0.003, 0.0), prior=0.9)
-    keep_going = planner._keep_going((0.0, 0), 10, 1)
+    keep_going = planner._keep_going(NOTHING, 0, 10)
     assert keep_going([0.99, 0.98])
     assert not keep_going([0.99, 0.02])  # the chain so far is unlikely to be accepted at all
 
@@ -109,43 +131,38 @@ def test_the_drafter_honours_depth_and_early_stop():
         draft.propose([3, 4, 5], depth=6)
 
 
-def test_unfed_counts_what_the_next_proposal_feeds():
-    draft = DraftModelDrafter(byte_model("llama"), k=3)
-    assert draft.unfed([3, 4, 5]) == 3
-    first, second, _ = draft.propose([3, 4, 5]).tokens.tolist()
-    assert draft.unfed([3, 4, 5]) == 1  # at least the pending token, for the logits
-    assert draft.unfed([3, 4, 5, first, second, 99]) == 1  # it holds the accepted drafts
-    assert draft.unfed([3, 4, 5, first + 1, 7]) == 2
-    assert draft.unfed([3, 7, 5, 9]) == 3
-
-
-@pytest.mark.parametrize("chain,committed,accepted,tested", [
-    ([1, 2, 3], [1, 2, 9], 2, 3),   # the third was tested and missed
-    ([1, 2, 3], [7], 0, 1),         # the first missed
-    ([1, 2, 3], [1, 2], 2, 2),      # agreed as far as anything was committed: nothing missed
-    ([1, 2], [1, 2, 3, 4], 2, 2),   # a longer commit (retrieval) agrees with the whole chain
+@pytest.mark.parametrize("chain,committed,tested,accepted", [
+    ([1, 2, 3], [1, 2, 9], 3, [0, 1]),  # the third was tested and missed
+    ([1, 2, 3], [7], 1, []),            # the first missed
+    ([1, 2, 3], [1, 2], 2, [0, 1]),     # agreed as far as anything was committed: no miss
+    ([1, 2], [1, 2, 3, 4], 2, [0, 1]),  # a longer commit (retrieval) agrees with the chain
 ])
-def test_draft_acceptance_counts_tokens_tested_until_the_first_miss(chain, committed, accepted,
-                                                                    tested):
-    counter = DraftAcceptance(prior=0.5, strength=2.0)
-    counter.count(chain, committed)
-    assert (counter.accepted, counter.tested) == (accepted, tested)
-    assert counter.rate == pytest.approx((accepted + 1.0) / (tested + 2.0))
+def test_a_chain_counts_the_tokens_tested_until_the_first_miss(chain, committed, tested,
+                                                               accepted):
+    draft = DraftTree(np.array(chain), np.arange(-1, len(chain) - 1), np.linspace(0.9, 0.5,
+                                                                                  len(chain)))
+    got, got_accepted = chain_outcome(draft, committed)
+    assert got.tokens.tolist() == chain[:tested] and got_accepted == accepted
+    assert got.scores.tolist() == draft.scores[:tested].tolist()
 
 
 def test_observe_learns_the_draft_models_acceptance_from_committed_tokens():
     planner, _ = priced(LinearProfile(0.0001, 0.0), prior=0.9)
     tree = planner.propose([3, 4, 17, 21])
-    chain = planner._chain
-    assert chain and chain[0] == first_chain(tree)[0]  # the cheap draft drafted, and leads
+    chain = planner._chain.tokens.tolist()
+    assert chain and chain[0] == first_chain(tree).tokens[0]  # the cheap draft drafted, leads
+    before = planner.acceptance_rate
     planner.observe(StepFeedback(committed=[chain[0], -1], tree=tree))
     tested = 2 if len(chain) > 1 else 1  # its second token (if any) was tested and missed
-    assert (planner.acceptance.accepted, planner.acceptance.tested) == (1, tested)
+    calibration = planner.draft_calibration
+    assert (calibration.successes.sum(), calibration.trials.sum()) == (1, tested)
+    assert planner.acceptance_rate == pytest.approx((1 + 8 * 0.9) / (tested + 8))
+    assert planner.acceptance_rate != before
 
 
 def test_first_chain_follows_first_children_and_merge_weighs_sources():
     tree = DraftTree(np.array([5, 6, 7, 8]), np.array([-1, -1, 0, 1]))
-    assert first_chain(tree) == [5, 7]
+    assert first_chain(tree).tokens.tolist() == [5, 7]
     a = WeightedContinuations(np.array([[1, 2]]), np.array([2]), np.array([1.0]))
     b = WeightedContinuations(np.array([[3, 4]]), np.array([2]), np.array([5.0]))
     merged = merged_tree([a, b], [3.0, 1.0], 2)  # normalised, a weighs 3 against b's 1
@@ -168,3 +185,39 @@ def test_greedy_through_the_priced_planner_is_token_identical(arch, branches, dr
             got = generate(target, tokenizer(), input_ids=prompt, drafter=drafter,
                            max_new_tokens=24)
             assert got.token_ids == plain.token_ids
+
+
+def test_a_merged_step_teaches_the_sources_calibration_only_about_their_own_nodes():
+    sources = DraftTree(np.array([5, 6, 7]), np.array([-1, 0, -1]), np.array([0.9, 0.8, 0.1]))
+    # the merged, verified tree: the draft's 9 first, then the sources' 5 -> 6 (7 was cut)
+    verified = DraftTree(np.array([9, 5, 6]), np.array([-1, -1, 1]))
+    tested, accepted = verified_nodes(sources, StepFeedback(committed=[5, 6, 2], tree=verified,
+                                                             accepted_nodes=[1, 2]))
+    assert tested.tolist() == [True, True, False] and accepted == [0, 1]
+    planner, _ = priced(LinearProfile(0.0001, 0.0), prior=0.9)
+    planner.propose([3, 4, 17, 21])  # drafts (cheap), so the next feedback is a merged step's
+    planner._sources_tree, planner._sources_chances = sources, np.array([0.5, 0.25, 0.1])
+    planner.observe(StepFeedback(committed=[5, 6, 2], tree=verified, accepted_nodes=[1, 2]))
+    assert planner.calibration.trials.sum() == 2  # 5 and 6; not the draft's 9, not 7
+    assert planner.calibration.successes.sum() == 2
+    # 2 accepted where 0.75 were expected: trust grows (prior: 4 nodes as promised)
+    assert planner.sources_trust == pytest.approx((2 + 4) / (0.75 + 4))
+
+
+def test_a_merged_node_has_the_union_of_its_chances_in_each_source():
+    merged = DraftTree(np.array([5, 6, 9]), np.array([-1, 0, -1]))
+    sources = DraftTree(np.array([5, 6]), np.array([-1, 0]))
+    draft = DraftTree(np.array([5, 9]), np.array([-1, -1]))
+    from_sources = path_chances(merged, sources, np.array([0.5, 0.4]))
+    from_draft = path_chances(merged, draft, np.array([0.6, 0.3]))
+    assert from_sources.tolist() == [0.5, 0.4, 0.0] and from_draft.tolist() == [0.6, 0.0, 0.3]
+    assert united(from_sources, from_draft) == pytest.approx([0.8, 0.4, 0.3])
+
+
+def test_sources_promising_more_than_they_keep_are_trusted_less_and_the_draft_steps_in():
+    planner, draft = priced(LinearProfile(0.004, 0.0))
+    assert planner.propose(REPEATING) is not None and draft.calls == []  # trusted: no draft
+    planner.sources_expected, planner.sources_accepted = 400.0, 20.0  # kept 1 in 20
+    assert planner.sources_trust == pytest.approx(24 / 404)
+    planner.propose(REPEATING)
+    assert draft.calls  # the same confident-looking match no longer stands in for the draft

@@ -131,16 +131,6 @@ class DraftModelDrafter:
             return self._chain(root, depth, keep_going)
         return self._tree(context, root, depth)
 
-    def unfed(self, token_ids: Sequence[int]) -> int:
-        """How many tokens of ``token_ids`` the next proposal has to feed the draft model
-        first (the width of its first forward)."""
-        common = 0
-        for held, new in zip(self.held, token_ids):
-            if held != int(new):
-                break
-            common += 1
-        return max(len(token_ids) - min(common, len(token_ids) - 1), 1)
-
     def feed(self, context: list[int]) -> torch.Tensor:
         """Make the session hold all of ``context``; the draft's logits after it.
 
@@ -272,7 +262,7 @@ def merge_draft_model(draft: DraftModelDrafter, sources: "Drafter", *, budget: i
       everywhere a latency profile is used): a
       :class:`~restdecode.drafting.draft_planner.PricedDraftModel`, which drafts only as deep
       as the draft model's forwards pay for themselves (down to retrieval alone), then cuts
-      the merged tree as the latency planner does.
+      the merged tree as the latency planner does (``calibration``: the sources' nodes').
     * With ``profile`` alone: every step drafts ``k`` tokens, and a
       :class:`~restdecode.drafting.PlannedDrafter` cuts the merged tree, pricing only its
       verification.

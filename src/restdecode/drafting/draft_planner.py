@@ -6,21 +6,28 @@ expected tokens per predicted second, in three stages:
 
 1. **Retrieval first.** The sources' tree (retrieval + context) is planned as the default drafter
    plans it: the best prefix-closed cut, its expected tokens ``1 + S`` and its predicted time.
-2. **Whether and how deep the draft model drafts.** A draft of ``d`` levels is expected to
-   commit ``1 + max(S, E(d))`` tokens, with ``E(d) = a1 * (1 + a + ... + a^(d-1))``: ``a`` the
-   draft's observed per-token acceptance and ``a1 = 1 - (1 - a)^branches`` its first level's.
-   It costs the draft's forwards, priced by *its* latency profile (the first forward feeds the
-   tokens committed since its last draft), plus the wider verification. ``d = 0`` keeps the
-   retrieval tree alone: a cheap long match stands in for the draft model's call. A chain also
-   stops early, token by token, when the next draft token's expected gain per second (the
-   calibrated probability that the whole chain so far is accepted, times ``a``) falls below the
-   rate the step already expects.
+2. **Whether and how deep the draft model drafts.** The chance that a draft of ``d`` levels
+   gets its first ``i + 1`` tokens accepted is ``a1 * a^i`` (``a`` the draft's observed per-token
+   acceptance, ``a1 = 1 - (1 - a)^branches`` its first level's); the sources' cut gets there
+   with the chance its kept nodes of that depth sum to. Treated as independent, either gets
+   there with ``r + q - r q``, and the step commits one token plus the sum of those chances. It
+   costs the draft's forwards, priced by *its* latency profile, plus the wider verification.
+   ``d = 0`` keeps the retrieval tree alone: a cheap long match stands in for the draft model's
+   call. A chain also stops early, token by token, when the next draft token's expected gain
+   per second (the calibrated chance the chain so far is accepted, times ``a``, where the
+   sources do not already reach that far) falls below the rate the step already expects.
 3. **The merge.** The draft's tree is merged with the sources' (:func:`merged_tree`, the draft
-   weighing ``weight``), and the merged tree is cut by the latency planner with the drafting time
-   counted in the step's cost.
+   weighing ``weight``), and the merged tree is cut by the latency planner, the drafting time
+   counted in the step's cost. A merged node's probability is the union of its probability in
+   each source (:func:`united`): the sources' path probability under their calibration, the
+   draft's under a calibration of its own (by the draft model's q).
 
-What the draft model was worth is learned from what each step commits: how many of its chain's
-tokens the target then produced (a geometric count: tokens tested until the first miss).
+Each source is calibrated apart because their nodes are accepted at very different rates for the
+same raw score: one calibration over the merged trees credited the retrieval tree with 2.8 tokens
+a step where it committed 1.0 (Qwen2.5-Coder 0.5B for 1.5B, HumanEval), and the draft model was
+then skipped where it would have paid. What the draft model was worth is learned from what each
+step commits: how many of its chain's tokens the target then produced (tokens tested until the
+first miss), with their q.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
 # tested tokens). Same-family pairs (Qwen2.5-Coder 0.5B for 1.5B) accept 0.7-0.8 of greedy tokens.
 PRIOR_ACCEPTANCE = 0.6
 PRIOR_STRENGTH = 8.0
+TRUST_PRIOR = 4.0
 
 
 def merged_tree(parts: Sequence[WeightedContinuations], weights: Sequence[float],
@@ -53,33 +61,6 @@ def merged_tree(parts: Sequence[WeightedContinuations], weights: Sequence[float]
     sum to its weight (as :class:`~restdecode.drafting.CombinedDrafter` merges its sources)."""
     return concatenate([part.normalized(weight)
                         for part, weight in zip(parts, weights)]).to_tree(budget)
-
-
-class DraftAcceptance:
-    """The draft model's per-token acceptance, counted over tested tokens with a prior."""
-
-    def __init__(self, prior: float = PRIOR_ACCEPTANCE, strength: float = PRIOR_STRENGTH) -> None:
-        self.prior, self.strength = prior, strength
-        self.accepted = 0.0
-        self.tested = 0.0
-
-    @property
-    def rate(self) -> float:
-        """Estimated probability that a draft token is right when its parent is."""
-        return (self.accepted + self.strength * self.prior) / (self.tested + self.strength)
-
-    def count(self, chain: Sequence[int], committed: Sequence[int]) -> None:
-        """Count one draft ``chain`` against the tokens the step ``committed`` after the same
-        context: every token up to the first miss was tested; a chain longer than what was
-        committed, all agreeing, has its untested rest skipped."""
-        agreed = 0
-        for drafted, made in zip(chain, committed):
-            if drafted != made:
-                break
-            agreed += 1
-        missed = agreed < min(len(chain), len(committed))
-        self.accepted += agreed
-        self.tested += agreed + missed
 
 
 class PricedDraftModel:
@@ -93,7 +74,8 @@ class PricedDraftModel:
       model's (its forwards), both :class:`~restdecode.drafting.planner.CostModel`;
     * ``budget``: nodes of the merged candidate tree (the draft's nodes come on top);
     * ``weight``: the draft's share in the merged tree against the sources' (weighing 1);
-    * ``calibration``: the latency planner's acceptance calibration (by match-length group);
+    * ``calibration``: the sources' acceptance calibration (by match-length group; the
+      engine shares one among its drafters); the draft's own is ``draft_calibration``;
     * ``overhead``: per-step seconds besides the forwards.
     """
 
@@ -105,10 +87,31 @@ class PricedDraftModel:
         self.profile, self.draft_profile = profile, draft_profile
         self.budget, self.weight, self.overhead = budget, weight, overhead
         self.calibration = calibration if calibration is not None else default_calibration()
-        self.acceptance = DraftAcceptance()
+        self.draft_calibration = AcceptanceCalibration()
+        self.prior_acceptance, self.prior_strength = PRIOR_ACCEPTANCE, PRIOR_STRENGTH
         self.last_depth = 0  # draft levels the last step drafted (0: retrieval alone)
         self._group = 0
-        self._chain: list[int] = []  # the draft's first chain of the last step
+        self._chain = DraftTree.empty()  # the draft's first chain of the last step
+        self._sources_tree = DraftTree.empty()  # the sources' candidate tree of the last step
+        self._sources_chances = np.zeros(0)  # its nodes' calibrated chances
+        self.sources_accepted = self.sources_expected = 0.0  # over the sources' verified nodes
+
+    @property
+    def acceptance_rate(self) -> float:
+        """The draft model's per-token acceptance so far (tested tokens, with the prior)."""
+        calibration = self.draft_calibration
+        return ((calibration.successes.sum() + self.prior_strength * self.prior_acceptance)
+                / (calibration.trials.sum() + self.prior_strength))
+
+    @property
+    def sources_trust(self) -> float:
+        """Accepted sources' nodes per accepted node their calibrated chances promised, over
+        every verified sources' node so far (prior: as promised, worth ``TRUST_PRIOR``
+        nodes). A node's calibration counts its acceptance given its parent by raw score
+        alone, so a deep trie of certain-looking nodes (one occurrence) is promised more than
+        it keeps."""
+        return float(np.clip((self.sources_accepted + TRUST_PRIOR)
+                             / (self.sources_expected + TRUST_PRIOR), 0.05, 2.0))
 
     @property
     def drafters(self) -> list["Drafter"]:
@@ -121,59 +124,67 @@ class PricedDraftModel:
         found = weighted_paths(self.sources, token_ids)
         sources_tree = found.to_tree(self.budget)
         self._group = min(match_length_group(sources_tree), self.calibration.groups - 1)
-        probabilities = node_probabilities(sources_tree, self.calibration, self._group)
-        plan = self._planned(probabilities, cache)
-        fed = self.draft.unfed(token_ids)
-        depth = self.draft_depth(plan, cache, fed)
-        self.last_depth, self._chain = depth, []
-        if depth == 0:
-            return plan_batch([(sources_tree, probabilities)], self.profile, cache,
-                              overhead=self.overhead)[0]
-        keep_going = self._keep_going(plan, cache, fed) if self.draft.branches == 1 else None
-        drafted = self.draft.propose(token_ids, depth=depth, keep_going=keep_going)
-        if len(drafted) == 0:  # the draft model's context is full
-            self.last_depth = 0
-            return plan_batch([(sources_tree, probabilities)], self.profile, cache,
-                              overhead=self.overhead)[0]
+        self._sources_tree = sources_tree
+        self._sources_chances = node_probabilities(sources_tree, self.calibration, self._group)
+        probabilities = self._sources_chances * self.sources_trust
+        reach, nodes = self._planned(sources_tree, probabilities, cache)
+        depth = self.draft_depth(reach, nodes, cache)
+        drafted = DraftTree.empty()
+        if depth > 0:
+            keep_going = (self._keep_going(reach, nodes, cache) if self.draft.branches == 1
+                          else None)
+            drafted = self.draft.propose(token_ids, depth=depth, keep_going=keep_going)
         self.last_depth, self._chain = drafted.max_depth, first_chain(drafted)
-        seconds = self.drafting_seconds(drafted.max_depth, cache, fed)
+        if len(drafted) == 0:  # retrieval alone (or the draft model's context is full)
+            return plan_batch([(sources_tree, probabilities)], self.profile, cache,
+                              overhead=self.overhead)[0]
         merged = merged_tree([WeightedContinuations.from_tree(drafted), found],
                              [self.weight, 1.0], self.budget + len(drafted))
-        return plan_batch([(merged, node_probabilities(merged, self.calibration, self._group))],
-                          self.profile, cache, overhead=self.overhead + seconds)[0]
+        chances = united(path_chances(merged, sources_tree, probabilities),
+                         path_chances(merged, drafted,
+                                      node_probabilities(drafted, self.draft_calibration)))
+        seconds = self.drafting_seconds(drafted.max_depth, cache)
+        return plan_batch([(merged, chances)], self.profile, cache,
+                          overhead=self.overhead + seconds)[0]
 
-    def _planned(self, probabilities: np.ndarray, cache: int) -> tuple[float, int]:
-        """The sources' planned cut: its expected accepted draft tokens and its node count."""
-        ordered = np.sort(probabilities)[::-1]
-        size = best_size(ordered, self.profile, cache, self.overhead)
-        return float(ordered[:size].sum()), size
+    def _planned(self, tree: DraftTree, probabilities: np.ndarray,
+                 cache: int) -> tuple[np.ndarray, int]:
+        """The sources' planned cut: the chance it commits at least i + 1 draft tokens
+        (``reach[i]``, the kept nodes' probabilities summed by depth) and its node count."""
+        order = np.lexsort((np.arange(probabilities.size), -probabilities))
+        size = best_size(probabilities[order], self.profile, cache, self.overhead)
+        kept = order[:size]
+        reach = np.bincount(tree.depths[kept] - 1, weights=probabilities[kept],
+                            minlength=0) if size else np.zeros(0)
+        return np.clip(reach, 0.0, 1.0), size
 
-    def drafting_seconds(self, levels: int, cache: int, fed: int) -> float:
-        """Predicted seconds of ``levels`` draft forwards: the first feeds ``fed`` tokens, a
-        chain's next ones one token each, a tree's level l the ``1 + branches * l`` tokens
-        drafted so far below the pending one."""
+    def drafting_seconds(self, levels: int, cache: int) -> float:
+        """Predicted seconds of ``levels`` draft forwards: a chain's one token each, a tree's
+        level l the ``1 + branches * l`` tokens drafted so far below the pending one. The
+        first forward also feeds what the context gained since the draft model's last call,
+        a debt paid whenever it drafts next, so not this step's to weigh."""
         if levels <= 0:
             return 0.0
-        widths = np.array([fed] + [1 if self.draft.branches == 1 else 1 + self.draft.branches * level
-                                   for level in range(1, levels)], dtype=np.float64)
+        branches = self.draft.branches
+        widths = np.array([1 if branches == 1 or level == 0 else 1 + branches * level
+                           for level in range(levels)], dtype=np.float64)
         return float(np.sum(self.draft_profile.predict(widths, cache)))
 
-    def expected_draft_tokens(self, levels: int) -> float:
-        """E(levels): the draft's expected accepted tokens (module docstring)."""
-        rate = self.acceptance.rate
+    def draft_reach(self, levels: int) -> np.ndarray:
+        """The chance a draft of ``levels`` levels gets its first i + 1 tokens accepted:
+        ``a1 * a^i`` (module docstring)."""
+        rate = self.acceptance_rate
         first = 1.0 - (1.0 - rate) ** self.draft.branches
-        return first * float(np.sum(rate ** np.arange(levels)))
+        return first * rate ** np.arange(levels)
 
-    def draft_depth(self, plan: tuple[float, int], cache: int, fed: int) -> int:
+    def draft_depth(self, reach: np.ndarray, nodes: int, cache: int) -> int:
         """The draft depth (0..k) with the most expected tokens per predicted second, next to
-        the sources' planned cut ``plan`` (expected tokens, nodes); ties go to the shallower."""
-        retrieval_sum, retrieval_nodes = plan
-        best, best_rate = 0, (1.0 + retrieval_sum) / self._verify_seconds(retrieval_nodes, cache)
+        the sources' planned cut (``reach`` by depth, ``nodes``); ties go to the shallower."""
+        best, best_rate = 0, (1.0 + float(reach.sum())) / self._verify_seconds(nodes, cache)
         for levels in range(1, self.draft.k + 1):
-            nodes = retrieval_nodes + self.draft.branches * levels
-            tokens = 1.0 + max(retrieval_sum, self.expected_draft_tokens(levels))
-            seconds = (self._verify_seconds(nodes, cache)
-                       + self.drafting_seconds(levels, cache, fed))
+            tokens = 1.0 + float(united(reach, self.draft_reach(levels)).sum())
+            seconds = (self._verify_seconds(nodes + self.draft.branches * levels, cache)
+                       + self.drafting_seconds(levels, cache))
             if tokens / seconds > best_rate * (1 + 1e-9):
                 best, best_rate = levels, tokens / seconds
         return best
@@ -181,32 +192,36 @@ class PricedDraftModel:
     def _verify_seconds(self, nodes: int, cache: int) -> float:
         return float(self.profile.predict(1 + nodes, cache)) + self.overhead
 
-    def _keep_going(self, plan: tuple[float, int], cache: int, fed: int):
+    def _keep_going(self, reach: np.ndarray, nodes: int, cache: int):
         """A chain's early stop: draft one more token only while its expected gain per second
-        (chance the chain so far is accepted, times the draft's acceptance) is at least the
-        rate the step expects with the chain so far."""
-        retrieval_sum, retrieval_nodes = plan
-        rate = self.acceptance.rate
+        (the chance the chain so far is accepted, times the draft's acceptance, where the
+        sources' cut does not already get that far) is at least the rate the step expects with
+        the chain so far."""
+        rate = self.acceptance_rate
+        one_token = float(self.draft_profile.predict(1, cache))
 
         def keep_going(scores: list[float]) -> bool:
             levels = len(scores)
-            path = np.cumprod(self.calibration.calibrate(np.asarray(scores), self._group))
-            tokens = 1.0 + max(retrieval_sum, float(path.sum()))
-            seconds = (self._verify_seconds(retrieval_nodes + levels, cache)
-                       + self.drafting_seconds(levels, cache, fed))
-            extra = (self._verify_seconds(retrieval_nodes + levels + 1, cache)
-                     - self._verify_seconds(retrieval_nodes + levels, cache)
-                     + float(self.draft_profile.predict(1, cache)))
-            return float(path[-1]) * rate / max(extra, 1e-9) >= tokens / seconds
+            path = np.cumprod(self.draft_calibration.calibrate(np.asarray(scores)))
+            tokens = 1.0 + float(united(reach, path).sum())
+            seconds = (self._verify_seconds(nodes + levels, cache)
+                       + self.drafting_seconds(levels, cache))
+            gain = float(path[-1]) * rate * (1.0 - (reach[levels] if levels < reach.size else 0))
+            extra = (self._verify_seconds(nodes + levels + 1, cache)
+                     - self._verify_seconds(nodes + levels, cache) + one_token)
+            return gain / max(extra, 1e-9) >= tokens / seconds
 
         return keep_going
 
     def observe(self, feedback: StepFeedback) -> None:
-        """Learn the calibration from the verified tree, the draft's acceptance from what was
-        committed; then forward to the sources and the draft model."""
-        self.calibration.update(feedback.tree, feedback.accepted_nodes, self._group)
-        if self._chain:
-            self.acceptance.count(self._chain, list(feedback.committed))
+        """Learn each source's calibration from its own nodes in the verified tree, the draft's
+        acceptance from what was committed; then forward to the sources and the draft model."""
+        tested, accepted = verified_nodes(self._sources_tree, feedback)
+        self.calibration.update(self._sources_tree.subset(tested), accepted, self._group)
+        self.sources_expected += float(self._sources_chances[tested].sum())
+        self.sources_accepted += len(accepted)
+        if len(self._chain):
+            self.draft_calibration.update(*chain_outcome(self._chain, feedback.committed))
         self.sources.observe(feedback)
         self.draft.observe(feedback)
 
@@ -214,15 +229,56 @@ class PricedDraftModel:
         """Forward to the sources and the draft model; what was learned is kept."""
         self.sources.reset()
         self.draft.reset()
-        self._chain = []
+        self._chain = DraftTree.empty()
 
 
-def first_chain(tree: DraftTree) -> list[int]:
-    """The tokens along the first child of every node from the root (a greedy draft tree's
-    argmax chain: its first branch is the top token, continued by argmax)."""
-    chain, parent = [], -1
+def united(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The chance that either of two independent drafts gets i + 1 tokens accepted, from each
+    one's chances by depth (arrays of any lengths)."""
+    size = max(first.size, second.size)
+    a, b = np.zeros(size), np.zeros(size)
+    a[:first.size], b[:second.size] = first, second
+    return a + b - a * b
+
+
+def path_chances(merged: DraftTree, source: DraftTree, chances: np.ndarray) -> np.ndarray:
+    """Each node of ``merged`` with the chance its path has in ``source`` (``chances``, by
+    ``source``'s nodes); 0 where ``source`` does not propose that path."""
+    of_path = dict(zip(source.node_paths(), chances.tolist()))
+    return np.array([of_path.get(path, 0.0) for path in merged.node_paths()], dtype=np.float64)
+
+
+def verified_nodes(source: DraftTree, feedback: StepFeedback) -> tuple[np.ndarray, list[int]]:
+    """Which nodes of ``source`` the step verified (their paths are in the verified tree: a
+    prefix-closed mask), and which of those (indices among them) were accepted."""
+    verified = {path: node for node, path in enumerate(feedback.tree.node_paths())}
+    accepted = set(int(node) for node in feedback.accepted_nodes)
+    paths = source.node_paths()
+    tested = np.array([path in verified for path in paths], dtype=bool)
+    kept = [path for path, keep in zip(paths, tested) if keep]
+    return tested, [index for index, path in enumerate(kept) if verified[path] in accepted]
+
+
+def chain_outcome(chain: DraftTree, committed: Sequence[int]) -> tuple[DraftTree, list[int]]:
+    """The tokens of a draft ``chain`` the target tested (up to the first miss against what the
+    step ``committed``), and which of them it accepted (all but a miss)."""
+    agreed = 0
+    for drafted, made in zip(chain.tokens.tolist(), committed):
+        if drafted != made:
+            break
+        agreed += 1
+    tested = min(agreed + 1, len(chain), len(committed))
+    return chain.subset(np.arange(len(chain)) < tested), list(range(agreed))
+
+
+def first_chain(tree: DraftTree) -> DraftTree:
+    """The path along the first child of every node from the root (a greedy draft tree's argmax
+    chain: its first branch is the top token, continued by argmax), with its scores."""
+    nodes, parent = [], -1
     for node in range(len(tree)):
         if int(tree.parents[node]) == parent:
-            chain.append(int(tree.tokens[node]))
+            nodes.append(node)
             parent = node
-    return chain
+    keep = np.zeros(len(tree), dtype=bool)
+    keep[nodes] = True
+    return tree.subset(keep)
