@@ -31,7 +31,8 @@ def tiny_model(arch: str, *, vocab_size: int = 64, attn: str = "sdpa", seed: int
         config, cls = Qwen2Config(**common), Qwen2ForCausalLM
     elif arch == "gemma3":
         config = Gemma3TextConfig(**common, sliding_window=sliding_window,
-                                  layer_types=["sliding_attention", "full_attention"][:layers])
+                                  layer_types=(["sliding_attention", "full_attention"]
+                                               * layers)[:layers])
         cls = Gemma3ForCausalLM
     else:
         raise ValueError(arch)

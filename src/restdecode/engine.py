@@ -137,8 +137,12 @@ class Engine:
         ``backend`` is; on llama.cpp a backend of its own) after both tokenizers were compared
         (:func:`~restdecode.drafting.draft_model.check_same_tokenizer`: a mismatched pair is
         refused before either model loads); ``draft_k`` / ``draft_branches`` shape its drafts.
+        A directory written by ``restdecode train-drafter`` is an early-exit drafter instead: the
+        target's own first layers and the trained head (the transformers backend only; a head
+        trained on another model is refused).
         """
         from restdecode.backends import resolve_backend
+        from restdecode.drafting.early_exit import is_trained_drafter
 
         backend = resolve_backend(backend, model, compile=compile)
         if compile and backend != "transformers":
@@ -148,7 +152,10 @@ class Engine:
         if path is not None and not path.is_file():
             raise DatastoreError(f"datastore {path} does not exist (build one with "
                                  "`restdecode build-datastore`)")
-        if draft_model is not None:
+        early_exit = draft_model is not None and is_trained_drafter(draft_model)
+        if early_exit:
+            check_early_exit(draft_model, backend)
+        elif draft_model is not None:
             check_draft_pair(model, draft_model)
             draft_backend = resolve_backend(draft_backend, draft_model)
         loaded, tokenizer = _load_on(backend, model)
@@ -156,7 +163,13 @@ class Engine:
         if store is not None:
             check_vocabulary(store, loaded)  # before minutes of compiling
         # The pair's tokenizers were compared above (check_draft_pair), so not again below.
-        draft_loaded = _load_on(draft_backend, draft_model)[0] if draft_model is not None else None
+        if early_exit:  # the target's own first layers, sharing its weights
+            from restdecode.drafting.early_exit import load_exit_head
+
+            draft_loaded = load_exit_head(loaded, draft_model)[0]
+        else:
+            draft_loaded = (_load_on(draft_backend, draft_model)[0] if draft_model is not None
+                            else None)
         if compile:
             loaded = compile_model(loaded, say)
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
@@ -326,6 +339,17 @@ def check_draft_shape(k: int, branches: int) -> None:
             isinstance(k, int) and isinstance(branches, int) and k >= 1 and branches >= 1):
         raise OptionsError(f"draft depth (--draft-k) and branches (--draft-branches) must be "
                            f"integers >= 1, got {k!r} and {branches!r}")
+
+
+def check_early_exit(directory: str, backend: str) -> None:
+    """Refuse an early-exit drafter on a backend that cannot run part of the target's layers,
+    or a damaged drafter directory, before any model loads."""
+    from restdecode.drafting.early_exit import read_drafter_config
+
+    read_drafter_config(directory)
+    if backend != "transformers":
+        raise OptionsError(f"the early-exit drafter in {directory} runs the target's own first "
+                           f"layers, which needs --backend transformers (not {backend})")
 
 
 def check_draft_pair(model: str, draft_model: str) -> None:

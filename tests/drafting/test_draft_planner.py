@@ -12,8 +12,9 @@ from test_draft_model import byte_model, prompts, tokenizer
 from restdecode.decode import generate
 from restdecode.drafting import ContextDrafter, DraftModelDrafter, DraftTree, StepFeedback
 from restdecode.drafting.draft_model import merge_draft_model
-from restdecode.drafting.draft_planner import (PricedDraftModel, chain_outcome, first_chain,
-                                               merged_tree, path_chances, verified_nodes, united)
+from restdecode.drafting.draft_planner import (PROBE_AFTER, PricedDraftModel, chain_outcome,
+                                               first_chain, merged_tree, path_chances,
+                                               united, verified_nodes)
 from restdecode.drafting.base import WeightedContinuations
 
 
@@ -150,7 +151,7 @@ def test_observe_learns_the_draft_models_acceptance_from_committed_tokens():
     planner, _ = priced(LinearProfile(0.0001, 0.0), prior=0.9)
     tree = planner.propose([3, 4, 17, 21])
     chain = planner._chain.tokens.tolist()
-    assert chain and chain[0] == first_chain(tree).tokens[0]  # the cheap draft drafted, leads
+    assert chain and len(tree) and chain[0] == first_chain(tree).tokens[0]  # drafted, leads
     before = planner.acceptance_rate
     planner.observe(StepFeedback(committed=[chain[0], -1], tree=tree))
     tested = 2 if len(chain) > 1 else 1  # its second token (if any) was tested and missed
@@ -169,6 +170,19 @@ def test_first_chain_follows_first_children_and_merge_weighs_sources():
     assert merged.tokens.tolist() == [1, 2]
 
 
+def record_depths(planner: PricedDraftModel) -> list[int]:
+    """A list that fills with the draft depth of each of ``planner``'s steps."""
+    depths, propose = [], planner.propose
+
+    def recorded(token_ids):
+        tree = propose(token_ids)
+        depths.append(planner.last_depth)
+        return tree
+
+    planner.propose = recorded
+    return depths
+
+
 @pytest.mark.parametrize("draft_cost", [0.0001, 0.004, 0.05])
 @pytest.mark.parametrize("arch,branches", [("llama", 1), ("qwen2", 2), ("gemma3", 1)])
 def test_greedy_through_the_priced_planner_is_token_identical(arch, branches, draft_cost):
@@ -180,11 +194,18 @@ def test_greedy_through_the_priced_planner_is_token_identical(arch, branches, dr
         drafter = merge_draft_model(draft, ContextDrafter(budget=8, min_suffix=1), budget=8,
                                     profile=TARGET, draft_profile=LinearProfile(draft_cost, 0.0))
         assert isinstance(drafter, PricedDraftModel)
+        depths = record_depths(drafter)
         for prompt in prompts() + [REPEATING[:10]]:
             plain = generate(target, tokenizer(), input_ids=prompt, max_new_tokens=24)
             got = generate(target, tokenizer(), input_ids=prompt, drafter=drafter,
                            max_new_tokens=24)
             assert got.token_ids == plain.token_ids
+        # the plan follows the draft's price: drafting often, or only to probe
+        drafted = sum(depth > 0 for depth in depths)
+        if draft_cost == 0.0001:
+            assert drafted > len(depths) // 2
+        elif draft_cost == 0.05:
+            assert drafted <= len(depths) // PROBE_AFTER
 
 
 def test_a_merged_step_teaches_the_sources_calibration_only_about_their_own_nodes():
@@ -221,3 +242,21 @@ def test_sources_promising_more_than_they_keep_are_trusted_less_and_the_draft_st
     assert planner.sources_trust == pytest.approx(24 / 404)
     planner.propose(REPEATING)
     assert draft.calls  # the same confident-looking match no longer stands in for the draft
+
+
+def test_chances_stay_probabilities_when_the_sources_are_trusted_more_than_promised():
+    planner, _ = priced(LinearProfile(0.05, 0.0))
+    planner.sources_expected, planner.sources_accepted = 10.0, 30.0  # kept more than promised
+    assert planner.sources_trust > 1
+    tree = planner.propose(REPEATING)
+    assert len(tree) and (tree.parents < np.arange(len(tree))).all()  # a well-formed cut
+
+
+def test_a_draft_model_left_idle_is_probed_so_its_estimate_can_recover():
+    planner, draft = priced(LinearProfile(0.05, 0.0))
+    context = [3, 4, 17, 21]
+    for _ in range(PROBE_AFTER):
+        planner.propose(context)
+    assert draft.calls == []
+    planner.propose(context)
+    assert draft.calls == [1]  # one token, to learn from

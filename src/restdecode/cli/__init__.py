@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("check-lossless", "check_lossless", "compare speculative greedy output with plain greedy"),
     ("bench", "bench", "benchmark decoding methods side by side"),
     ("serve", "serve", "serve the model over OpenAI's HTTP API"),
+    ("train-drafter", "train_drafter", "train a drafter of the model's own layers (early exit)"),
 ]
 
 

@@ -16,11 +16,18 @@ expected tokens per predicted second, in three stages:
    call. A chain also stops early, token by token, when the next draft token's expected gain
    per second (the calibrated chance the chain so far is accepted, times ``a``, where the
    sources do not already reach that far) falls below the rate the step already expects.
+   After ``PROBE_AFTER`` steps in a row without it, one step drafts a token anyway: steps that
+   do not draft teach nothing, and an estimate that fell too low could otherwise never recover.
 3. **The merge.** The draft's tree is merged with the sources' (:func:`merged_tree`, the draft
    weighing ``weight``), and the merged tree is cut by the latency planner, the drafting time
    counted in the step's cost. A merged node's probability is the union of its probability in
    each source (:func:`united`): the sources' path probability under their calibration, the
    draft's under a calibration of its own (by the draft model's q).
+
+The sources' chances are also scaled by how many of their promised nodes they kept
+(:attr:`PricedDraftModel.sources_trust`). In batched decoding a row with this drafter rides in the
+batch's forward with the tree it planned alone (the batch planner shares width only among
+:class:`~restdecode.drafting.PlannedDrafter` rows).
 
 Each source is calibrated apart because their nodes are accepted at very different rates for the
 same raw score: one calibration over the merged trees credited the retrieval tree with 2.8 tokens
@@ -53,6 +60,9 @@ if TYPE_CHECKING:
 PRIOR_ACCEPTANCE = 0.6
 PRIOR_STRENGTH = 8.0
 TRUST_PRIOR = 4.0
+# Steps without the draft model after which one step drafts a token anyway, so that an
+# acceptance estimate that fell too low can recover.
+PROBE_AFTER = 32
 
 
 def merged_tree(parts: Sequence[WeightedContinuations], weights: Sequence[float],
@@ -90,6 +100,7 @@ class PricedDraftModel:
         self.draft_calibration = AcceptanceCalibration()
         self.prior_acceptance, self.prior_strength = PRIOR_ACCEPTANCE, PRIOR_STRENGTH
         self.last_depth = 0  # draft levels the last step drafted (0: retrieval alone)
+        self._idle = 0  # steps in a row without the draft model
         self._group = 0
         self._chain = DraftTree.empty()  # the draft's first chain of the last step
         self._sources_tree = DraftTree.empty()  # the sources' candidate tree of the last step
@@ -126,9 +137,12 @@ class PricedDraftModel:
         self._group = min(match_length_group(sources_tree), self.calibration.groups - 1)
         self._sources_tree = sources_tree
         self._sources_chances = node_probabilities(sources_tree, self.calibration, self._group)
-        probabilities = self._sources_chances * self.sources_trust
+        probabilities = np.minimum(self._sources_chances * self.sources_trust, 1.0)
         reach, nodes = self._planned(sources_tree, probabilities, cache)
         depth = self.draft_depth(reach, nodes, cache)
+        self._idle = self._idle + 1 if depth == 0 else 0
+        if self._idle > PROBE_AFTER:  # no evidence comes from steps that do not draft
+            depth, self._idle = 1, 0
         drafted = DraftTree.empty()
         if depth > 0:
             keep_going = (self._keep_going(reach, nodes, cache) if self.draft.branches == 1
@@ -229,7 +243,9 @@ class PricedDraftModel:
         """Forward to the sources and the draft model; what was learned is kept."""
         self.sources.reset()
         self.draft.reset()
-        self._chain = DraftTree.empty()
+        self._chain = self._sources_tree = DraftTree.empty()
+        self._sources_chances = np.zeros(0)
+        self.last_depth = self._group = 0
 
 
 def united(first: np.ndarray, second: np.ndarray) -> np.ndarray:

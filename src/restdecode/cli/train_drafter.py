@@ -1,0 +1,89 @@
+"""Train a drafter made of the model's own layers, by self-distillation, on this machine.
+
+kinds:
+  early-exit   an exit head after --layer of the model's decoder layers: a residual linear
+               adapter before the model's own final norm and lm_head, trained to predict the
+               model's own next-token distribution (not the corpus text). At decoding time the
+               model's first --layer layers and the head draft for the whole model; use the
+               output directory as --draft-model of generate, chat, bench or serve.
+
+The run trains for --minutes (or --max-steps), shows the loss and the held-out top-1 agreement
+(how often the exit's choice is the model's), saves a checkpoint every minute and when
+interrupted (Ctrl-C keeps the last one), and --resume continues from it. The output directory
+holds head.safetensors and drafter.json, which records the base model's fingerprint: loading the
+head onto another model is refused.
+
+data (as build-datastore's sources):
+  sharegpt            ShareGPT conversations (fetched asset)
+  code:DIR            every *.py under DIR; code:stdlib for the standard library
+  jsonl:PATH:FIELD    the string FIELD of each line of a JSON-lines file
+  text:GLOB           every file matching GLOB
+
+examples:
+  restdecode train-drafter --model smollm2-135m-instruct --kind early-exit --data sharegpt \\
+      --layer 8 --out smollm2-exit8
+  restdecode generate --draft-model smollm2-exit8 "Write a haiku about tea"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train-drafter`` arguments."""
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="model to draft for: asset name or Hugging Face directory "
+                             "(transformers; default: smollm2-135m-instruct)")
+    parser.add_argument("--kind", choices=["early-exit"], default="early-exit",
+                        help="what to train (default: early-exit)")
+    parser.add_argument("--data", default="sharegpt",
+                        help="training text (see 'data' above; default: sharegpt)")
+    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="exit after this many decoder layers (default: a quarter of them)")
+    parser.add_argument("--minutes", type=float, default=30.0,
+                        help="training time budget in minutes (default: 30)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps of this run (default: the time budget)")
+    parser.add_argument("--window", type=int, default=128,
+                        help="tokens per training window (default: 128)")
+    parser.add_argument("--batch", type=int, default=4, help="windows per step (default: 4)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3,
+                        help="AdamW learning rate (default: 0.002)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint in --out")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, save, and print what the head reached on the held-out split."""
+    for name in ("minutes", "window", "batch", "learning_rate"):
+        if getattr(args, name) <= 0:
+            print(f"restdecode train-drafter: --{name.replace('_', '-')} must be > 0",
+                  file=sys.stderr)
+            return 2
+    if args.max_steps is not None and args.max_steps < 1:
+        print("restdecode train-drafter: --max-steps must be >= 1", file=sys.stderr)
+        return 2
+    from restdecode.datastore.sources import open_source
+    from restdecode.drafting.early_exit import layer_count
+    from restdecode.models import load
+    from restdecode.training.early_exit import TrainingSettings, train_early_exit
+
+    corpus = open_source(args.data)  # a malformed spec fails before the model loads
+    model, tokenizer = load(args.model, quiet=args.quiet)
+    layer = args.layer if args.layer is not None else max(1, layer_count(model) // 4)
+    settings = TrainingSettings(layer=layer, minutes=args.minutes, window=args.window,
+                                batch=args.batch, learning_rate=args.learning_rate,
+                                max_steps=args.max_steps, seed=args.seed)
+    report = train_early_exit(model, tokenizer, corpus.documents(), args.out, settings,
+                              resume=args.resume, base_name=args.model, data_name=args.data,
+                              progress=not args.quiet)
+    print(f"{report.out}: early exit after layer {layer} of {layer_count(model)}, "
+          f"{report.steps} steps ({report.seconds:.0f} s this run); held-out top-1 agreement "
+          f"{report.agreement:.1%} (untrained exit: {report.untrained_agreement:.1%}), "
+          f"loss {report.loss:.3f}")
+    return 0

@@ -1,0 +1,1 @@
+"""Training drafters on this machine (issue 17): ``restdecode train-drafter``."""

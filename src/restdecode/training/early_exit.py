@@ -1,0 +1,211 @@
+"""Training an early-exit head by self-distillation (``restdecode train-drafter --kind early-exit``).
+
+The targets are the model's own next-token distributions, not the corpus text, so the exit learns
+what *this model* will say. Each step takes a batch of corpus windows, runs the frozen model once
+(its final logits are the teacher, its hidden state after the exit layer the student's input), and
+trains only the :class:`~restdecode.drafting.early_exit.ExitHead` on the KL divergence from the
+teacher. A held-out split (windows never trained on) reports the loss and the top-1 agreement
+(how often the exit's argmax is the model's), which is what greedy drafting needs.
+
+Checkpoints go to the output directory (``head.safetensors`` + ``drafter.json``) every
+``checkpoint_seconds``, at the end, and when the run is interrupted; ``resume`` continues from the
+last one (the optimizer's moments start afresh).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from restdecode.drafting.early_exit import (EARLY_EXIT, HEAD_WEIGHTS, ExitHead, decoder,
+                                            layer_count, load_exit_head, model_fingerprint,
+                                            read_drafter_config, save_exit_head)
+from restdecode.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class TrainingSettings:
+    """How an early-exit head is trained (defaults fit SmolLM2-135M on 2 cores)."""
+
+    layer: int
+    minutes: float = 30.0
+    window: int = 128          # tokens per training window
+    batch: int = 4             # windows per step
+    learning_rate: float = 2e-3
+    held_out: int = 8          # windows kept apart for evaluation
+    evaluate_every: int = 25   # steps
+    checkpoint_seconds: float = 60.0
+    max_steps: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class TrainingReport:
+    """What a training run did: steps (in all, resumed ones included), seconds of this run, and
+    the held-out loss and top-1 agreement at the end (and of the untrained exit)."""
+
+    steps: int
+    seconds: float
+    loss: float
+    agreement: float
+    untrained_agreement: float
+    out: Path
+
+
+def windows(tokenizer: "PreTrainedTokenizerBase", documents: Iterable[str],
+            length: int) -> Iterator[list[int]]:
+    """Token windows of ``length`` from ``documents`` (each tokenized alone; a document's tail
+    shorter than a window is dropped)."""
+    for text in documents:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids) - length + 1, length):
+            yield ids[start:start + length]
+
+
+def _batches(source: Iterator[list[int]], size: int) -> Iterator[torch.Tensor]:
+    batch: list[list[int]] = []
+    for window in source:
+        batch.append(window)
+        if len(batch) == size:
+            yield torch.tensor(batch)
+            batch = []
+
+
+def _teacher_and_hidden(model: "PreTrainedModel", ids: torch.Tensor,
+                        layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen model's log-probabilities and its hidden state after ``layer`` layers."""
+    with torch.no_grad():
+        output = model(input_ids=ids.to(model.device), output_hidden_states=True,
+                       use_cache=False)
+    return (F.log_softmax(output.logits.float(), dim=-1),
+            output.hidden_states[layer].detach())
+
+
+def _student(model: "PreTrainedModel", head: ExitHead, hidden: torch.Tensor) -> torch.Tensor:
+    """The exit's log-probabilities from the hidden state after the exit layer (the head
+    trains in float32 whatever the model's dtype)."""
+    logits = model.lm_head(decoder(model).norm(head(hidden.float()).to(hidden.dtype)))
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def _distillation(teacher: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """KL(teacher || student) per token, and the top-1 agreement."""
+    loss = F.kl_div(student.flatten(0, -2), teacher.flatten(0, -2), log_target=True,
+                    reduction="batchmean")
+    agreement = (student.argmax(-1) == teacher.argmax(-1)).float().mean().item()
+    return loss, agreement
+
+
+def evaluate(model: "PreTrainedModel", head: ExitHead, held_out: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[float, float]:
+    """Mean loss and top-1 agreement of ``head`` on the held-out (teacher, hidden) pairs."""
+    losses, agreements = [], []
+    with torch.no_grad():
+        for teacher, hidden in held_out:
+            loss, agreement = _distillation(teacher, _student(model, head, hidden))
+            losses.append(loss.item())
+            agreements.append(agreement)
+    return sum(losses) / len(losses), sum(agreements) / len(agreements)
+
+
+def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                     documents: Iterable[str], out: str | Path, settings: TrainingSettings, *,
+                     resume: bool = False, base_name: str = "", data_name: str = "",
+                     progress: bool = True,
+                     on_step: Callable[[int], None] | None = None) -> TrainingReport:
+    """Train an exit head at ``settings.layer`` of ``model`` on ``documents`` and save it into
+    ``out`` (module docstring). ``on_step(step)`` is called after every step (tests use it to
+    interrupt a run). ModelError when there is not enough text for the held-out split and one
+    batch, or when ``resume`` finds a head of another model or layer. A resumed run reads the
+    data from its start again."""
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    total = layer_count(model)
+    if not 1 <= settings.layer < total:
+        raise ModelError(f"--layer must be in 1..{total - 1} for a model of {total} layers, "
+                         f"got {settings.layer}")
+    torch.manual_seed(settings.seed)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    out = Path(out)
+    head, done = ExitHead(model.config.hidden_size).to(model.device), 0
+    if resume and (out / "drafter.json").is_file():
+        facts = read_drafter_config(out)
+        if int(facts["layer"]) != settings.layer:
+            raise ModelError(f"{out} holds a head for layer {facts['layer']}, not "
+                             f"{settings.layer}; resume with --layer {facts['layer']}")
+        load_exit_head(model, out)  # the same model (fingerprint), and readable
+        head.load_state_dict(load_file(str(out / HEAD_WEIGHTS)))  # float32, as saved
+        done = int(facts.get("steps", 0))
+    head.float().train()
+    source = windows(tokenizer, documents, settings.window)
+    held_out = [_teacher_and_hidden(model, batch, settings.layer)
+                for batch in _take(_batches(source, settings.batch),
+                                   max(1, settings.held_out // settings.batch))]
+    if not held_out:
+        raise ModelError(f"not enough text: the held-out split needs {settings.held_out} windows "
+                         f"of {settings.window} tokens")
+    untrained = evaluate(model, ExitHead(model.config.hidden_size).to(model.device), held_out)[1]
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    facts = {"kind": EARLY_EXIT, "layer": settings.layer, "layers": total,
+             "base_model": base_name, "base_fingerprint": model_fingerprint(model),
+             "data": data_name, "window": settings.window, "batch": settings.batch,
+             "learning_rate": settings.learning_rate}
+    started = last_save = time.monotonic()
+    deadline = started + settings.minutes * 60
+    step, loss_value, agreement = done, float("nan"), float("nan")
+
+    def save(held: tuple[float, float] | None = None) -> None:
+        facts.update(steps=step, untrained_agreement=untrained)
+        if held is not None:
+            facts.update(held_out_loss=held[0], held_out_agreement=held[1])
+        save_exit_head(out, head, facts)
+
+    bar = tqdm(desc="train-drafter", unit="step", disable=not progress,
+               total=settings.max_steps)
+    try:
+        for batch in _batches(source, settings.batch):
+            if time.monotonic() >= deadline or (settings.max_steps is not None
+                                                and step - done >= settings.max_steps):
+                break
+            teacher, hidden = _teacher_and_hidden(model, batch, settings.layer)
+            loss, _ = _distillation(teacher, _student(model, head, hidden))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            if (step - done) % settings.evaluate_every == 0:
+                loss_value, agreement = evaluate(model, head, held_out)
+                bar.set_postfix(loss=f"{loss_value:.3f}", top1=f"{agreement:.1%}")
+            if time.monotonic() - last_save >= settings.checkpoint_seconds:
+                save()
+                last_save = time.monotonic()
+            if on_step is not None:
+                on_step(step)
+    except KeyboardInterrupt:
+        save()  # an interrupted run keeps what it learned
+        raise
+    finally:
+        bar.close()
+    if step == done:
+        raise ModelError(f"not enough text to train on: every window of {settings.window} "
+                         f"tokens went to the held-out split")
+    loss_value, agreement = evaluate(model, head, held_out)
+    save((loss_value, agreement))
+    return TrainingReport(step, time.monotonic() - started, loss_value, agreement, untrained, out)
+
+
+def _take(iterator: Iterator, count: int) -> list:
+    return [item for _, item in zip(range(count), iterator)]
