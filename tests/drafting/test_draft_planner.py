@@ -5,6 +5,8 @@ token-identical whatever the plan."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -260,3 +262,21 @@ def test_a_draft_model_left_idle_is_probed_so_its_estimate_can_recover():
     assert draft.calls == []
     planner.propose(context)
     assert draft.calls == [1]  # one token, to learn from
+
+
+def test_a_draft_slower_than_its_profile_is_priced_by_what_its_calls_took():
+    class SlowDraft(CountingDraft):
+        def propose(self, token_ids, *, depth=None, keep_going=None):
+            time.sleep(0.1)  # e.g. a second llama.cpp context competing for the cores
+            return super().propose(token_ids, depth=depth, keep_going=keep_going)
+
+    draft = SlowDraft(byte_model("llama"), k=4)
+    planner = PricedDraftModel(draft, ContextDrafter(budget=16, min_suffix=1), TARGET,
+                               LinearProfile(0.004, 0.0), budget=16)
+    planner.prior_acceptance = 0.9
+    assert planner.draft_depth(NOTHING, 0, 3) > 0  # as profiled, the draft pays
+    for extra in range(6):
+        planner.propose([3, 4, 17, 21] + list(range(30, 30 + extra)))
+    assert len(draft.calls) >= 2  # the prefill call (not counted) and at least one timed
+    assert planner.draft_cost_scale > 2
+    assert planner.draft_depth(NOTHING, 0, 3) == 0  # as measured, it does not

@@ -11,7 +11,8 @@ expected tokens per predicted second, in three stages:
    acceptance, ``a1 = 1 - (1 - a)^branches`` its first level's); the sources' cut gets there
    with the chance its kept nodes of that depth sum to. Treated as independent, either gets
    there with ``r + q - r q``, and the step commits one token plus the sum of those chances. It
-   costs the draft's forwards, priced by *its* latency profile, plus the wider verification.
+   costs the draft's forwards, priced by *its* latency profile (scaled by what its calls
+   really took against that profile), plus the wider verification.
    ``d = 0`` keeps the retrieval tree alone: a cheap long match stands in for the draft model's
    call. A chain also stops early, token by token, when the next draft token's expected gain
    per second (the calibrated chance the chain so far is accepted, times ``a``, where the
@@ -39,6 +40,7 @@ first miss), with their q.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -63,6 +65,8 @@ TRUST_PRIOR = 4.0
 # Steps without the draft model after which one step drafts a token anyway, so that an
 # acceptance estimate that fell too low can recover.
 PROBE_AFTER = 32
+# Prior of the draft's cost scale: this many seconds of drafting, taken as the profile predicts.
+COST_PRIOR_S = 0.05
 
 
 def merged_tree(parts: Sequence[WeightedContinuations], weights: Sequence[float],
@@ -100,6 +104,7 @@ class PricedDraftModel:
         self.draft_calibration = AcceptanceCalibration()
         self.prior_acceptance, self.prior_strength = PRIOR_ACCEPTANCE, PRIOR_STRENGTH
         self.last_depth = 0  # draft levels the last step drafted (0: retrieval alone)
+        self.draft_seconds_spent = self.draft_seconds_predicted = 0.0  # of its timed calls
         self._idle = 0  # steps in a row without the draft model
         self._group = 0
         self._chain = DraftTree.empty()  # the draft's first chain of the last step
@@ -147,7 +152,13 @@ class PricedDraftModel:
         if depth > 0:
             keep_going = (self._keep_going(reach, nodes, cache) if self.draft.branches == 1
                           else None)
+            prefill = self.draft.session is None  # a one-off per generation: not counted
+            started = time.perf_counter()
             drafted = self.draft.propose(token_ids, depth=depth, keep_going=keep_going)
+            if not prefill and len(drafted):
+                self.draft_seconds_spent += time.perf_counter() - started
+                self.draft_seconds_predicted += self.drafting_seconds(drafted.max_depth, cache,
+                                                                      as_measured=False)
         self.last_depth, self._chain = drafted.max_depth, first_chain(drafted)
         if len(drafted) == 0:  # retrieval alone (or the draft model's context is full)
             return plan_batch([(sources_tree, probabilities)], self.profile, cache,
@@ -172,17 +183,29 @@ class PricedDraftModel:
                             minlength=0) if size else np.zeros(0)
         return np.clip(reach, 0.0, 1.0), size
 
-    def drafting_seconds(self, levels: int, cache: int) -> float:
+    def drafting_seconds(self, levels: int, cache: int, *, as_measured: bool = True) -> float:
         """Predicted seconds of ``levels`` draft forwards: a chain's one token each, a tree's
-        level l the ``1 + branches * l`` tokens drafted so far below the pending one. The
-        first forward also feeds what the context gained since the draft model's last call,
-        a debt paid whenever it drafts next, so not this step's to weigh."""
+        level l the ``1 + branches * l`` tokens drafted so far below the pending one, by the
+        draft's profile, times :attr:`draft_cost_scale` (``as_measured``). The first forward
+        also feeds what the context gained since the draft model's last call; the scale
+        learns what that adds on average (the prompt's prefill, a one-off, is not counted:
+        priced into one step, it kept the draft model idle for good)."""
         if levels <= 0:
             return 0.0
         branches = self.draft.branches
         widths = np.array([1 if branches == 1 or level == 0 else 1 + branches * level
                            for level in range(levels)], dtype=np.float64)
-        return float(np.sum(self.draft_profile.predict(widths, cache)))
+        seconds = float(np.sum(self.draft_profile.predict(widths, cache)))
+        return seconds * self.draft_cost_scale if as_measured else seconds
+
+    @property
+    def draft_cost_scale(self) -> float:
+        """Measured seconds of the draft model's calls per second its profile predicted
+        (prior: ``COST_PRIOR_S`` seconds as predicted). It takes in what the profile, timed
+        alone, cannot see: the catch-up feeds, and the target and the draft model competing
+        for the cores (two llama.cpp contexts on 2 cores drafted 5x slower than profiled)."""
+        return float(np.clip((self.draft_seconds_spent + COST_PRIOR_S)
+                             / (self.draft_seconds_predicted + COST_PRIOR_S), 0.25, 20.0))
 
     def draft_reach(self, levels: int) -> np.ndarray:
         """The chance a draft of ``levels`` levels gets its first i + 1 tokens accepted:
@@ -212,7 +235,7 @@ class PricedDraftModel:
         sources' cut does not already get that far) is at least the rate the step expects with
         the chain so far."""
         rate = self.acceptance_rate
-        one_token = float(self.draft_profile.predict(1, cache))
+        one_token = float(self.draft_profile.predict(1, cache)) * self.draft_cost_scale
 
         def keep_going(scores: list[float]) -> bool:
             levels = len(scores)
