@@ -262,6 +262,11 @@ def test_a_draft_model_left_idle_is_probed_so_its_estimate_can_recover():
     assert draft.calls == []
     planner.propose(context)
     assert draft.calls == [1]  # one token, to learn from
+    for _ in range(2 * PROBE_AFTER):
+        planner.propose(context)
+    assert draft.calls == [1]  # the probe did not bring it back: the next one waits twice as long
+    planner.propose(context)
+    assert draft.calls == [1, 1]
 
 
 def test_a_draft_slower_than_its_profile_is_priced_by_what_its_calls_took():

@@ -19,6 +19,7 @@ expected tokens per predicted second, in three stages:
    sources do not already reach that far) falls below the rate the step already expects.
    After ``PROBE_AFTER`` steps in a row without it, one step drafts a token anyway: steps that
    do not draft teach nothing, and an estimate that fell too low could otherwise never recover.
+   Each probe that does not bring it back doubles that wait.
 3. **The merge.** The draft's tree is merged with the sources' (:func:`merged_tree`, the draft
    weighing ``weight``), and the merged tree is cut by the latency planner, the drafting time
    counted in the step's cost. A merged node's probability is the union of its probability in
@@ -65,6 +66,10 @@ TRUST_PRIOR = 4.0
 # Steps without the draft model after which one step drafts a token anyway, so that an
 # acceptance estimate that fell too low can recover.
 PROBE_AFTER = 32
+# Each probe that does not bring the draft model back doubles the wait before the next, up to
+# this: a probe's catch-up feeds every token since the last draft, and on llama.cpp (0.5B Q4 on
+# 2 cores) three probes a generation cost 15-25% of its time.
+MAX_PROBE_AFTER = 1024
 # Prior of the draft's cost scale: this many seconds of drafting, taken as the profile predicts.
 COST_PRIOR_S = 0.05
 
@@ -106,6 +111,7 @@ class PricedDraftModel:
         self.last_depth = 0  # draft levels the last step drafted (0: retrieval alone)
         self.draft_seconds_spent = self.draft_seconds_predicted = 0.0  # of its timed calls
         self._idle = 0  # steps in a row without the draft model
+        self._probe_after = PROBE_AFTER  # idle steps before the next probe
         self._group = 0
         self._chain = DraftTree.empty()  # the draft's first chain of the last step
         self._sources_tree = DraftTree.empty()  # the sources' candidate tree of the last step
@@ -146,8 +152,11 @@ class PricedDraftModel:
         reach, nodes = self._planned(sources_tree, probabilities, cache)
         depth = self.draft_depth(reach, nodes, cache)
         self._idle = self._idle + 1 if depth == 0 else 0
-        if self._idle > PROBE_AFTER:  # no evidence comes from steps that do not draft
+        if depth > 0:
+            self._probe_after = PROBE_AFTER
+        elif self._idle > self._probe_after:  # no evidence comes from steps that do not draft
             depth, self._idle = 1, 0
+            self._probe_after = min(2 * self._probe_after, MAX_PROBE_AFTER)
         drafted = DraftTree.empty()
         if depth > 0:
             keep_going = (self._keep_going(reach, nodes, cache) if self.draft.branches == 1
