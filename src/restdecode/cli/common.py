@@ -39,10 +39,13 @@ def add_draft_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-model", default=None, metavar="NAME|PATH",
                         help="a smaller model with the same tokenizer that drafts for --model "
                              "(asset name, .gguf file or Hugging Face directory), its drafts "
-                             "merged with retrieval and context; a pair whose tokenizers differ "
+                             "merged with retrieval and context, as deep as its forwards pay; "
+                             "a pair whose tokenizers differ "
                              "is refused before loading (e.g. --model "
                              "qwen2.5-coder-1.5b-instruct --draft-model "
-                             "qwen2.5-coder-0.5b-instruct; default: none)")
+                             "qwen2.5-coder-0.5b-instruct), or a directory written by "
+                             "`restdecode train-drafter` (early exit: --model's own first "
+                             "layers and a trained head; default: none)")
     parser.add_argument("--draft-backend", choices=("auto", "transformers", "llamacpp"),
                         default="auto",
                         help="what runs the draft model, chosen as --backend is (a llama.cpp "
