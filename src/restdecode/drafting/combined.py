@@ -21,6 +21,14 @@ def weighted_paths(drafter: Drafter, token_ids: Sequence[int]) -> WeightedContin
     return WeightedContinuations.from_tree(drafter.propose(token_ids))
 
 
+def merge_weighted(parts: Sequence[WeightedContinuations], weights: Sequence[float],
+                   match_power: float = 0.0) -> WeightedContinuations:
+    """All of ``parts`` in one set, each part's weights normalised to sum to its weight (times
+    ``match_length ** match_power``, a part that matched nothing counting 1)."""
+    return concatenate([part.normalized(weight * max(part.match_length, 1) ** match_power)
+                        for part, weight in zip(parts, weights)])
+
+
 class CombinedDrafter(ContinuationDrafter):
     """Merges the trees of several drafters into one trie of at most ``budget`` nodes.
 
@@ -71,10 +79,7 @@ class CombinedDrafter(ContinuationDrafter):
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
         """Every source's tree as weighted paths, each source's weights summing to its weight."""
         found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
-        merged = concatenate([
-            paths.normalized(weight * max(paths.match_length, 1) ** self.match_power)
-            for paths, weight in zip(found, self.weights)
-        ])
+        merged = merge_weighted(found, self.weights, self.match_power)
         if self.match_from is None:
             return merged
         return WeightedContinuations(merged.continuations, merged.lengths, merged.weights,

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from restdecode.drafting.base import StepFeedback, WeightedContinuations, concatenate
-from restdecode.drafting.combined import weighted_paths
+from restdecode.drafting.base import StepFeedback, WeightedContinuations
+from restdecode.drafting.combined import merge_weighted, weighted_paths
 from restdecode.drafting.planner import (AcceptanceCalibration, CostModel, best_size,
                                          default_calibration, match_length_group,
                                          node_probabilities, plan_batch)
@@ -76,10 +76,9 @@ COST_PRIOR_S = 0.05
 
 def merged_tree(parts: Sequence[WeightedContinuations], weights: Sequence[float],
                 budget: int) -> DraftTree:
-    """The ``budget`` heaviest nodes of the trie of ``parts``, each part's weights normalised to
-    sum to its weight (as :class:`~restdecode.drafting.CombinedDrafter` merges its sources)."""
-    return concatenate([part.normalized(weight)
-                        for part, weight in zip(parts, weights)]).to_tree(budget)
+    """The ``budget`` heaviest nodes of the trie of ``parts``, merged as
+    :class:`~restdecode.drafting.CombinedDrafter` merges its sources (:func:`merge_weighted`)."""
+    return merge_weighted(parts, weights).to_tree(budget)
 
 
 class PricedDraftModel:
@@ -149,7 +148,8 @@ class PricedDraftModel:
         self._sources_tree = sources_tree
         self._sources_chances = node_probabilities(sources_tree, self.calibration, self._group)
         probabilities = np.minimum(self._sources_chances * self.sources_trust, 1.0)
-        reach, nodes = self._planned(sources_tree, probabilities, cache)
+        reach, kept = self._planned(sources_tree, probabilities, cache)
+        nodes = int(kept.sum())
         depth = self.draft_depth(reach, nodes, cache)
         self._idle = self._idle + 1 if depth == 0 else 0
         if depth > 0:
@@ -170,8 +170,7 @@ class PricedDraftModel:
                                                                       as_measured=False)
         self.last_depth, self._chain = drafted.max_depth, first_chain(drafted)
         if len(drafted) == 0:  # retrieval alone (or the draft model's context is full)
-            return plan_batch([(sources_tree, probabilities)], self.profile, cache,
-                              overhead=self.overhead)[0]
+            return sources_tree.subset(kept)
         merged = merged_tree([WeightedContinuations.from_tree(drafted), found],
                              [self.weight, 1.0], self.budget + len(drafted))
         chances = united(path_chances(merged, sources_tree, probabilities),
@@ -182,15 +181,17 @@ class PricedDraftModel:
                           overhead=self.overhead + seconds)[0]
 
     def _planned(self, tree: DraftTree, probabilities: np.ndarray,
-                 cache: int) -> tuple[np.ndarray, int]:
-        """The sources' planned cut: the chance it commits at least i + 1 draft tokens
-        (``reach[i]``, the kept nodes' probabilities summed by depth) and its node count."""
+                 cache: int) -> tuple[np.ndarray, np.ndarray]:
+        """The sources' planned cut, as :func:`plan_batch` makes it for one row: the chance it
+        commits at least i + 1 draft tokens (``reach[i]``, the kept nodes' probabilities summed
+        by depth) and its mask of kept nodes (prefix-closed)."""
         order = np.lexsort((np.arange(probabilities.size), -probabilities))
         size = best_size(probabilities[order], self.profile, cache, self.overhead)
-        kept = order[:size]
-        reach = np.bincount(tree.depths[kept] - 1, weights=probabilities[kept],
-                            minlength=0) if size else np.zeros(0)
-        return np.clip(reach, 0.0, 1.0), size
+        kept = np.zeros(probabilities.size, dtype=bool)
+        kept[order[:size]] = True
+        reach = np.bincount(tree.depths[kept] - 1, weights=probabilities[kept]) if size \
+            else np.zeros(0)
+        return np.clip(reach, 0.0, 1.0), kept
 
     def drafting_seconds(self, levels: int, cache: int, *, as_measured: bool = True) -> float:
         """Predicted seconds of ``levels`` draft forwards: a chain's one token each, a tree's

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -151,8 +152,8 @@ def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBa
     head.float().train()
     source = windows(tokenizer, documents, settings.window)
     held_out = [_teacher_and_hidden(model, batch, settings.layer)
-                for batch in _take(_batches(source, settings.batch),
-                                   max(1, settings.held_out // settings.batch))]
+                for batch in islice(_batches(source, settings.batch),
+                                    max(1, settings.held_out // settings.batch))]
     if not held_out:
         raise ModelError(f"not enough text: the held-out split needs {settings.held_out} windows "
                          f"of {settings.window} tokens")
@@ -206,6 +207,3 @@ def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBa
     save((loss_value, agreement))
     return TrainingReport(step, time.monotonic() - started, loss_value, agreement, untrained, out)
 
-
-def _take(iterator: Iterator, count: int) -> list:
-    return [item for _, item in zip(range(count), iterator)]
