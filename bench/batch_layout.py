@@ -4,7 +4,9 @@ One forward over B rows of L cached positions each, w slots per row (a chain; "1
 with 16 slots, the others 1, as the batch planner makes), timed three ways:
   packed:     batch dim 1, B*L cached keys, Q = B*w queries, block mask (our layout);
   padded:     batch dim B, L cached keys per row, w queries per row, per-row mask;
-  sequential: B single-row forwards (what B separate sessions cost).
+  sequential: B single-row forwards (what B separate sessions cost);
+  regions:    restdecode's TransformersBatchSession as it is now: packed tokens, a cache region
+              per row, attention per row (queries padded to the widest row inside attention only).
 Usage: .venv/bin/python bench/batch_layout.py [--rows 8] [--lengths 256 1024] [--widths 1 4 16+1]
        [--repeats 3] [--threads N]
 """
@@ -15,8 +17,12 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from restdecode.backends.transformers_batch import TransformersBatchSession
+from restdecode.drafting.tree import DraftTree
 
 
 def smollm2_shapes() -> LlamaForCausalLM:
@@ -63,8 +69,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model, rows = smollm2_shapes(), args.rows
     print(f"torch threads {torch.get_num_threads()}, B={rows}")
-    print("L     w     packed ms  padded ms  sequential ms")
+    print("L     w     packed ms  padded ms  sequential ms  regions ms")
     for length in args.lengths:
+        session = TransformersBatchSession(model)
+        with torch.inference_mode():
+            row_ids = [session.add_row([1] * length)[0] for _ in range(rows)]
         packed_cache = filled_cache(model, 1, rows * length)
         padded_cache = filled_cache(model, rows, length)
         single_cache = filled_cache(model, 1, length)
@@ -105,8 +114,18 @@ def main() -> None:
                                                torch.ones(rows, wide, dtype=torch.long),
                                                padded_mask, padded_positions), repeats)
                 single = timed(sequential, repeats)
+                chains = [DraftTree(np.ones(w - 1, dtype=np.int64), np.arange(w - 1) - 1).compile()
+                          for w in widths]
+
+                def regions_step():
+                    session.verify([(row, 1, chain) for row, chain in zip(row_ids, chains)])
+                    for row in row_ids:
+                        session.commit(row, [])  # drop the slots: the cache stays as it was
+
+                by_rows = timed(regions_step, repeats)
             width = spec
-            print(f"{length:<5} {width:<5} {packed * 1e3:9.1f}  {padded * 1e3:9.1f}  {single * 1e3:13.1f}")
+            print(f"{length:<5} {width:<5} {packed * 1e3:9.1f}  {padded * 1e3:9.1f}  {single * 1e3:13.1f}"
+                  f"  {by_rows * 1e3:10.1f}")
 
 
 if __name__ == "__main__":

@@ -93,8 +93,8 @@ def test_batched_verify_equals_single_row_verify(arch, attn, data):
             for row, single in singles.items():
                 assert session.past_length(row) == single.past_length
             assert session.cache_length == sum(s.past_length for s in singles.values())
-            for layer in session.cache.layers:
-                assert layer.keys.shape[-2] == session.cache_length
+            regions = [session._region[row] for row in singles]  # a region of its own each
+            assert len(set(regions)) == len(regions) <= session.cache.regions
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -132,7 +132,12 @@ def test_a_row_removed_mid_step_frees_its_entries_and_spares_the_others(arch):
         for row in session.rows:
             session.remove_row(row)
         assert session.rows == [] and session.cache_length == 0
-        assert all(layer.keys.shape[-2] == 0 for layer in session.cache.layers)
+        # The freed regions are taken again: rows joining later do not grow the cache.
+        regions, capacity = session.cache.regions, session.cache.capacity
+        for length in (12, 3, 7):
+            session.add_row(rng.integers(0, VOCAB, length).tolist())
+        assert sorted(session._region.values()) == [0, 1, 2]
+        assert (session.cache.regions, session.cache.capacity) == (regions, capacity)
 
 
 def test_session_misuse_is_a_decoding_error():

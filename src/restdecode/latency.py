@@ -250,8 +250,14 @@ def measure_batch_profile(
                 return elapsed
 
             seconds[index] = _timed_rounds(widths, repeats, rng, bar, forward)
-    key = backend.profile_key() | {"layout": "batch", "rows": rows}
+    key = backend.profile_key() | {"layout": batch_layout(backend), "rows": rows}
     return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, key)
+
+
+def batch_layout(backend) -> str:
+    """The name of ``backend``'s batched cache layout: a profile measured on another layout
+    prices other forwards, so it is part of the profile's key."""
+    return getattr(backend, "batch_layout", "batch")
 
 
 def _batch_trees(width: int, rows: int, vocab: int, rng: np.random.Generator, device):
@@ -426,7 +432,8 @@ def batch_profile_for(
         totals = ([c for c in totals if c + widest <= limit]
                   or [max(rows, (limit - widest) // rows * rows)])
     options["cache_lengths"] = tuple(totals)
-    key = as_backend(model).profile_key() | {"layout": "batch", "rows": options["rows"]}
+    backend = as_backend(model)
+    key = backend.profile_key() | {"layout": batch_layout(backend), "rows": options["rows"]}
     return _cached_or_measured(measure_batch_profile, model, key, cache_dir, refresh, progress,
                                options)
 

@@ -24,6 +24,7 @@ class TransformersBackend:
     """A transformers model (or :class:`~restdecode.compiled.CompiledModel`) as a backend."""
 
     name = "transformers"
+    batch_layout = "batch-regions"  # a region per row, attention per row (transformers_batch)
 
     def __init__(self, model: "PreTrainedModel") -> None:
         self.model = model

@@ -1,35 +1,37 @@
-"""Batched tree verification on the transformers backend: many rows, one forward, a packed cache.
+"""Batched tree verification on the transformers backend: many rows, one forward, one region each.
 
-Layout (docs/architecture.md, "batched decoding", says why): the batch is *one* sequence to the
-model (batch dimension 1), as in llama.cpp's unified KV cache. Every row's past KV entries live
-in one :class:`~transformers.DynamicCache`, in no particular order, each entry labelled with its
-row and its position (``_owner``, ``_positions``). A verification forward appends the slots of
-every row's tree at once (``sum(1 + n_r)`` tokens, no padding) with per-token ``position_ids``
-and an additive 4D mask in which a slot sees only
+Layout (docs/architecture.md, "batched decoding", says why). Every token of a step goes through
+the model's projections and MLPs *packed*: one sequence of ``sum(1 + n_r)`` tokens (batch
+dimension 1, no padding), with per-token ``position_ids``. Only attention is per row:
 
-* its own row's past entries (and, in a sliding-window layer, only those with
-  ``key position > query position - window``), and
-* its own tree ancestors (same window rule),
+* the KV cache holds one contiguous **region** per row, ``(regions, kv_heads, capacity,
+  head_dim)`` per layer; column c of a row's region is the row's position c, and a step writes
+  each row's tree slots right after its past (slot j at column ``past + j``);
+* attention (:func:`rows_attention`, an attention function registered with transformers and used
+  for the batched forward only) scatters the packed queries into a ``(regions, heads, width,
+  head_dim)`` block, ``width`` = the widest row's slots, and runs one SDPA call against every
+  region's first ``longest`` columns (a view, nothing copied), with a per-row mask: a slot sees its
+  row's past and its own tree ancestors (in a sliding-window layer only keys with ``key position >
+  query position - window``). Each row's queries meet only its own keys: the work is ``regions x
+  width x longest``, not ``(all slots) x (all rows' keys)`` as in one packed sequence.
 
-so each row's slots compute what that row's single-row verification computes: attention to the
-other rows' keys gets weight exactly 0. Sliding-window layers keep every past entry (the window
-is applied by the mask, per row): a plain :class:`DynamicLayer` per layer, no trimming.
-
-A row joins with its own prefill (a cache of its own, the prompt alone, as a single-row session
-prefills), whose entries are then appended to the packed cache; running rows are not touched.
 ``commit(row, slots)`` records a row's accepted slots; once every row of the last forward is
-committed (or removed), the accepted slots are gathered right after the past and the rest of the
-forward's tail is dropped. ``remove_row`` drops a row's entries from every layer at once.
+committed (or removed), the accepted slots that are not already in place (a path off the first
+branch) are moved to ``past, past + 1, ...`` in one gather per layer. Columns past a row's length
+are stale and never seen. A row joins with its own prefill (the prompt alone, as a single-row
+session prefills), copied into a free region; ``remove_row`` frees the region. Regions and
+capacity grow by doubling (one copy of the cache) when a row or a tree does not fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
 
 from restdecode import verify as tree_verify
 from restdecode.compiled import eager
@@ -40,14 +42,103 @@ if TYPE_CHECKING:
 
     from restdecode.drafting.tree import CompiledTree
 
+ROWS_ATTENTION = "restdecode_rows"
+INITIAL_CAPACITY = 256  # positions per region before the first doubling
+
+
+@dataclass
+class StepLayout:
+    """Where one batched forward's packed tokens live, read by :class:`RegionCache` (writes) and
+    :func:`rows_attention` (reads). Built by :meth:`TransformersBatchSession.verify`."""
+
+    region: torch.Tensor       # (Q,) region of each packed token
+    column: torch.Tensor       # (Q,) its column in the region (past length + slot)
+    query_slot: torch.Tensor   # (Q,) its slot in the row's tree: its row in the query block
+    width: int                 # slots of the widest row
+    longest: int               # columns any row's queries may see (max of past + slots)
+    masks: dict[str, torch.Tensor]  # layer type -> bool (regions, 1, width, longest)
+    layer_types: list[str]
+
+
+def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                   value: torch.Tensor, attention_mask: Any, dropout: float = 0.0,
+                   scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention of packed queries ``(1, heads, Q, d)``, each against its own row's region of
+    ``key``/``value`` ``(regions, kv_heads, longest, d)`` (see the module docstring); returns
+    ``(1, Q, heads, d)`` as transformers' attention functions do."""
+    layout: StepLayout | None = kwargs.get("step_layout")
+    if layout is None:
+        raise DecodingError("rows attention runs only inside a batched verification")
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise DecodingError("batched verification does not support attention softcapping or sinks")
+    heads, dim = query.shape[1], query.shape[3]
+    block = query.new_zeros(key.shape[0], layout.width, heads, dim)
+    block[layout.region, layout.query_slot] = query[0].transpose(0, 1)
+    mask = layout.masks[layout.layer_types[module.layer_idx]]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        block.transpose(1, 2), key, value, attn_mask=mask, scale=scaling,
+        enable_gqa=key.shape[1] != heads)
+    return out.transpose(1, 2)[layout.region, layout.query_slot].unsqueeze(0), None
+
+
+AttentionInterface.register(ROWS_ATTENTION, rows_attention)
+
+
+class RegionCache:
+    """The KV cache the model sees during a batched forward: ``update`` writes the step's new
+    keys and values into their rows' regions and returns every region's first ``longest``
+    columns. Owned by :class:`TransformersBatchSession`, which sets ``layout`` per forward."""
+
+    is_compileable = False
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []    # per layer (regions, kv_heads, capacity, d)
+        self.values: list[torch.Tensor] = []
+        self.layout: StepLayout | None = None
+
+    @property
+    def regions(self) -> int:
+        return int(self.keys[0].shape[0]) if self.keys else 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys[0].shape[2]) if self.keys else 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        layout = self.layout
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[layout.region, :, layout.column] = key_states[0].transpose(0, 1)
+        values[layout.region, :, layout.column] = value_states[0].transpose(0, 1)
+        return keys[:, :, :layout.longest], values[:, :, :layout.longest]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layout.longest if self.layout is not None else 0
+
+    def allocate(self, like: DynamicCache, regions: int, capacity: int) -> None:
+        """Empty buffers shaped after a prefill's cache (its heads, head size and dtype)."""
+        self.keys = [layer.keys.new_zeros(regions, layer.keys.shape[1], capacity,
+                                          layer.keys.shape[3]) for layer in like.layers]
+        self.values = [layer.values.new_zeros(regions, layer.values.shape[1], capacity,
+                                              layer.values.shape[3]) for layer in like.layers]
+
+    def grow(self, regions: int, capacity: int) -> None:
+        """At least ``regions`` regions of ``capacity`` columns, the held entries copied over."""
+        regions, capacity = max(regions, self.regions), max(capacity, self.capacity)
+        if (regions, capacity) == (self.regions, self.capacity):
+            return
+        for buffers in (self.keys, self.values):
+            for index, old in enumerate(buffers):
+                new = old.new_zeros(regions, old.shape[1], capacity, old.shape[3])
+                new[:old.shape[0], :, :old.shape[2]] = old
+                buffers[index] = new
+
 
 @dataclass
 class _Pending:
-    """A row's slots in the tail of the last verification forward."""
+    """A row's slots in the last verification forward."""
 
-    start: int      # first slot's index in the forward's tail
     num_slots: int
-    length: int     # the row's past length when verified (slot 0's position)
     accepted: list[int] | None = None
 
 
@@ -57,20 +148,18 @@ class TransformersBatchSession:
 
     def __init__(self, model: "PreTrainedModel") -> None:
         tree_verify._check_supported(model)
-        self.model = model
+        self.model = eager(model)  # the rows' attention is a Python function: no compiled graph
         self._layer_types = tree_verify._layer_types(model)
         config = model.config.get_text_config(decoder=True)
         self._windows = {tree_verify.FULL: None}
         if tree_verify.SLIDING in self._layer_types:
             self._windows[tree_verify.SLIDING] = int(config.sliding_window)
-        self.cache = DynamicCache()  # one DynamicLayer per layer: sliding layers keep all
-        device = model.device
-        self._owner = torch.zeros(0, dtype=torch.long, device=device)      # row of each entry
-        self._positions = torch.zeros(0, dtype=torch.long, device=device)  # position of each entry
-        self._lengths: dict[int, int] = {}
+        self._configs = _attention_configs(self.model)
+        self.cache = RegionCache()
+        self._region: dict[int, int] = {}   # row -> its region
+        self._lengths: dict[int, int] = {}  # row -> positions held
         self._next_row = 0
         self._pending: dict[int, _Pending] = {}
-        self._tail = 0  # slots of the last forward still in the cache, awaiting commits
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -85,53 +174,38 @@ class TransformersBatchSession:
 
     @property
     def cache_length(self) -> int:
-        """KV entries per layer in the packed cache (the sum of the rows' past lengths, outside a
-        step)."""
-        return int(self._owner.numel()) + self._tail
+        """KV positions the rows hold together (plus the slots of an uncommitted step)."""
+        return sum(self._lengths.values()) + sum(p.num_slots for p in self._pending.values()
+                                                 if p.accepted is None)
 
     def add_row(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
         """A new row holding ``prompt_ids``; float32 logits ``(vocab,)`` after its last token.
 
         The prompt is run alone, into a cache of its own (other rows are not part of this
-        forward), and its entries are then appended to the packed cache."""
+        forward), then copied into a free region."""
         self._check_no_step("add a row")
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise DecodingError("a row needs at least one prompt token")
         own = DynamicCache()
         input_ids = torch.tensor([prompt], device=self.model.device)
-        output = eager(self.model)(input_ids=input_ids, use_cache=True, logits_to_keep=1,
-                                   **tree_verify.cache_kwargs(self.model, own))
+        output = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+                            **tree_verify.cache_kwargs(self.model, own))
+        region = self._free_region(own, len(prompt))
+        for layer, keys, values in zip(own.layers, self.cache.keys, self.cache.values):
+            keys[region, :, :len(prompt)] = layer.keys[0]
+            values[region, :, :len(prompt)] = layer.values[0]
         row = self._next_row
         self._next_row += 1
-        for index, layer in enumerate(own.layers):
-            self._append(index, layer.keys, layer.values)
-        device = self._owner.device
-        self._owner = torch.cat([self._owner, torch.full((len(prompt),), row, device=device)])
-        self._positions = torch.cat([self._positions, torch.arange(len(prompt), device=device)])
-        self._lengths[row] = len(prompt)
+        self._region[row], self._lengths[row] = region, len(prompt)
         return row, output.logits[0, -1].float()
 
     def remove_row(self, row: int) -> None:
-        """Drop ``row`` and every KV entry it holds (also its slots of an uncommitted step)."""
+        """Drop ``row`` and free its region (also its slots of an uncommitted step)."""
         self._row(row)
-        del self._lengths[row]
-        if row in self._pending:
-            del self._pending[row]
+        del self._lengths[row], self._region[row]
+        if self._pending.pop(row, None) is not None:
             self._finish_step_if_committed()
-        keep = torch.nonzero(self._owner != row).squeeze(1)
-        if keep.numel() == self._owner.numel():
-            return
-        if self._tail:  # mid-step: the other rows' slots stay where they are
-            tail = torch.arange(self._owner.numel(), self.cache_length, device=keep.device)
-            index = torch.cat([keep, tail])
-        else:
-            index = keep
-        for layer in self._layers():
-            layer.keys = layer.keys.index_select(-2, index)
-            layer.values = layer.values.index_select(-2, index)
-        # The tail's slot indices are relative to the tail's start: unchanged.
-        self._owner, self._positions = self._owner[keep], self._positions[keep]
 
     # -- a step -----------------------------------------------------------------------------
 
@@ -142,38 +216,38 @@ class TransformersBatchSession:
         self._check_no_step("verify")
         if not items:
             return []
+        rows = [self._row(row) for row, _, _ in items]
+        if len(set(rows)) != len(rows):
+            raise DecodingError(f"a row appears twice in one verification: {rows}")
+        trees = [tree for _, _, tree in items]
+        needed = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
+        self.cache.grow(0, _doubled(self.cache.capacity, needed))
         device = self.model.device
-        tokens, query_row, query_pos, blocks, start = [], [], [], [], 0
-        for row, pending, tree in items:
-            self._row(row)
-            if row in self._pending:
-                raise DecodingError(f"row {row} appears twice in one verification")
-            length = self._lengths[row]
-            self._pending[row] = _Pending(start, tree.num_slots, length)
-            start += tree.num_slots
-            tokens.append(torch.tensor([pending], device=device))
-            tokens.append(tree.node_tokens.to(device))
-            query_row.append(torch.full((tree.num_slots,), row, device=device))
-            query_pos.append(length + tree.depth_offsets.to(device))
-            blocks.append(tree.ancestor_mask.to(device))
-        query_row, query_pos = torch.cat(query_row), torch.cat(query_pos)
-        mask = self._mask(query_row, query_pos, torch.block_diag(*blocks))
-        self._tail = start
-        output = self.model(
-            input_ids=torch.cat(tokens).unsqueeze(0),
-            attention_mask=mask,
-            position_ids=query_pos.unsqueeze(0),
-            use_cache=True,
-            **tree_verify.cache_kwargs(self.model, self.cache),
-        )
+        layout = self._layout(rows, trees)
+        tokens = torch.cat([torch.cat([torch.tensor([pending], device=device),
+                                       tree.node_tokens.to(device)])
+                            for _, pending, tree in items])
+        positions = torch.cat([self._lengths[row] + tree.depth_offsets.to(device)
+                               for row, tree in zip(rows, trees)])
+        self.cache.layout = layout
+        try:
+            with _attention_implementation(self._configs, ROWS_ATTENTION):
+                output = self.model(input_ids=tokens.unsqueeze(0),
+                                    position_ids=positions.unsqueeze(0), use_cache=True,
+                                    step_layout=layout,
+                                    **tree_verify.cache_kwargs(self.model, self.cache))
+        finally:
+            self.cache.layout = None
+        # Only now: a forward that failed wrote nothing but columns past the rows' lengths.
+        for row, tree in zip(rows, trees):
+            self._pending[row] = _Pending(tree.num_slots)
         logits = output.logits[0].float()
-        bounds = [self._pending[row].start for row, _, _ in items] + [start]
-        return [logits[a:b] for a, b in zip(bounds, bounds[1:])]
+        return list(logits.split([tree.num_slots for tree in trees]))
 
     def commit(self, row: int, accepted_slots: Sequence[int]) -> None:
         """Keep the KV entries of ``accepted_slots`` (slot 0 first, then a root-to-node path; or
         none, to drop the whole tree) of ``row``'s tree in the last forward; its past length
-        grows by their number. The cache is compacted once every row of that forward is
+        grows by their number. Entries are moved into place once every row of that forward is
         committed or removed."""
         pending = self._pending.get(self._row(row))
         if pending is None or pending.accepted is not None:
@@ -197,60 +271,108 @@ class TransformersBatchSession:
             raise DecodingError(f"cannot {doing}: rows {rows} of the last verification are not "
                                 f"committed yet")
 
-    def _layers(self):
-        return [layer for layer in self.cache.layers if getattr(layer, "is_initialized", False)]
+    def _free_region(self, prefill: DynamicCache, length: int) -> int:
+        """The lowest region no row holds, the cache grown to fit it and ``length`` columns."""
+        taken = set(self._region.values())
+        region = next(r for r in range(len(taken) + 1) if r not in taken)
+        if not self.cache.keys:
+            self.cache.allocate(prefill, 1, _doubled(INITIAL_CAPACITY, length))
+        self.cache.grow(_doubled(self.cache.regions, region + 1),
+                        _doubled(self.cache.capacity, length))
+        return region
 
-    def _append(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.cache.update(keys, values, index)
-
-    def _finish_step_if_committed(self) -> None:
-        """Once every row of the last forward is resolved: gather the accepted slots of every
-        row right after the past (in row order), drop the rest of the tail."""
-        if any(p.accepted is None for p in self._pending.values()):
-            return
-        past = int(self._owner.numel())
-        device = self._owner.device
-        index, owner, positions = [], [], []
-        for row, pending in self._pending.items():
-            index.append(torch.tensor(pending.accepted, dtype=torch.long, device=device)
-                         + pending.start)
-            owner.append(torch.full((len(pending.accepted),), row, device=device))
-            positions.append(pending.length + torch.arange(len(pending.accepted), device=device))
-            self._lengths[row] += len(pending.accepted)
-        kept = int(sum(len(p.accepted) for p in self._pending.values()))
-        if self._tail:
-            tail_index = torch.cat(index) if index else torch.zeros(0, dtype=torch.long,
-                                                                     device=device)
-            is_prefix = tail_index.tolist() == list(range(kept))
-            for layer in self._layers():
-                if not is_prefix:
-                    # The accepted slots are gathered into place inside the existing buffers:
-                    # only the tail is copied, never the past.
-                    source = tail_index + past
-                    layer.keys[..., past:past + kept, :] = layer.keys.index_select(-2, source)
-                    layer.values[..., past:past + kept, :] = layer.values.index_select(-2, source)
-                layer.keys = layer.keys[..., :past + kept, :]
-                layer.values = layer.values[..., :past + kept, :]
-        if owner:
-            self._owner = torch.cat([self._owner, *owner])
-            self._positions = torch.cat([self._positions, *positions])
-        self._pending.clear()
-        self._tail = 0
-
-    def _mask(self, query_row: torch.Tensor, query_pos: torch.Tensor,
-              ancestors: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """The additive mask(s) ``(1, 1, Q, past + Q)``: own row's past, own tree ancestors;
-        sliding layers also ``key position > query position - window``."""
-        own_past = self._owner.unsqueeze(0) == query_row.unsqueeze(1)
-        visible = torch.cat([own_past, ancestors], dim=1)
-        key_pos = torch.cat([self._positions, query_pos])
+    def _layout(self, rows: list[int], trees: list["CompiledTree"]) -> StepLayout:
+        """The step's :class:`StepLayout`: where each slot is written, and each layer type's
+        mask (a slot sees its row's past and its tree ancestors, within the window)."""
+        device = self.model.device
+        width = max(tree.num_slots for tree in trees)
+        longest = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
+        regions = self.cache.regions
+        region, column, query_slot = [], [], []
+        visible = torch.zeros(regions, width, longest, dtype=torch.bool, device=device)
+        depth = torch.zeros(regions, width, dtype=torch.long, device=device)
+        past = torch.zeros(regions, dtype=torch.long, device=device)
+        for row, tree in zip(rows, trees):
+            g, length, slots = self._region[row], self._lengths[row], tree.num_slots
+            region.append(torch.full((slots,), g, device=device))
+            column.append(length + torch.arange(slots, device=device))
+            query_slot.append(torch.arange(slots, device=device))
+            visible[g, :slots, :length] = True
+            visible[g, :slots, length:length + slots] = tree.ancestor_mask.to(device)
+            depth[g, :slots] = tree.depth_offsets.to(device)
+            past[g] = length
+        layout_region, layout_column = torch.cat(region), torch.cat(column)
+        # A query with no row (padding, or a region outside this step) still sees one key, so
+        # that its softmax stays finite; its output is never read.
+        visible[:, :, 0] |= ~visible.any(dim=2)
         masks = {}
         for layer_type in dict.fromkeys(self._layer_types):
             window = self._windows[layer_type]
             seen = visible
             if window is not None:
-                seen = visible & (key_pos.unsqueeze(0) > query_pos.unsqueeze(1) - window)
-            masks[layer_type] = tree_verify._additive(seen, self.model.dtype)
-        if set(masks) == {tree_verify.FULL}:
-            return masks[tree_verify.FULL]
-        return masks
+                # Key position: the column in the past, the slot's depth in the tree.
+                key_position = torch.arange(longest, device=device).expand(regions, longest).clone()
+                key_position[layout_region, layout_column] = (
+                    past[layout_region] + depth[layout_region, torch.cat(query_slot)])
+                query_position = past.unsqueeze(1) + depth
+                in_window = key_position.unsqueeze(1) > query_position.unsqueeze(2) - window
+                seen = visible & in_window
+                seen[:, :, 0] |= ~seen.any(dim=2)
+            masks[layer_type] = seen.unsqueeze(1)
+        return StepLayout(layout_region, layout_column, torch.cat(query_slot), width, longest,
+                          masks, self._layer_types)
+
+    def _finish_step_if_committed(self) -> None:
+        """Once every row of the last forward is resolved: move each row's accepted slots that
+        are not in place to the columns right after its past, in one gather per layer."""
+        if any(p.accepted is None for p in self._pending.values()):
+            return
+        device = self.model.device
+        region, source, target = [], [], []
+        for row, pending in self._pending.items():
+            length, accepted = self._lengths[row], pending.accepted
+            moved = [(i, s) for i, s in enumerate(accepted) if s != i]
+            if moved:
+                region += [self._region[row]] * len(moved)
+                target += [length + i for i, _ in moved]
+                source += [length + s for _, s in moved]
+            self._lengths[row] += len(accepted)
+        if region:
+            region_t = torch.tensor(region, device=device)
+            source_t = torch.tensor(source, device=device)
+            target_t = torch.tensor(target, device=device)
+            for buffer in (*self.cache.keys, *self.cache.values):
+                buffer[region_t, :, target_t] = buffer[region_t, :, source_t]
+        self._pending.clear()
+
+
+def _doubled(size: int, needed: int) -> int:
+    """``size`` doubled until it holds ``needed``."""
+    size = max(size, 1)
+    while size < needed:
+        size *= 2
+    return size
+
+
+def _attention_configs(model: "PreTrainedModel") -> list:
+    """Every config object the model's modules read their attention implementation from."""
+    configs = {id(model.config): model.config}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation_internal"):
+            configs[id(config)] = config
+    return list(configs.values())
+
+
+@contextmanager
+def _attention_implementation(configs: list, name: str) -> Iterator[None]:
+    """Run the model's attention layers with the attention function ``name`` for a while (the
+    batched forward), whatever implementation the model was loaded with."""
+    before = [config._attn_implementation_internal for config in configs]
+    for config in configs:
+        config._attn_implementation_internal = name
+    try:
+        yield
+    finally:
+        for config, implementation in zip(configs, before):
+            config._attn_implementation_internal = implementation
