@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -214,7 +215,34 @@ class BatchDecoder:
             else:
                 fixed.append((row, _limit_depth(row.drafter.propose(row.context), depth)))
             row.stats.time_draft += time.perf_counter() - mark
-        return self._compile(fixed + self._plan(planned, fixed))
+        return self._compile(self._fit_capacity(fixed + self._plan(planned, fixed)))
+
+    def _fit_capacity(self, drafts: list[tuple[_Row, DraftTree]]) -> list[tuple[_Row, DraftTree]]:
+        """The trees cut (first nodes kept, in row order) to the cells the session has left
+        after the rows' pasts and pending tokens: a shared context (llama.cpp) never overflows
+        mid-step. Rows admitted within :meth:`cells_needed` always have room for plain steps."""
+        capacity = self.session.capacity
+        if capacity is None:
+            return drafts
+        free = capacity - self.session.cache_length - len(drafts)
+        fitted = []
+        for row, tree in drafts:
+            keep = min(len(tree), max(free, 0))
+            fitted.append((row, tree if keep == len(tree) else tree.subset(np.arange(len(tree)) < keep)))
+            free -= keep
+        return fitted
+
+    def cells_needed(self, request: BatchRequest | str) -> int:
+        """Positions ``request`` can hold at most in the session's cache: its prompt and every
+        token it may generate (the last one is never cached, the pending token of each step is).
+        A scheduler keeps the rows' sum within :attr:`capacity`."""
+        request = self.prepare(request)
+        return len(request.input_ids) + request.options.max_new_tokens
+
+    @property
+    def capacity(self) -> int | None:
+        """Positions all rows may hold together (the session's; None: no fixed limit)."""
+        return self.session.capacity
 
     def _plan(self, planned: list, fixed: list) -> list[tuple[_Row, DraftTree]]:
         if not planned:

@@ -123,7 +123,7 @@ class Engine:
              memory_file: str | Path | None = None, progress: bool = True,
              say: Callable[[str], None] = _say, draft_model: str | None = None,
              draft_backend: str = "auto", draft_k: int = DRAFT_K,
-             draft_branches: int = DRAFT_BRANCHES) -> "Engine":
+             draft_branches: int = DRAFT_BRANCHES, context: int | None = None) -> "Engine":
         """Load ``model`` (asset name, GGUF file or Hugging Face directory) on ``backend``
         (``transformers``; ``llamacpp`` for a GGUF; ``auto``: llama.cpp for a GGUF when it is
         installed, else transformers), and ``datastore`` (a file from ``restdecode
@@ -140,6 +140,9 @@ class Engine:
         A directory written by ``restdecode train-drafter`` is an early-exit drafter instead: the
         target's own first layers and the trained head (the transformers backend only; a head
         trained on another model is refused).
+
+        ``context``: the llama.cpp context's cells (default: the backend's own), which the rows
+        of batched decoding share; the transformers backend has no such setting.
         """
         from restdecode.backends import resolve_backend
         from restdecode.drafting.early_exit import is_trained_drafter
@@ -147,6 +150,10 @@ class Engine:
         backend = resolve_backend(backend, model, compile=compile)
         if compile and backend != "transformers":
             raise OptionsError("--compile applies to the transformers backend only")
+        if context is not None and (backend != "llamacpp" or isinstance(context, bool)
+                                    or not isinstance(context, int) or context < 1):
+            raise OptionsError(f"a context size (--context) applies to the llama.cpp backend "
+                               f"only and must be an integer >= 1, got {context!r} on {backend}")
         check_draft_shape(draft_k, draft_branches)
         path = Path(datastore).expanduser() if datastore is not None else None
         if path is not None and not path.is_file():
@@ -158,7 +165,7 @@ class Engine:
         elif draft_model is not None:
             check_draft_pair(model, draft_model)
             draft_backend = resolve_backend(draft_backend, draft_model)
-        loaded, tokenizer = _load_on(backend, model)
+        loaded, tokenizer = _load_on(backend, model, context)
         store = open_datastore(path, tokenizer) if path is not None else None
         if store is not None:
             check_vocabulary(store, loaded)  # before minutes of compiling
@@ -326,11 +333,12 @@ class Engine:
         return f"tokenizer {tokenizer_fingerprint(self.tokenizer)}"
 
 
-def _load_on(backend: str, model: str):
-    """(model or llama.cpp backend, tokenizer) of ``model`` on ``backend``."""
+def _load_on(backend: str, model: str, context: int | None = None):
+    """(model or llama.cpp backend, tokenizer) of ``model`` on ``backend`` (llama.cpp: a
+    context of ``context`` cells, default its own)."""
     from restdecode.models import load, load_llamacpp
 
-    return load_llamacpp(model) if backend == "llamacpp" else load(model)
+    return load_llamacpp(model, n_ctx=context) if backend == "llamacpp" else load(model)
 
 
 def check_draft_shape(k: int, branches: int) -> None:

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("llama_cpp")
 
-from test_llamacpp import (VOCAB, IdTokenizer, sequential_logits, slot_paths,  # noqa: E402
-                           tiny_gguf, trees)
+from test_llamacpp import (VOCAB, IdTokenizer, reference_backend, sequential_logits,  # noqa: E402
+                           slot_paths, tiny_gguf, trees)
 from tiny_models import OracleDrafter  # noqa: E402
 
 from restdecode.backends.llamacpp import MAX_SEQUENCES, LlamaCppBackend  # noqa: E402
@@ -134,3 +134,77 @@ def test_the_batch_profile_fits_the_rows_shared_cells(tmp_path):
     profile = batch_profile_for(backend, cache_dir=tmp_path, progress=False, repeats=1,
                                 widths=(1, 2, 16), cache_lengths=(64, 256, 504), rows=4)
     assert profile.cache_lengths == (64, 256) and profile.seconds.shape == (2, 3)
+
+
+def test_trees_are_cut_to_the_cells_a_shared_context_has_left():
+    """Rows whose prompts and answers fill nearly the whole context still decode exactly, with
+    deep oracle trees: each step's trees are cut to the cells left (a full context would fail
+    the shared forward, and every row with it)."""
+    backend = LlamaCppBackend(tiny_gguf(), n_threads=1, n_ctx=256)  # llama.cpp's smallest
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(3, VOCAB, 73).tolist() for _ in range(3)]  # 3 x (73 + 12) = 255
+    alone = [generate(reference_backend(), IdTokenizer(), input_ids=p, max_new_tokens=12)
+             for p in prompts]
+    drafters = [OracleDrafter(len(p), a.token_ids, VOCAB, depth=10, seed=i)
+                for i, (p, a) in enumerate(zip(prompts, alone))]
+    results = generate_batch(backend, IdTokenizer(), [BatchRequest(input_ids=p) for p in prompts],
+                             drafters=drafters, max_rows=3, max_new_tokens=12)
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    widths = [sum(r.stats.tree_size_per_step[step] for r in results
+                  if step < len(r.stats.tree_size_per_step))
+              for step in range(max(len(r.stats.tree_size_per_step) for r in results))]
+    # The first step's trees (three deep oracle trees, more nodes than fit) fill exactly the
+    # cells left beside the prompts and the three pending tokens.
+    assert widths[0] == 256 - 3 * 73 - 3
+
+
+def test_the_server_admits_batched_llamacpp_requests_as_the_shared_cells_allow():
+    """serve --max-batch on llama.cpp: a request starts only when its prompt and max_tokens fit
+    beside the running ones (the others wait; none fails mid-answer), and one that could never
+    fit is refused with the reason."""
+    import asyncio
+
+    from restdecode.engine import Engine
+    from restdecode.options import GenerationOptions
+    from restdecode.server.scheduler import Job, Scheduler
+
+    backend = LlamaCppBackend(tiny_gguf(), n_threads=1, n_ctx=256)
+    engine = Engine(backend, IdTokenizer(), draft=False, progress=False, say=lambda m: None)
+    scheduler = Scheduler(engine, speculate=False, max_active=4)
+    lane, most_rows = scheduler._lane, []
+    real_add = lane.add
+
+    def recording_add(job, drafter):
+        real_add(job, drafter)
+        most_rows.append(len(lane.rows))
+        assert sum(lane.cells.values()) <= 256
+
+    lane.add = recording_add
+    rng = np.random.default_rng(9)
+    prompts = [rng.integers(3, VOCAB, 100).tolist() for _ in range(4)]  # 120 cells each
+    options = GenerationOptions(max_new_tokens=20)
+    alone = [generate(reference_backend(), IdTokenizer(), input_ids=p, max_new_tokens=20).token_ids
+             for p in prompts]
+
+    async def run() -> list:
+        loop = asyncio.get_running_loop()
+        jobs = [Job(p, options, "t", loop) for p in prompts]
+        jobs.append(Job(rng.integers(3, VOCAB, 250).tolist(), options, "t", loop))  # 270 > 256
+        for job in jobs:
+            scheduler.submit(job)
+        outcomes = []
+        for job in jobs:
+            while (event := await job.events.get())[0] == "piece":
+                pass
+            outcomes.append(event)
+        return outcomes
+
+    scheduler.start()
+    try:
+        outcomes = asyncio.run(run())
+    finally:
+        scheduler.stop()
+    assert [kind for kind, _ in outcomes] == ["done"] * 4 + ["error"]
+    assert [result.token_ids for _, result in outcomes[:4]] == alone
+    assert "needs 270 positions" in outcomes[4][1] and "holds 256" in outcomes[4][1]
+    assert max(most_rows) == 2  # two of 120 cells fit in 256, never three

@@ -76,6 +76,8 @@ def test_the_listening_socket_is_tcp_so_asyncio_disables_nagle():
 @pytest.mark.parametrize("args, message", [
     (["--max-batch", "0"], "--max-batch"),
     (["--max-batch", "4", "--compile"], "eagerly"),
+    (["--context", "0"], "--context"),
+    (["--context", "64", "--backend", "transformers"], "applies to the llama.cpp backend only"),
 ])
 def test_serve_refuses_bad_batch_options_before_loading(args, message, capsys):
     from restdecode.cli import main

@@ -112,6 +112,11 @@ class BatchSession(Protocol):
         """KV positions held for all rows together (outside a step: the sum of their
         ``past_length``)."""
 
+    @property
+    def capacity(self) -> int | None:
+        """KV positions all rows may hold together, a step's tree slots included (llama.cpp: the
+        context's cells); None when only memory bounds it."""
+
     def past_length(self, row: int) -> int:
         """Positions ``row`` holds in the cache (its context without the pending token)."""
 

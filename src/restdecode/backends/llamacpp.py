@@ -58,7 +58,9 @@ class LlamaCppBackend:
     """A GGUF model on llama.cpp with one context (one KV cache); sessions take turns on it.
 
     ``n_threads`` defaults to every core (llama-cpp-python's ``Llama`` defaults to half);
-    ``n_ctx`` to :data:`DEFAULT_CONTEXT` or the model's training context if shorter.
+    ``n_ctx`` to :data:`DEFAULT_CONTEXT` or the model's training context if shorter (a larger
+    ``n_ctx`` gives batched rows more cells to share; one sequence still holds at most the
+    training context's positions).
     Flash attention is off, as in llama-cpp-python's ``Llama`` default, so that the plain
     baseline and this backend run the same kernels.
     """
@@ -81,6 +83,9 @@ class LlamaCppBackend:
         self.n_threads = int(n_threads or os.cpu_count() or 1)
         train_context = int(llama_cpp.llama_model_n_ctx_train(self._model))
         self.n_ctx = int(n_ctx or min(DEFAULT_CONTEXT, train_context or DEFAULT_CONTEXT))
+        # One sequence's positions: a context shared by batched rows may hold more cells than
+        # the model was trained on, one row never more positions.
+        self._positions = min(self.n_ctx, train_context) if train_context > 0 else self.n_ctx
         self.flash_attn = flash_attn
         self._ctx = self._new_context()
         self._memory = llama_cpp.llama_get_memory(self._ctx)
@@ -115,7 +120,8 @@ class LlamaCppBackend:
 
     @property
     def context_limit(self) -> int:
-        return self.n_ctx
+        """Positions one sequence may hold: the context's cells, at most the training context."""
+        return self._positions
 
     def eos_token_ids(self, tokenizer=None) -> set[int]:
         """Every end-of-generation id of the GGUF's vocabulary (``llama_vocab_is_eog``), the

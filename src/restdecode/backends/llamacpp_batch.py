@@ -81,6 +81,11 @@ class LlamaCppBatchSession:
         """Cells the rows' pasts hold together (outside a step)."""
         return sum(row.past_length for row in self._rows.values())
 
+    @property
+    def capacity(self) -> int:
+        """The context's cells, which every row's past and every step's slots share."""
+        return self.backend.n_ctx
+
     def add_row(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
         """A new row holding ``prompt_ids`` (decoded alone, in chunks); its id and float32
         logits ``(vocab,)`` after the prompt's last token."""

@@ -178,6 +178,11 @@ class TransformersBatchSession:
         return sum(self._lengths.values()) + sum(p.num_slots for p in self._pending.values()
                                                  if p.accepted is None)
 
+    @property
+    def capacity(self) -> None:
+        """No fixed limit: regions grow as rows and trees need (memory permitting)."""
+        return None
+
     def add_row(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
         """A new row holding ``prompt_ids``; float32 logits ``(vocab,)`` after its last token.
 

@@ -65,14 +65,32 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "(default: 64)")
     parser.add_argument("--max-batch", type=int, default=1, metavar="N",
                         help="decode up to N requests at once as rows of one batch, verified "
-                             "together in one forward per step (transformers backend; default: "
-                             "1, one request at a time)")
+                             "together in one forward per step (default: 1, one request at a "
+                             "time). On llama.cpp the rows share one context of --context cells: "
+                             "a request starts when its prompt and max_tokens fit beside the "
+                             "running ones")
+    parser.add_argument("--context", type=int, default=None, metavar="CELLS",
+                        help="llama.cpp: the context's KV cells, shared by all rows of a batch "
+                             "(default: 4096 per request of --max-batch)")
     parser.add_argument("--budget", type=int, default=None, metavar="NODES",
                         help="verify a fixed draft tree of this many nodes every step (default: "
                              "size each step's tree by this machine's measured latency profile)")
     parser.add_argument("--no-speculation", action="store_true",
                         help="plain decoding (the baseline to compare against)")
     add_compile_argument(parser)
+
+
+def _context_cells(args: argparse.Namespace) -> int | None:
+    """The llama.cpp context's cells: --context, else a default context per batched row (None
+    on transformers, or for one request at a time: the backend's own default)."""
+    from restdecode.backends import resolve_backend
+    from restdecode.backends.llamacpp import DEFAULT_CONTEXT
+
+    if resolve_backend(args.backend, args.model, compile=args.compile) != "llamacpp":
+        return args.context  # Engine.load refuses a --context here
+    if args.context is not None or args.max_batch == 1:
+        return args.context
+    return DEFAULT_CONTEXT * args.max_batch
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,16 +109,15 @@ def run(args: argparse.Namespace) -> int:
     if args.compile and args.max_batch > 1:
         raise OptionsError("--compile applies to one request at a time; batched decoding "
                            "(--max-batch > 1) runs the model eagerly")
+    if args.context is not None and args.context < 1:
+        raise OptionsError("--context must be >= 1")
     scope = args.memory_scope or ("per-key" if len(set(keys.values())) > 1 else "global")
     listener = _bind(args.host, args.port)  # before minutes of loading: a taken port fails now
     store = args.datastore or default_datastore(args.model)
     engine = Engine.load(args.model, datastore=store, backend=args.backend, compile=args.compile,
                          draft=not args.no_speculation, budget=args.budget,
                          say=lambda message: print(message, file=sys.stderr, flush=True),
-                         **draft_model_options(args))
-    if args.max_batch > 1 and engine.backend.name != "transformers":
-        raise OptionsError(f"--max-batch > 1 needs the transformers backend (the "
-                           f"{engine.backend.name} backend decodes one request at a time)")
+                         context=_context_cells(args), **draft_model_options(args))
     if args.max_batch > 1:
         engine.check_batched_drafting()
     if engine.drafter is not None and args.budget is None:

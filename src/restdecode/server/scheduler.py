@@ -131,12 +131,22 @@ class Scheduler:
             job.send("error", "the server is shutting down")
 
     def _admit(self) -> list[Job]:
-        """Waiting jobs that fit (under the lock); cancelled ones leave here."""
+        """Waiting jobs that fit (under the lock), in order: a job the lane has no room for
+        yet (a shared context's cells) waits at the head of the queue; cancelled ones, and
+        ones that could never fit, leave here."""
         admitted = []
         while self._waiting and len(self._lane.jobs) + len(admitted) < self.max_active:
-            job = self._waiting.popleft()
+            job = self._waiting[0]
             if job.cancelled.is_set():
+                self._waiting.popleft()
                 self.on_finish(job, None, "cancelled")
+                continue
+            room = self._lane.room(job, admitted)
+            if room is False:
+                break
+            self._waiting.popleft()
+            if isinstance(room, str):
+                self.leave(job, None, "error", room)
             else:
                 admitted.append(job)
         return admitted
@@ -185,6 +195,10 @@ class _Lane(Protocol):
     def jobs(self) -> list[Job]:
         """The jobs decoding now."""
 
+    def room(self, job: Job, admitted: list[Job]) -> bool | str:
+        """Whether ``job`` fits next to the running jobs and ``admitted`` (about to start):
+        True, False (not yet: wait), or why it never will."""
+
     def add(self, job: Job, drafter) -> None:
         """Start decoding ``job`` with ``drafter``."""
 
@@ -205,6 +219,9 @@ class _StreamLane:
     @property
     def jobs(self) -> list[Job]:
         return [job for job, _ in self.streams.values()]
+
+    def room(self, job: Job, admitted: list[Job]) -> bool:
+        return True  # each job its own session: its context is checked by the decoding loop
 
     def add(self, job: Job, drafter) -> None:
         stream = self.scheduler.engine.stream(input_ids=job.prompt_ids, options=job.options,
@@ -251,16 +268,43 @@ class _BatchLane:
         self.decoder = BatchDecoder(engine.model, engine.tokenizer,
                                     profile=engine.batch_profile if engine.plans_drafts else None)
         self.rows: dict[int, Job] = {}  # handle -> job
+        self.cells: dict[int, int] = {}  # handle -> cache positions its job may hold at most
 
     @property
     def jobs(self) -> list[Job]:
         return list(self.rows.values())
 
+    def room(self, job: Job, admitted: list[Job]) -> bool | str:
+        """On a shared context (llama.cpp), a job starts only when its prompt and all the
+        tokens it may generate fit beside what the running and admitted jobs may hold: no
+        request fails mid-answer because others filled the cells."""
+        capacity = self.decoder.capacity
+        if capacity is None:
+            return True
+        try:
+            needed = self._cells(job)
+        except Exception:  # a bad request: _start says why
+            return True
+        if needed > capacity:
+            return (f"the request needs {needed} positions (prompt and max_tokens); the batch's "
+                    f"shared context holds {capacity} (restdecode serve --context)")
+        held = sum(self.cells.values()) + sum(self._cells(other) for other in admitted)
+        return held + needed <= capacity
+
+    def _cells(self, job: Job) -> int:
+        from restdecode.batch import BatchRequest
+
+        return self.decoder.cells_needed(BatchRequest(input_ids=job.prompt_ids,
+                                                      options=job.options))
+
     def add(self, job: Job, drafter) -> None:
         from restdecode.batch import BatchRequest
 
         request = BatchRequest(input_ids=job.prompt_ids, options=job.options, drafter=drafter)
-        self.rows[self.decoder.add(request)] = job
+        handle = self.decoder.add(request)
+        self.rows[handle] = job
+        if self.decoder.capacity is not None:
+            self.cells[handle] = self._cells(job)
 
     def turn(self) -> None:
         for handle, job in list(self.rows.items()):
@@ -281,6 +325,7 @@ class _BatchLane:
 
     def _leave(self, handle: int, result, outcome: str, message: str = "") -> None:
         job = self.rows.pop(handle)
+        self.cells.pop(handle, None)
         self.decoder.remove(handle)  # frees the row's cache entries (or its kept result)
         self.scheduler.leave(job, result, outcome, message)
 
@@ -289,4 +334,5 @@ class _BatchLane:
         for handle in list(self.rows):
             self.decoder.remove(handle)
         self.rows.clear()
+        self.cells.clear()
         return jobs
