@@ -32,7 +32,7 @@ from tqdm import tqdm
 from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
-from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
+from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback, reads_hidden_states
 from restdecode.drafting.planner import CostModel, PlannedDrafter, plan_batch
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
@@ -129,6 +129,9 @@ class BatchDecoder:
         as a row; its handle. Its first token is in the next :meth:`step`'s updates."""
         started = time.perf_counter()
         request = self.prepare(request)
+        if reads_hidden_states(request.drafter):
+            raise DecodingError("draft heads read each step's hidden state, which batched "
+                                "verification does not keep: decode their requests one at a time")
         options = request.options
         prompt_ids = list(request.input_ids)
         handle, self._next_handle = self._next_handle, self._next_handle + 1

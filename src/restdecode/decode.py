@@ -18,7 +18,7 @@ import torch
 
 from restdecode.accept import Sampler, accept_greedy, accept_sampling
 from restdecode.backends import Backend, Session, as_backend
-from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback
+from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback, reads_hidden_states
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
 from restdecode.options import GenerationOptions, check_messages, resolve_options
@@ -222,12 +222,26 @@ class _Decoder:
     @torch.inference_mode()
     def start(self) -> list[int]:
         """Prefill the prompt; the first token, chosen from the prefill's logits."""
-        self.session = self.backend.session()
+        self.session = self._open_session()
         first = self.chooser.first(self.session.prefill(self.context))
         self.context.append(first)
         self.drafter.reset()
-        self.drafter.observe(StepFeedback([first]))
+        self.drafter.observe(StepFeedback([first], hidden=self._hidden_state(0)))
         return [first]
+
+    def _open_session(self) -> Session:
+        """A session of the backend; one that keeps hidden states for a drafter reading them."""
+        if not reads_hidden_states(self.drafter):
+            return self.backend.session()
+        if not getattr(self.backend, "gives_hidden_states", False):
+            raise DecodingError(f"this drafter reads the model's hidden states (draft heads), "
+                                f"which the {self.backend.name} backend does not give; use the "
+                                f"transformers backend")
+        return self.backend.session(hidden=True)
+
+    def _hidden_state(self, slot: int):
+        """The final hidden state at ``slot`` of the last forward, for a drafter reading it."""
+        return self.session.hidden_state(slot) if reads_hidden_states(self.drafter) else None
 
     @torch.inference_mode()
     def step(self, max_depth: int) -> list[int] | None:
@@ -261,7 +275,9 @@ class _Decoder:
     def _commit(self, slots: list[int], tokens: list[int], draft: DraftTree) -> None:
         self.session.commit(slots)
         self.context += tokens
-        self.drafter.observe(StepFeedback(tokens, draft, [slot - 1 for slot in slots[1:]]))
+        # The last accepted slot's logits chose the step's last token (the new pending one).
+        self.drafter.observe(StepFeedback(tokens, draft, [slot - 1 for slot in slots[1:]],
+                                          hidden=self._hidden_state(slots[-1])))
 
 
 def prompt_token_ids(tokenizer, prompt: str | None = None, messages: list[dict] | None = None,

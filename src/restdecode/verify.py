@@ -59,15 +59,18 @@ def _cache_keyword(model_class: type) -> str:
 
 
 def prefill(model: PreTrainedModel, cache: DynamicCache, prompt_ids: list[int], *,
-            history: int = 0) -> torch.Tensor:
+            history: int = 0, hidden: list | None = None) -> torch.Tensor:
     """Run the prompt through the model into ``cache``; float32 logits after its last token.
 
     A compiled model's prefill runs eagerly: once per generation, at any prompt length.
-    ``history``: as in :func:`trim_cache`."""
+    ``history``: as in :func:`trim_cache`. ``hidden``: a list that receives the model's final
+    hidden state (after its last norm) at the prompt's last token."""
     input_ids = torch.tensor([prompt_ids], device=model.device)
     output = eager(model)(input_ids=input_ids, use_cache=True, logits_to_keep=1,
-                          **cache_kwargs(model, cache))
+                          output_hidden_states=hidden is not None, **cache_kwargs(model, cache))
     trim_cache(cache, history)
+    if hidden is not None:
+        hidden.append(output.hidden_states[-1][0, -1])
     return output.logits[0, -1].float()
 
 
@@ -95,11 +98,14 @@ def verify(
     pending_token: int,
     tree: CompiledTree,
     past_length: int,
+    *,
+    hidden: list | None = None,
 ) -> torch.Tensor:
     """Logits ``(1 + n, vocab)`` float32 at every slot of ``tree``, from one forward pass.
 
     ``cache`` holds ``past_length`` positions (the context without the pending token); after the
-    call it also holds the ``1 + n`` slots, to be resolved by :func:`commit`.
+    call it also holds the ``1 + n`` slots, to be resolved by :func:`commit`. ``hidden``: a list
+    that receives the model's final hidden states (after its last norm) ``(1 + n, H)``.
     """
     device = model.device
     input_ids = torch.cat(
@@ -118,8 +124,11 @@ def verify(
         attention_mask=mask,
         position_ids=positions.unsqueeze(0),
         use_cache=True,
+        output_hidden_states=hidden is not None,
         **cache_kwargs(model, cache),
     )
+    if hidden is not None:
+        hidden.append(output.hidden_states[-1][0])
     return output.logits[0].float()
 
 

@@ -25,6 +25,7 @@ class TransformersBackend:
 
     name = "transformers"
     batch_layout = "batch-regions"  # a region per row, attention per row (transformers_batch)
+    gives_hidden_states = True  # session(hidden=True): final hidden states, for draft heads
 
     def __init__(self, model: "PreTrainedModel") -> None:
         self.model = model
@@ -53,8 +54,8 @@ class TransformersBackend:
             return set()
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def session(self, *, rollback: int = 0) -> "TransformersSession":
-        return TransformersSession(self.model, rollback=rollback)
+    def session(self, *, rollback: int = 0, hidden: bool = False) -> "TransformersSession":
+        return TransformersSession(self.model, rollback=rollback, hidden=hidden)
 
     def batch_session(self) -> "TransformersBatchSession":
         """Rows verified together in one forward over a packed KV cache
@@ -76,14 +77,17 @@ class TransformersSession:
     """One sequence: a transformers KV cache (:func:`restdecode.verify.new_cache`).
 
     ``rollback``: positions :meth:`truncate` can always take back; only sliding-window layers
-    pay for it (they keep that many positions more than their window needs).
+    pay for it (they keep that many positions more than their window needs). ``hidden``: keep
+    the model's final hidden states of the last forward (:meth:`hidden_state`), for draft heads.
     """
 
-    def __init__(self, model: "PreTrainedModel", *, rollback: int = 0) -> None:
+    def __init__(self, model: "PreTrainedModel", *, rollback: int = 0,
+                 hidden: bool = False) -> None:
         if rollback < 0:
             raise ValueError(f"rollback must be >= 0, got {rollback}")
         self.model = model
         self.rollback = rollback
+        self._hidden: list | None = [] if hidden else None
         self.cache = tree_verify.new_cache(model)
         self.past_length = 0
         self._slots = 0  # slots of the last verification, to be resolved by commit
@@ -92,14 +96,31 @@ class TransformersSession:
         if self.past_length or self._slots:
             self.cache = tree_verify.new_cache(self.model)
             self._slots = 0
+        self._clear_hidden()
         logits = tree_verify.prefill(self.model, self.cache, list(prompt_ids),
-                                     history=self.rollback)
+                                     history=self.rollback, hidden=self._hidden)
         self.past_length = len(prompt_ids)
         return logits
 
     def verify(self, pending_token: int, tree: "CompiledTree") -> "torch.Tensor":
         self._slots = tree.num_slots
-        return tree_verify.verify(self.model, self.cache, pending_token, tree, self.past_length)
+        self._clear_hidden()
+        return tree_verify.verify(self.model, self.cache, pending_token, tree, self.past_length,
+                                  hidden=self._hidden)
+
+    def hidden_state(self, slot: int) -> "torch.Tensor":
+        """The model's final hidden state (after its last norm) at ``slot`` of the last
+        ``verify`` (after a prefill: the prompt's last token, whatever ``slot``). Only for a
+        session opened with ``hidden=True``."""
+        if not self._hidden:
+            raise DecodingError("no hidden state: open the session with hidden=True and run a "
+                                "forward first")
+        states = self._hidden[0]
+        return states if states.dim() == 1 else states[slot]
+
+    def _clear_hidden(self) -> None:
+        if self._hidden is not None:
+            self._hidden.clear()
 
     def commit(self, accepted_slots: Sequence[int]) -> None:
         tree_verify.commit(self.cache, accepted_slots, self._slots, history=self.rollback)

@@ -6,6 +6,10 @@ kinds:
                model's own next-token distribution (not the corpus text). At decoding time the
                model's first --layer layers and the head draft for the whole model; use the
                output directory as --draft-model of generate, chat, bench or serve.
+  heads        --heads draft heads (Medusa-1 style) on the model's last hidden state: head k
+               guesses the token k places after the next one, over the --vocabulary most
+               frequent tokens of the training text; trained to predict the model's own
+               distributions. They cost a small matrix product per step, no forward.
 
 The run trains for --minutes (or --max-steps), shows the loss and the held-out top-1 agreement
 (how often the exit's choice is the model's), saves a checkpoint every minute and when
@@ -36,13 +40,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="model to draft for: asset name or Hugging Face directory "
                              "(transformers; default: smollm2-135m-instruct)")
-    parser.add_argument("--kind", choices=["early-exit"], default="early-exit",
+    parser.add_argument("--kind", choices=["early-exit", "heads"], default="early-exit",
                         help="what to train (default: early-exit)")
     parser.add_argument("--data", default="sharegpt",
                         help="training text (see 'data' above; default: sharegpt)")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--layer", type=int, default=None,
                         help="exit after this many decoder layers (default: a quarter of them)")
+    parser.add_argument("--heads", type=int, default=3,
+                        help="heads: tokens guessed ahead (default: 3)")
+    parser.add_argument("--vocabulary", type=int, default=8192,
+                        help="heads: the most frequent tokens they choose among (default: 8192)")
     parser.add_argument("--minutes", type=float, default=30.0,
                         help="training time budget in minutes (default: 30)")
     parser.add_argument("--max-steps", type=int, default=None,
@@ -60,7 +68,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, save, and print what the head reached on the held-out split."""
-    for name in ("minutes", "window", "batch", "learning_rate"):
+    for name in ("minutes", "window", "batch", "learning_rate", "heads", "vocabulary"):
         if getattr(args, name) <= 0:
             print(f"restdecode train-drafter: --{name.replace('_', '-')} must be > 0",
                   file=sys.stderr)
@@ -72,18 +80,22 @@ def run(args: argparse.Namespace) -> int:
     from restdecode.drafting.early_exit import layer_count
     from restdecode.models import load
     from restdecode.training.early_exit import TrainingSettings, train_early_exit
+    from restdecode.training.heads import train_heads
 
     corpus = open_source(args.data)  # a malformed spec fails before the model loads
     model, tokenizer = load(args.model, quiet=args.quiet)
     layer = args.layer if args.layer is not None else max(1, layer_count(model) // 4)
     settings = TrainingSettings(layer=layer, minutes=args.minutes, window=args.window,
                                 batch=args.batch, learning_rate=args.learning_rate,
-                                max_steps=args.max_steps, seed=args.seed)
-    report = train_early_exit(model, tokenizer, corpus.documents(), args.out, settings,
-                              resume=args.resume, base_name=args.model, data_name=args.data,
-                              progress=not args.quiet)
-    print(f"{report.out}: early exit after layer {layer} of {layer_count(model)}, "
-          f"{report.steps} steps ({report.seconds:.0f} s this run); held-out top-1 agreement "
-          f"{report.agreement:.1%} (untrained exit: {report.untrained_agreement:.1%}), "
-          f"loss {report.loss:.3f}")
+                                max_steps=args.max_steps, seed=args.seed, heads=args.heads,
+                                vocabulary=args.vocabulary)
+    train = train_heads if args.kind == "heads" else train_early_exit
+    report = train(model, tokenizer, corpus.documents(), args.out, settings, resume=args.resume,
+                   base_name=args.model, data_name=args.data, progress=not args.quiet)
+    what = (f"{args.heads} draft heads over {min(args.vocabulary, model.config.vocab_size)} "
+            f"tokens" if args.kind == "heads"
+            else f"early exit after layer {layer} of {layer_count(model)}")
+    print(f"{report.out}: {what}, {report.steps} steps ({report.seconds:.0f} s this run); "
+          f"held-out top-1 agreement {report.agreement:.1%} (untrained: "
+          f"{report.untrained_agreement:.1%}), loss {report.loss:.3f}")
     return 0

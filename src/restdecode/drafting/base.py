@@ -11,12 +11,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from restdecode.drafting.draws import Draws, anchor_paths, concatenate_draws
 from restdecode.drafting.tree import DraftTree, path_probabilities
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,12 +29,22 @@ class StepFeedback:
     * ``committed``: the tokens the step added (accepted draft tokens + the bonus token); after
       the prefill, the first token alone;
     * ``tree``: the tree as verified (after any depth cut by the loop; empty after the prefill);
-    * ``accepted_nodes``: indices into ``tree`` of the accepted path, root's child first.
+    * ``accepted_nodes``: indices into ``tree`` of the accepted path, root's child first;
+    * ``hidden``: the model's final hidden state (after its last norm) where the logits that chose
+      the step's last token were computed, for drafters that read it
+      (:func:`reads_hidden_states`); None otherwise, or when the backend gives none.
     """
 
     committed: Sequence[int]
     tree: DraftTree = field(default_factory=DraftTree.empty)
     accepted_nodes: Sequence[int] = ()
+    hidden: "torch.Tensor | None" = None
+
+
+def reads_hidden_states(drafter: object) -> bool:
+    """Whether ``drafter`` (or a drafter it is made of) drafts from the model's hidden state, so
+    that the loop must hand it over (``StepFeedback.hidden``)."""
+    return bool(getattr(drafter, "reads_hidden_states", False))
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ from restdecode.drafting.base import (
     StepFeedback,
     WeightedContinuations,
     concatenate,
+    reads_hidden_states,
 )
 
 
@@ -75,6 +76,11 @@ class CombinedDrafter(ContinuationDrafter):
         self.weights = [1.0] * len(self.drafters) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.drafters) or any(w < 0 for w in self.weights):
             raise ValueError(f"need one non-negative weight per drafter, got {self.weights}")
+
+    @property
+    def reads_hidden_states(self) -> bool:
+        """Whether a source drafts from the model's hidden state."""
+        return any(reads_hidden_states(drafter) for drafter in self.drafters)
 
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
         """Every source's tree as weighted paths, each source's weights summing to its weight."""

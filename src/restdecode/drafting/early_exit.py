@@ -170,20 +170,17 @@ def read_drafter_config(directory: str | os.PathLike) -> dict[str, Any]:
                          "with `restdecode train-drafter`") from None
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot read {path}: {error}") from None
-    if (not isinstance(facts, dict) or facts.get("kind") != EARLY_EXIT
-            or not isinstance(facts.get("layer"), int)):
-        raise ModelError(f"{path} does not describe an {EARLY_EXIT} drafter (kind and an "
-                         "integer layer)")
+    shapes = {EARLY_EXIT: "layer", "heads": "heads"}  # each kind's integer shape field
+    if (not isinstance(facts, dict) or facts.get("kind") not in shapes
+            or not isinstance(facts.get(shapes[facts["kind"]]), int)):
+        raise ModelError(f"{path} does not describe a trained drafter (kind {EARLY_EXIT} with an "
+                         f"integer layer, or heads with an integer number of heads)")
     return facts
 
 
-def load_exit_head(model: "PreTrainedModel", directory: str | os.PathLike
-                   ) -> tuple["PreTrainedModel", dict[str, Any]]:
-    """The early-exit model of ``model`` with the head trained in ``directory``, and its facts.
-    ModelError when the head was trained on another model (fingerprints differ) or is damaged."""
-    from safetensors.torch import load_file
-
-    facts = read_drafter_config(directory)
+def check_base_model(model: "PreTrainedModel", directory: str | os.PathLike,
+                     facts: dict[str, Any]) -> None:
+    """ModelError unless the drafter in ``directory`` was trained on ``model``."""
     fingerprint = model_fingerprint(model)
     if facts.get("base_fingerprint") != fingerprint:
         raise ModelError(
@@ -191,11 +188,27 @@ def load_exit_head(model: "PreTrainedModel", directory: str | os.PathLike
             f"(fingerprint {facts.get('base_fingerprint')}), not on this one "
             f"({getattr(model.config, '_name_or_path', '') or type(model).__name__}, fingerprint "
             f"{fingerprint}); train one for this model with `restdecode train-drafter`")
-    from safetensors import SafetensorError
 
-    head = ExitHead(model.config.hidden_size)
+
+def load_weights(module: nn.Module, directory: str | os.PathLike) -> None:
+    """The weights saved in ``directory`` into ``module``, or a ModelError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        head.load_state_dict(load_file(str(Path(directory) / HEAD_WEIGHTS)))
+        module.load_state_dict(load_file(str(Path(directory) / HEAD_WEIGHTS)))
     except (OSError, RuntimeError, KeyError, SafetensorError) as error:
         raise ModelError(f"cannot load the head in {directory}: {error}") from None
+
+
+def load_exit_head(model: "PreTrainedModel", directory: str | os.PathLike
+                   ) -> tuple["PreTrainedModel", dict[str, Any]]:
+    """The early-exit model of ``model`` with the head trained in ``directory``, and its facts.
+    ModelError when the head was trained on another model (fingerprints differ) or is damaged."""
+    facts = read_drafter_config(directory)
+    if facts["kind"] != EARLY_EXIT:
+        raise ModelError(f"{directory} holds {facts['kind']}, not an {EARLY_EXIT} head")
+    check_base_model(model, directory, facts)
+    head = ExitHead(model.config.hidden_size)
+    load_weights(head, directory)
     return early_exit_model(model, facts["layer"], head), facts

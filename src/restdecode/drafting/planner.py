@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from restdecode.drafting.base import Drafter, StepFeedback
+from restdecode.drafting.base import Drafter, StepFeedback, reads_hidden_states
 from restdecode.drafting.tree import DraftTree, path_probabilities
 
 DEFAULT_BUCKET_EDGES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
@@ -235,6 +235,11 @@ class PlannedDrafter:
         self.calibration = calibration if calibration is not None else default_calibration()
         self.overhead = overhead
         self._group = 0  # of the last proposal, for the observation that follows it
+
+    @property
+    def reads_hidden_states(self) -> bool:
+        """Whether the inner drafter drafts from the model's hidden state."""
+        return reads_hidden_states(self.drafter)
 
     def propose(self, token_ids: Sequence[int]) -> DraftTree:
         """The inner drafter's tree, planned against a cache of ``len(token_ids) - 1`` positions

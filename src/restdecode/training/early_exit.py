@@ -17,16 +17,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from restdecode.drafting.early_exit import (EARLY_EXIT, HEAD_WEIGHTS, ExitHead, decoder,
-                                            layer_count, load_exit_head, model_fingerprint,
-                                            read_drafter_config, save_exit_head)
+from restdecode.drafting.early_exit import (DRAFTER_CONFIG, EARLY_EXIT, HEAD_WEIGHTS, ExitHead,
+                                            decoder, layer_count, load_exit_head,
+                                            model_fingerprint, read_drafter_config,
+                                            save_exit_head)
 from restdecode.errors import ModelError
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainingSettings:
-    """How an early-exit head is trained (defaults fit SmolLM2-135M on 2 cores)."""
+    """How a drafter is trained (defaults fit SmolLM2-135M on 2 cores); ``layer`` is an early
+    exit's, ``heads`` and ``vocabulary`` draft heads'."""
 
-    layer: int
+    layer: int = 0
     minutes: float = 30.0
     window: int = 128          # tokens per training window
     batch: int = 4             # windows per step
@@ -47,6 +49,9 @@ class TrainingSettings:
     checkpoint_seconds: float = 60.0
     max_steps: int | None = None
     seed: int = 0
+    heads: int = 3             # draft heads: tokens guessed ahead
+    vocabulary: int = 8192     # draft heads: the most frequent tokens they choose among
+    sample_windows: int = 256  # windows read first (the heads' vocabulary is counted on them)
 
 
 @dataclass
@@ -106,16 +111,53 @@ def _distillation(teacher: torch.Tensor, student: torch.Tensor) -> tuple[torch.T
     return loss, agreement
 
 
-def evaluate(model: "PreTrainedModel", head: ExitHead, held_out: list[tuple[torch.Tensor, torch.Tensor]]
-             ) -> tuple[float, float]:
-    """Mean loss and top-1 agreement of ``head`` on the held-out (teacher, hidden) pairs."""
+def evaluate(model: "PreTrainedModel", recipe, head: torch.nn.Module,
+             held_out: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """Mean loss and top-1 agreement of ``head`` on the held-out (teacher, student input)
+    pairs."""
     losses, agreements = [], []
     with torch.no_grad():
         for teacher, hidden in held_out:
-            loss, agreement = _distillation(teacher, _student(model, head, hidden))
+            loss, agreement = _distillation(teacher, recipe.student(model, head, hidden))
             losses.append(loss.item())
             agreements.append(agreement)
     return sum(losses) / len(losses), sum(agreements) / len(agreements)
+
+
+class EarlyExitRecipe:
+    """What :func:`train_drafter` needs to train an exit head at ``layer``."""
+
+    kind = EARLY_EXIT
+
+    def __init__(self, model: "PreTrainedModel", layer: int) -> None:
+        total = layer_count(model)
+        if not 1 <= layer < total:
+            raise ModelError(f"--layer must be in 1..{total - 1} for a model of {total} layers, "
+                             f"got {layer}")
+        self.layer, self.total = layer, total
+
+    def new_head(self, model: "PreTrainedModel", sample: list[list[int]]) -> ExitHead:
+        return ExitHead(model.config.hidden_size).to(model.device)
+
+    def pairs(self, model: "PreTrainedModel", batch: torch.Tensor):
+        return _teacher_and_hidden(model, batch, self.layer)
+
+    def student(self, model: "PreTrainedModel", head: ExitHead, hidden: torch.Tensor):
+        return _student(model, head, hidden)
+
+    def facts(self) -> dict:
+        return {"kind": EARLY_EXIT, "layer": self.layer, "layers": self.total}
+
+    def load(self, model: "PreTrainedModel", out: Path, head: ExitHead) -> None:
+        """The checkpoint in ``out`` into ``head`` (same model and layer, or ModelError)."""
+        from safetensors.torch import load_file
+
+        facts = read_drafter_config(out)
+        if int(facts["layer"]) != self.layer:
+            raise ModelError(f"{out} holds a head for layer {facts['layer']}, not "
+                             f"{self.layer}; resume with --layer {facts['layer']}")
+        load_exit_head(model, out)  # the same model (fingerprint), and readable
+        head.load_state_dict(load_file(str(out / HEAD_WEIGHTS)))  # float32, as saved
 
 
 def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
@@ -124,45 +166,51 @@ def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBa
                      progress: bool = True,
                      on_step: Callable[[int], None] | None = None) -> TrainingReport:
     """Train an exit head at ``settings.layer`` of ``model`` on ``documents`` and save it into
-    ``out`` (module docstring). ``on_step(step)`` is called after every step (tests use it to
-    interrupt a run). ModelError when there is not enough text for the held-out split and one
-    batch, or when ``resume`` finds a head of another model or layer. A resumed run reads the
-    data from its start again."""
-    from safetensors.torch import load_file
+    ``out`` (module docstring; :func:`train_drafter` does the rest)."""
+    return train_drafter(model, tokenizer, documents, out, settings,
+                         EarlyExitRecipe(model, settings.layer), resume=resume,
+                         base_name=base_name, data_name=data_name, progress=progress,
+                         on_step=on_step)
+
+
+def train_drafter(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                  documents: Iterable[str], out: str | Path, settings: TrainingSettings,
+                  recipe, *, resume: bool = False, base_name: str = "", data_name: str = "",
+                  progress: bool = True,
+                  on_step: Callable[[int], None] | None = None) -> TrainingReport:
+    """Train the head ``recipe`` describes (an :class:`EarlyExitRecipe`, or draft heads'
+    :class:`~restdecode.training.heads.HeadsRecipe`) on ``documents``, by distillation from
+    ``model``'s own distributions, and save it into ``out``. ``on_step(step)`` is called after
+    every step (tests use it to interrupt a run). ModelError when there is not enough text for
+    the held-out split and one batch, or when ``resume`` finds a head of another model or
+    shape. A resumed run reads the data from its start again."""
     from tqdm.auto import tqdm
 
-    total = layer_count(model)
-    if not 1 <= settings.layer < total:
-        raise ModelError(f"--layer must be in 1..{total - 1} for a model of {total} layers, "
-                         f"got {settings.layer}")
     torch.manual_seed(settings.seed)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     out = Path(out)
-    head, done = ExitHead(model.config.hidden_size).to(model.device), 0
-    if resume and (out / "drafter.json").is_file():
-        facts = read_drafter_config(out)
-        if int(facts["layer"]) != settings.layer:
-            raise ModelError(f"{out} holds a head for layer {facts['layer']}, not "
-                             f"{settings.layer}; resume with --layer {facts['layer']}")
-        load_exit_head(model, out)  # the same model (fingerprint), and readable
-        head.load_state_dict(load_file(str(out / HEAD_WEIGHTS)))  # float32, as saved
-        done = int(facts.get("steps", 0))
-    head.float().train()
     source = windows(tokenizer, documents, settings.window)
-    held_out = [_teacher_and_hidden(model, batch, settings.layer)
+    sample = list(islice(source, settings.sample_windows))  # e.g. the heads' vocabulary
+    source = chain(sample, source)
+    head, done = recipe.new_head(model, sample), 0
+    if resume and (out / DRAFTER_CONFIG).is_file():
+        recipe.load(model, out, head)
+        done = int(read_drafter_config(out).get("steps", 0))
+    head.float().train()
+    held_out = [recipe.pairs(model, batch)
                 for batch in islice(_batches(source, settings.batch),
                                     max(1, settings.held_out // settings.batch))]
     if not held_out:
         raise ModelError(f"not enough text: the held-out split needs {settings.held_out} windows "
                          f"of {settings.window} tokens")
-    untrained = evaluate(model, ExitHead(model.config.hidden_size).to(model.device), held_out)[1]
+    untrained = evaluate(model, recipe, recipe.new_head(model, sample).float(), held_out)[1]
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=0.0)
-    facts = {"kind": EARLY_EXIT, "layer": settings.layer, "layers": total,
-             "base_model": base_name, "base_fingerprint": model_fingerprint(model),
-             "data": data_name, "window": settings.window, "batch": settings.batch,
-             "learning_rate": settings.learning_rate}
+    facts = recipe.facts() | {
+        "base_model": base_name, "base_fingerprint": model_fingerprint(model), "data": data_name,
+        "window": settings.window, "batch": settings.batch,
+        "learning_rate": settings.learning_rate}
     started = last_save = time.monotonic()
     deadline = started + settings.minutes * 60
     step, loss_value, agreement = done, float("nan"), float("nan")
@@ -180,15 +228,15 @@ def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBa
             if time.monotonic() >= deadline or (settings.max_steps is not None
                                                 and step - done >= settings.max_steps):
                 break
-            teacher, hidden = _teacher_and_hidden(model, batch, settings.layer)
-            loss, _ = _distillation(teacher, _student(model, head, hidden))
+            teacher, student_input = recipe.pairs(model, batch)
+            loss, _ = _distillation(teacher, recipe.student(model, head, student_input))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
             bar.update(1)
             if (step - done) % settings.evaluate_every == 0:
-                loss_value, agreement = evaluate(model, head, held_out)
+                loss_value, agreement = evaluate(model, recipe, head, held_out)
                 bar.set_postfix(loss=f"{loss_value:.3f}", top1=f"{agreement:.1%}")
             if time.monotonic() - last_save >= settings.checkpoint_seconds:
                 save()
@@ -203,7 +251,6 @@ def train_early_exit(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBa
     if step == done:
         raise ModelError(f"not enough text to train on: every window of {settings.window} "
                          f"tokens went to the held-out split")
-    loss_value, agreement = evaluate(model, head, held_out)
+    loss_value, agreement = evaluate(model, recipe, head, held_out)
     save((loss_value, agreement))
     return TrainingReport(step, time.monotonic() - started, loss_value, agreement, untrained, out)
-

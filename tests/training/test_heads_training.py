@@ -1,0 +1,67 @@
+"""Training draft heads by self-distillation: their held-out agreement with the model's own
+guesses k tokens ahead rises above the untrained heads', the checkpoint loads onto the model
+(and its vocabulary comes back with it), a resumed run keeps its shape, and the command line
+trains them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_early_exit_training import documents, model, settings
+from tiny_models import byte_tokenizer
+from restdecode.drafting.heads import load_heads
+from restdecode.errors import ModelError
+from restdecode.training.heads import train_heads
+
+
+def test_distillation_raises_the_heads_agreement_with_the_model(tmp_path):
+    target = model()
+    report = train_heads(target, byte_tokenizer(), documents(), tmp_path / "heads",
+                         settings(heads=2, vocabulary=48), progress=False)
+    facts = json.loads((tmp_path / "heads" / "drafter.json").read_text())
+    assert report.steps == 60 and facts["kind"] == "heads" and facts["heads"] == 2
+    assert report.agreement > report.untrained_agreement + 0.05
+    heads, _ = load_heads(target, tmp_path / "heads")
+    assert heads.vocab_ids.numel() == 48 and heads.weight.abs().sum() > 0
+    # The output rows are the model's embedding rows of the saved vocabulary.
+    torch.testing.assert_close(heads.output_rows,
+                               target.get_output_embeddings().weight[heads.vocab_ids])
+
+
+def test_a_resumed_run_keeps_the_heads_shape(tmp_path):
+    target = model()
+
+    def interrupt(step: int) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_heads(target, byte_tokenizer(), documents(), tmp_path / "heads",
+                    settings(heads=2, vocabulary=48), progress=False, on_step=interrupt)
+    before = load_heads(target, tmp_path / "heads")[0].vocab_ids
+    report = train_heads(target, byte_tokenizer(), documents(seed=3), tmp_path / "heads",
+                         settings(heads=2, vocabulary=48, max_steps=3), resume=True,
+                         progress=False)
+    assert report.steps == 7
+    assert torch.equal(load_heads(target, tmp_path / "heads")[0].vocab_ids, before)
+    with pytest.raises(ModelError, match="resume with --heads 2"):
+        train_heads(target, byte_tokenizer(), documents(), tmp_path / "heads",
+                    settings(heads=3, vocabulary=48), resume=True, progress=False)
+
+
+def test_the_cli_trains_draft_heads(tmp_path, capsys):
+    from test_engine_draft_model import save
+    from restdecode.cli import main
+
+    target_dir = save(model(), tmp_path / "target")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents()))
+    assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
+                 "--out", str(tmp_path / "heads"), "--kind", "heads", "--heads", "2",
+                 "--vocabulary", "32", "--max-steps", "5", "--window", "32", "-q"]) == 0
+    assert "2 draft heads over 32 tokens, 5 steps" in capsys.readouterr().out
+    assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
+                 "--out", str(tmp_path / "x"), "--kind", "heads", "--heads", "0"]) == 2
