@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from restdecode.decode import GenerationResult, TextStream
     from restdecode.drafting import ContinuationDrafter, Drafter, MemoryDrafter
     from restdecode.drafting.draft_model import DraftModelDrafter
+    from restdecode.drafting.heads import DraftHeads
     from restdecode.drafting.planner import AcceptanceCalibration
     from restdecode.latency import LatencyProfile
     from restdecode.options import GenerationOptions
@@ -78,7 +79,8 @@ class Engine:
                  memory_file: str | Path | None = None, name: str = "", progress: bool = True,
                  say: Callable[[str], None] = _say, draft_model=None, draft_tokenizer=None,
                  draft_k: int = DRAFT_K, draft_branches: int = DRAFT_BRANCHES,
-                 draft_name: str = "", draft_profile: "LatencyProfile | None" = None) -> None:
+                 draft_name: str = "", draft_profile: "LatencyProfile | None" = None,
+                 draft_heads: "DraftHeads | None" = None) -> None:
         from restdecode.drafting import default_memory
         from restdecode.drafting.planner import default_calibration
 
@@ -103,6 +105,7 @@ class Engine:
 
             check_same_tokenizer(tokenizer, draft_tokenizer)
         self.draft_model = draft_model
+        self.draft_heads = draft_heads  # trained draft heads over the target's hidden state
         self.draft_backend = as_backend(draft_model) if draft_model is not None else None
         self.draft_name = draft_name
         self.draft_k, self.draft_branches = draft_k, draft_branches
@@ -159,10 +162,9 @@ class Engine:
         if path is not None and not path.is_file():
             raise DatastoreError(f"datastore {path} does not exist (build one with "
                                  "`restdecode build-datastore`)")
-        early_exit = draft_model is not None and is_trained_drafter(draft_model)
-        if early_exit:
-            check_early_exit(draft_model, backend)
-        elif draft_model is not None:
+        trained = draft_model is not None and is_trained_drafter(draft_model)
+        kind = check_trained_drafter(draft_model, backend) if trained else None
+        if draft_model is not None and not trained:
             check_draft_pair(model, draft_model)
             draft_backend = resolve_backend(draft_backend, draft_model)
         loaded, tokenizer = _load_on(backend, model, context)
@@ -170,7 +172,12 @@ class Engine:
         if store is not None:
             check_vocabulary(store, loaded)  # before minutes of compiling
         # The pair's tokenizers were compared above (check_draft_pair), so not again below.
-        if early_exit:  # the target's own first layers, sharing its weights
+        draft_heads = None
+        if kind == "heads":  # a few matrices over the target's last hidden state
+            from restdecode.drafting.heads import load_heads
+
+            draft_loaded, draft_heads = None, load_heads(loaded, draft_model)[0]
+        elif kind is not None:  # the target's own first layers, sharing its weights
             from restdecode.drafting.early_exit import load_exit_head
 
             draft_loaded = load_exit_head(loaded, draft_model)[0]
@@ -182,7 +189,8 @@ class Engine:
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
                    memory_file=memory_file, name=model, progress=progress, say=say,
                    draft_model=draft_loaded, draft_k=draft_k,
-                   draft_branches=draft_branches, draft_name=draft_model or "")
+                   draft_branches=draft_branches, draft_name=draft_model or "",
+                   draft_heads=draft_heads)
 
     @property
     def profile(self) -> "LatencyProfile":
@@ -239,11 +247,20 @@ class Engine:
         draft-model session of its own."""
         from restdecode.drafting import CANDIDATE_BUDGET, default_drafter
         from restdecode.drafting.draft_model import merge_draft_model
+        from restdecode.drafting.heads import HeadsDrafter
 
         memory = memory if memory is not None else self.memory
         budget = budget if budget is not None else self.budget
         calibration = calibration if calibration is not None else self.calibration
         profile = self.profile if budget is None else None
+        heads = (HeadsDrafter(self.draft_heads) if draft_model and self.draft_heads is not None
+                 else None)
+        if heads is not None:
+            if budget is not None:
+                return default_drafter(self.datastore, budget=budget, memory=memory,
+                                       learned=learned, heads=heads)
+            return default_drafter(self.datastore, profile=profile, memory=memory,
+                                   learned=learned, calibration=calibration, heads=heads)
         if draft_model and self.draft_model is not None:
             sources = default_drafter(self.datastore, memory=memory, learned=learned,
                                       budget=CANDIDATE_BUDGET if budget is None else budget)
@@ -273,6 +290,10 @@ class Engine:
         """OptionsError when this engine's drafters cannot run side by side (batched decoding
         gives every row a drafter of its own): a llama.cpp draft model runs one session at a
         time."""
+        if self.draft_heads is not None:
+            raise OptionsError("batched decoding cannot use draft heads (they read each step's "
+                               "hidden state, which batched verification does not keep): serve "
+                               "them with --max-batch 1")
         if self.draft_backend is not None and self.draft_backend.name == "llamacpp":
             raise OptionsError("batched decoding needs a draft model on the transformers "
                                "backend (--draft-backend transformers): a llama.cpp draft "
@@ -349,15 +370,19 @@ def check_draft_shape(k: int, branches: int) -> None:
                            f"integers >= 1, got {k!r} and {branches!r}")
 
 
-def check_early_exit(directory: str, backend: str) -> None:
-    """Refuse an early-exit drafter on a backend that cannot run part of the target's layers,
-    or a damaged drafter directory, before any model loads."""
+def check_trained_drafter(directory: str, backend: str) -> str:
+    """The kind of the trained drafter in ``directory`` (``early-exit`` or ``heads``); refuses
+    a damaged directory, or a backend that cannot run part of the target's layers or give its
+    hidden states, before any model loads."""
     from restdecode.drafting.early_exit import read_drafter_config
 
-    read_drafter_config(directory)
+    kind = read_drafter_config(directory)["kind"]
     if backend != "transformers":
-        raise OptionsError(f"the early-exit drafter in {directory} runs the target's own first "
-                           f"layers, which needs --backend transformers (not {backend})")
+        what = ("reads the target's hidden states" if kind == "heads"
+                else "runs the target's own first layers")
+        raise OptionsError(f"the {kind} drafter in {directory} {what}, which needs "
+                           f"--backend transformers (not {backend})")
+    return kind
 
 
 def check_draft_pair(model: str, draft_model: str) -> None:

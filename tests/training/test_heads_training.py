@@ -52,7 +52,7 @@ def test_a_resumed_run_keeps_the_heads_shape(tmp_path):
                     settings(heads=3, vocabulary=48), resume=True, progress=False)
 
 
-def test_the_cli_trains_draft_heads(tmp_path, capsys):
+def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(tmp_path, capsys):
     from test_engine_draft_model import save
     from restdecode.cli import main
 
@@ -63,5 +63,12 @@ def test_the_cli_trains_draft_heads(tmp_path, capsys):
                  "--out", str(tmp_path / "heads"), "--kind", "heads", "--heads", "2",
                  "--vocabulary", "32", "--max-steps", "5", "--window", "32", "-q"]) == 0
     assert "2 draft heads over 32 tokens, 5 steps" in capsys.readouterr().out
+    outputs = []
+    for extra in (["--no-draft"], ["--draft-model", str(tmp_path / "heads"), "--budget", "6"],
+                  ["--draft-model", str(tmp_path / "heads")]):  # fixed trees, then planned
+        assert main(["generate", "--model", str(target_dir), "--max-new-tokens", "20",
+                     "--prompt", "alpha beta", "--json", *extra]) == 0
+        outputs.append(json.loads(capsys.readouterr().out)["token_ids"])
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0]
     assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
                  "--out", str(tmp_path / "x"), "--kind", "heads", "--heads", "0"]) == 2

@@ -37,6 +37,10 @@ CONTEXT_WEIGHT = 3.0
 # nodes per step over a two-token minimum grouped by the longest match of all sources.
 CONTEXT_MIN_SUFFIX = 1
 
+# Weight of trained draft heads against the datastore's (not tuned yet: the planner's
+# calibration learns what their nodes are worth).
+HEADS_WEIGHT = 1.0
+
 # Per-step work besides the verification forward (search, tree, acceptance, commit), seconds;
 # measured at 1-2 ms for SmolLM2 on 2 cores (GenerationStats.time_draft + time_accept_commit).
 STEP_OVERHEAD_S = 0.0015
@@ -50,6 +54,7 @@ def default_drafter(
     budget: int | None = None,
     learned: ContinuationDrafter | None = None,
     calibration: AcceptanceCalibration | None = None,
+    heads: Drafter | None = None,
 ) -> Drafter:
     """restdecode's default drafter: datastore retrieval merged with context lookup, the
     context weighing ``CONTEXT_WEIGHT`` times the datastore and drafting after suffixes of
@@ -69,6 +74,8 @@ def default_drafter(
       of a tenant (:meth:`restdecode.server.memory.LearnedMemory.drafter`).
     * ``calibration``: the planner's acceptance calibration, to share among the drafters of one
       model (default: a fresh one, learning from zero).
+    * ``heads``: trained draft heads (:class:`~restdecode.drafting.heads.HeadsDrafter`), one
+      more source weighing ``HEADS_WEIGHT``.
     """
     context = (memory if memory is not None
                else ContextDrafter(span=CONTEXT_SPAN, min_suffix=CONTEXT_MIN_SUFFIX))
@@ -77,6 +84,8 @@ def default_drafter(
         sources.insert(0, (RetrievalDrafter(datastore), 1.0))
     if learned is not None:
         sources.append((learned, CONTEXT_WEIGHT))
+    if heads is not None:
+        sources.append((heads, HEADS_WEIGHT))
     if profile is None or budget is not None:
         return _merged(sources, DEFAULT_BUDGET if budget is None else budget, context)
     return PlannedDrafter(_merged(sources, CANDIDATE_BUDGET, context), profile,
@@ -88,7 +97,7 @@ def default_memory() -> MemoryDrafter:
     return MemoryDrafter(span=CONTEXT_SPAN, min_suffix=CONTEXT_MIN_SUFFIX)
 
 
-def _merged(sources: list[tuple[ContinuationDrafter, float]], budget: int,
+def _merged(sources: list[tuple[Drafter, float]], budget: int,
             context: ContinuationDrafter):
     """One source alone, or the sources merged with their weights, each under ``budget``, the
     tree carrying ``context``'s match length."""
