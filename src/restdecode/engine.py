@@ -185,7 +185,7 @@ class Engine:
             draft_loaded = (_load_on(draft_backend, draft_model)[0] if draft_model is not None
                             else None)
         if compile:
-            loaded = compile_model(loaded, say)
+            loaded = compile_model(loaded, say, hidden=draft_heads is not None)
         return cls(loaded, tokenizer, datastore=store, draft=draft, budget=budget, memory=memory,
                    memory_file=memory_file, name=model, progress=progress, say=say,
                    draft_model=draft_loaded, draft_k=draft_k,
@@ -405,14 +405,15 @@ def default_memory_file(model: str) -> Path:
     return restdecode_home() / "memory" / f"{Path(model).name or 'model'}-{tag}.npz"
 
 
-def compile_model(model, say: Callable[[str], None] = _say):
-    """``model`` wrapped for a compiled verification forward, its graphs built now."""
+def compile_model(model, say: Callable[[str], None] = _say, *, hidden: bool = False):
+    """``model`` wrapped for a compiled verification forward, its graphs built now (``hidden``:
+    also those keeping the hidden states, for draft heads)."""
     from restdecode.compiled import compile_forward
     from restdecode.verify import build_graphs
 
     say("compiling the model's forward (minutes on a CPU, once per process) ...")
     compiled = compile_forward(model)
-    say(f"compiled in {build_graphs(compiled):.0f} s")
+    say(f"compiled in {build_graphs(compiled, hidden=hidden):.0f} s")
     return compiled
 
 

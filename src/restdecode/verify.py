@@ -249,24 +249,26 @@ def truncate_cache(cache: DynamicCache, cached_length: int, length: int) -> None
             layer.cumulative_length -= removed
 
 
-def build_graphs(model: CompiledModel, *, cache_length: int = 16) -> float:
+def build_graphs(model: CompiledModel, *, cache_length: int = 16, hidden: bool = False) -> float:
     """Run once every kind of verification forward a decode loop makes, so that a compiled
     model's graphs are built before anything is timed; returns the seconds it took.
 
     The kinds: one slot (a plain step) or several, on a cache that is contiguous (after a step
-    that kept all its slots) or a view (after a step that dropped some). Each is one graph.
+    that kept all its slots) or a view (after a step that dropped some). Each is one graph;
+    ``hidden`` builds them also for forwards that keep the hidden states (draft heads).
     """
     started = time.perf_counter()
-    cache = new_cache(model)
     plain = DraftTree.empty().compile(model.device)
     tree = DraftTree(np.array([3, 4, 5]), np.array([-1, -1, 0])).compile(model.device)
     with torch.inference_mode():
-        prefill(model, cache, list(range(1, cache_length + 1)))
-        past = cache_length
-        # (tree, slots kept): contiguous cache in the first two forwards, a view in the others.
-        for compiled_tree, kept in ((plain, [0]), (tree, []), (plain, [0]), (tree, [0, 2]),
-                                    (tree, [])):
-            verify(model, cache, 2, compiled_tree, past)
-            commit(cache, kept, compiled_tree.num_slots)
-            past += len(kept)
+        for keep_hidden in (False, True) if hidden else (False,):
+            cache = new_cache(model)
+            prefill(model, cache, list(range(1, cache_length + 1)))
+            past = cache_length
+            # (tree, slots kept): contiguous cache in the first two forwards, a view in the others.
+            for compiled_tree, kept in ((plain, [0]), (tree, []), (plain, [0]), (tree, [0, 2]),
+                                        (tree, [])):
+                verify(model, cache, 2, compiled_tree, past, hidden=[] if keep_hidden else None)
+                commit(cache, kept, compiled_tree.num_slots)
+                past += len(kept)
     return time.perf_counter() - started

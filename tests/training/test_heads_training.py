@@ -72,3 +72,32 @@ def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(tmp_path, caps
     assert outputs[0] == outputs[1] == outputs[2] and outputs[0]
     assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
                  "--out", str(tmp_path / "x"), "--kind", "heads", "--heads", "0"]) == 2
+
+
+def test_the_bench_runs_draft_heads_alone_and_merged(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: benchmark.tiny
+    from benchmark.tiny import write_prompts
+    from test_engine import FlatProfile
+    from test_engine_draft_model import save
+    from restdecode.benchmark import BenchConfig, resolve_config, run_benchmark
+    from restdecode.models import load
+
+    monkeypatch.setattr("restdecode.latency.profile_for", lambda model, **k: FlatProfile(0.01))
+    target_dir = save(model(), tmp_path / "target")
+    loaded, tokenizer = load(str(target_dir))
+    train_heads(loaded, tokenizer, documents(), tmp_path / "heads",
+                settings(heads=2, vocabulary=48, max_steps=5), progress=False)
+    config = BenchConfig(workload=f"prompts:{write_prompts(tmp_path / 'prompts.jsonl')}",
+                         out=tmp_path / "out", model=str(target_dir), max_new_tokens=16,
+                         progress=False, backend="transformers",
+                         draft_model=str(tmp_path / "heads"))
+    methods = resolve_config(config).methods
+    assert "hf-assisted" not in methods and methods[-2:] == ["draft-model",
+                                                             "draft-model+retrieval"]
+    outcome = run_benchmark(BenchConfig(**{**config.__dict__, "methods": [
+        "hf-greedy", "draft-model", "draft-model+retrieval"]}))
+    for method in ("draft-model", "draft-model+retrieval"):
+        assert outcome.document["summary"][method]["identical_fraction"] == 1.0, method

@@ -127,8 +127,17 @@ def resolve_config(config: BenchConfig) -> BenchConfig:
     if config.compile and backend != "transformers":
         raise OptionsError("--compile applies to the transformers backend only")
     methods = (list(config.methods) if config.methods
-               else default_methods(backend, draft_model=config.draft_model is not None))
+               else default_methods(backend, draft_model=config.draft_model is not None,
+                                    heads=is_heads(config.draft_model)))
     return replace(config, backend=backend, methods=methods)
+
+
+def is_heads(draft_model: str | None) -> bool:
+    """Whether ``draft_model`` is a directory of trained draft heads."""
+    from restdecode.drafting.early_exit import is_trained_drafter, read_drafter_config
+
+    return (draft_model is not None and is_trained_drafter(draft_model)
+            and read_drafter_config(draft_model)["kind"] == "heads")
 
 
 def _end_ids(engine: "Engine") -> frozenset[int]:

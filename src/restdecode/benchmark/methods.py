@@ -27,6 +27,10 @@ With a draft model (``Engine.load(draft_model=...)``, ``bench --draft-model``), 
   (``Engine.new_drafter``: what ``generate --draft-model`` uses). ``restdecode`` stays
   retrieval + context alone.
 
+With trained draft heads as the draft model (``--draft-model DIR`` of ``train-drafter --kind
+heads``), ``draft-model`` is the heads alone, planned, and ``draft-model+retrieval`` the heads
+merged with retrieval and context; ``hf-assisted`` has no draft model to run.
+
 Our engine's methods run on the engine's backend (transformers or llama.cpp); the ``hf-*`` and
 ``llamacpp-*`` methods always run their own library's loop.
 """
@@ -105,11 +109,15 @@ class Method(Protocol):
         ...
 
 
-def default_methods(backend: str, *, draft_model: bool = False) -> list[str]:
+def default_methods(backend: str, *, draft_model: bool = False,
+                    heads: bool = False) -> list[str]:
     """The methods run when none are named: on the llamacpp backend llama.cpp's own loops take
-    the place of transformers' ones; with a draft model, the ``DRAFT_METHODS`` too."""
+    the place of transformers' ones; with a draft model, the ``DRAFT_METHODS`` too (with draft
+    heads, all but ``hf-assisted``)."""
     methods = list(LLAMACPP_DEFAULT_METHODS if backend == "llamacpp" else DEFAULT_METHODS)
-    return methods + list(DRAFT_METHODS) if draft_model else methods
+    if not draft_model:
+        return methods
+    return methods + [name for name in DRAFT_METHODS if not (heads and name == HF_ASSISTED)]
 
 
 def baseline_for(methods: list[str], backend: str) -> str | None:
@@ -355,9 +363,25 @@ def build_methods(names: list[str], engine: "Engine", *,
     methods load the GGUF file of ``engine.name`` (a second copy of the model).
     """
     check_method_names(names, has_datastore=engine.datastore is not None,
-                       has_draft_model=engine.draft_model is not None)
+                       has_draft_model=(engine.draft_model is not None
+                                        or engine.draft_heads is not None))
     hf_model = functools.cache(lambda: _transformers_model(engine))
     return [_build_method(name, engine, memory_file, hf_model) for name in names]
+
+
+def _heads_alone(engine: "Engine"):
+    """The engine's draft heads drafting alone, planned by its latency profile (a fixed tree of
+    ``--budget`` nodes when one is given)."""
+    from restdecode.drafting import CANDIDATE_BUDGET, PlannedDrafter
+    from restdecode.drafting.defaults import STEP_OVERHEAD_S
+    from restdecode.drafting.heads import HeadsDrafter
+    from restdecode.drafting.planner import default_calibration
+
+    if engine.budget is not None:
+        return HeadsDrafter(engine.draft_heads, budget=engine.budget)
+    return PlannedDrafter(HeadsDrafter(engine.draft_heads, budget=CANDIDATE_BUDGET),
+                          engine.profile, calibration=default_calibration(),
+                          overhead=STEP_OVERHEAD_S)
 
 
 def _transformers_model(engine: "Engine", *, draft: bool = False) -> "PreTrainedModel":
@@ -393,6 +417,8 @@ def _build_method(name: str, engine: "Engine", memory_file: "Path | None",
         return HFGenerate(name, hf_model(), engine.tokenizer,
                           prompt_lookup_num_tokens=PROMPT_LOOKUP_TOKENS)
     if name == HF_ASSISTED:
+        if engine.draft_heads is not None:
+            raise RestdecodeError("hf-assisted needs a draft model; draft heads have none to run")
         return HFGenerate(name, hf_model(), engine.tokenizer,
                           assistant_model=_transformers_model(engine, draft=True))
     if name in LLAMACPP_METHODS:
@@ -403,6 +429,8 @@ def _build_method(name: str, engine: "Engine", memory_file: "Path | None",
         return EngineMethod(name, engine, engine.new_drafter(calibration=default_calibration(),
                                                              draft_model=False))
     if name == "draft-model":
+        if engine.draft_heads is not None:
+            return EngineMethod(name, engine, _heads_alone(engine))
         return EngineMethod(name, engine, engine.new_draft_model_drafter())
     if name == "draft-model+retrieval":
         return EngineMethod(name, engine, engine.new_drafter(calibration=default_calibration()))
