@@ -8,12 +8,15 @@ dimension 1, no padding), with per-token ``position_ids``. Only attention is per
   head_dim)`` per layer; column c of a row's region is the row's position c, and a step writes
   each row's tree slots right after its past (slot j at column ``past + j``);
 * attention (:func:`rows_attention`, an attention function registered with transformers and used
-  for the batched forward only) scatters the packed queries into a ``(regions, heads, width,
-  head_dim)`` block, ``width`` = the widest row's slots, and runs one SDPA call against every
-  region's first ``longest`` columns (a view, nothing copied), with a per-row mask: a slot sees its
-  row's past and its own tree ancestors (in a sliding-window layer only keys with ``key position >
-  query position - window``). Each row's queries meet only its own keys: the work is ``regions x
-  width x longest``, not ``(all slots) x (all rows' keys)`` as in one packed sequence.
+  for the batched forward only) runs two SDPA calls per layer, each over zero-padded query
+  blocks with a per-row mask (a slot sees its row's past and its own tree ancestors; in a
+  sliding-window layer only keys with ``key position > query position - window``): every row's
+  slot 0 (its pending token), one query per region against every region's first ``longest``
+  columns (a view, nothing copied), which is what plain batched decoding costs; then the tree
+  slots of the rows that have a tree, padded to the widest tree, against those rows' regions only
+  (gathered when they are few). Each row's queries meet only its own keys: the work is about
+  ``regions x longest + trees x widest x longest``, not ``(all slots) x (all rows' keys)`` as in
+  one packed sequence, and one deep tree does not pad every other row's queries.
 
 ``commit(row, slots)`` records a row's accepted slots; once every row of the last forward is
 committed (or removed), the accepted slots that are not already in place (a path off the first
@@ -53,11 +56,18 @@ class StepLayout:
 
     region: torch.Tensor       # (Q,) region of each packed token
     column: torch.Tensor       # (Q,) its column in the region (past length + slot)
-    query_slot: torch.Tensor   # (Q,) its slot in the row's tree: its row in the query block
-    width: int                 # slots of the widest row
     longest: int               # columns any row's queries may see (max of past + slots)
-    masks: dict[str, torch.Tensor]  # layer type -> bool (regions, 1, width, longest)
     layer_types: list[str]
+    # Every row's slot 0 (its pending token), one query per region:
+    first: torch.Tensor        # (B,) packed index of each row's slot 0
+    first_region: torch.Tensor  # (B,) its region
+    first_masks: dict[str, torch.Tensor]  # layer type -> bool (regions, 1, 1, longest)
+    # The tree slots (1 and up) of the rows that have a tree, padded to the widest tree:
+    nodes: torch.Tensor        # (Q - B,) packed index of each tree slot
+    node_row: torch.Tensor     # (Q - B,) its row in the block of tree regions
+    node_slot: torch.Tensor    # (Q - B,) its slot - 1
+    tree_regions: torch.Tensor | None  # (T,) the block's regions; None: all of them
+    node_masks: dict[str, torch.Tensor]  # layer type -> bool (T, 1, widest tree, longest)
 
 
 def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -71,14 +81,36 @@ def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
         raise DecodingError("rows attention runs only inside a batched verification")
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise DecodingError("batched verification does not support attention softcapping or sinks")
-    heads, dim = query.shape[1], query.shape[3]
-    block = query.new_zeros(key.shape[0], layout.width, heads, dim)
-    block[layout.region, layout.query_slot] = query[0].transpose(0, 1)
-    mask = layout.masks[layout.layer_types[module.layer_idx]]
+    layer_type = layout.layer_types[module.layer_idx]
+    queries = query[0].transpose(0, 1)  # (Q, heads, d)
+    out = torch.empty_like(queries)
+    # Slot 0 of every row, one query per region: the cost of plain batched decoding.
+    out[layout.first] = _attend(queries[layout.first], layout.first_region,
+                                torch.zeros_like(layout.first_region), 1, key, value,
+                                layout.first_masks[layer_type], scaling)
+    if layout.nodes.numel():  # the trees, padded to the widest, over their rows' regions only
+        if layout.tree_regions is not None:
+            key = key.index_select(0, layout.tree_regions)
+            value = value.index_select(0, layout.tree_regions)
+        mask = layout.node_masks[layer_type]
+        out[layout.nodes] = _attend(queries[layout.nodes], layout.node_row, layout.node_slot,
+                                    mask.shape[2], key, value, mask, scaling)
+    return out.unsqueeze(0), None
+
+
+def _attend(queries: torch.Tensor, row: torch.Tensor, slot: torch.Tensor, width: int,
+            key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+            scaling: float | None) -> torch.Tensor:
+    """``queries`` (n, heads, d) placed at (``row``, ``slot``) of a zero-padded block of
+    ``key.shape[0]`` rows x ``width``, one SDPA call against ``key``/``value`` under ``mask``,
+    and read back at the same places."""
+    heads, dim = queries.shape[1], queries.shape[2]
+    block = queries.new_zeros(key.shape[0], width, heads, dim)
+    block[row, slot] = queries
     out = torch.nn.functional.scaled_dot_product_attention(
         block.transpose(1, 2), key, value, attn_mask=mask, scale=scaling,
         enable_gqa=key.shape[1] != heads)
-    return out.transpose(1, 2)[layout.region, layout.query_slot].unsqueeze(0), None
+    return out.transpose(1, 2)[row, slot]
 
 
 AttentionInterface.register(ROWS_ATTENTION, rows_attention)
@@ -288,7 +320,7 @@ class TransformersBatchSession:
 
     def _layout(self, rows: list[int], trees: list["CompiledTree"]) -> StepLayout:
         """The step's :class:`StepLayout`: where each slot is written, and each layer type's
-        mask (a slot sees its row's past and its tree ancestors, within the window)."""
+        masks (a slot sees its row's past and its tree ancestors, within the window)."""
         device = self.model.device
         width = max(tree.num_slots for tree in trees)
         longest = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
@@ -307,10 +339,15 @@ class TransformersBatchSession:
             depth[g, :slots] = tree.depth_offsets.to(device)
             past[g] = length
         layout_region, layout_column = torch.cat(region), torch.cat(column)
-        # A query with no row (padding, or a region outside this step) still sees one key, so
-        # that its softmax stays finite; its output is never read.
-        visible[:, :, 0] |= ~visible.any(dim=2)
-        masks = {}
+        layout_slot = torch.cat(query_slot)
+        is_node = layout_slot > 0
+        tree_regions = torch.tensor([self._region[row] for row, tree in zip(rows, trees)
+                                     if tree.num_slots > 1], dtype=torch.long, device=device)
+        # Few trees: their regions' keys are gathered (a small copy); many: all regions serve.
+        gather = 0 < tree_regions.numel() <= regions // 2
+        block_of = torch.zeros(regions, dtype=torch.long, device=device)
+        block_of[tree_regions] = torch.arange(tree_regions.numel(), device=device)
+        first_masks, node_masks = {}, {}
         for layer_type in dict.fromkeys(self._layer_types):
             window = self._windows[layer_type]
             seen = visible
@@ -318,14 +355,24 @@ class TransformersBatchSession:
                 # Key position: the column in the past, the slot's depth in the tree.
                 key_position = torch.arange(longest, device=device).expand(regions, longest).clone()
                 key_position[layout_region, layout_column] = (
-                    past[layout_region] + depth[layout_region, torch.cat(query_slot)])
+                    past[layout_region] + depth[layout_region, layout_slot])
                 query_position = past.unsqueeze(1) + depth
-                in_window = key_position.unsqueeze(1) > query_position.unsqueeze(2) - window
-                seen = visible & in_window
-                seen[:, :, 0] |= ~seen.any(dim=2)
-            masks[layer_type] = seen.unsqueeze(1)
-        return StepLayout(layout_region, layout_column, torch.cat(query_slot), width, longest,
-                          masks, self._layer_types)
+                seen = visible & (key_position.unsqueeze(1) > query_position.unsqueeze(2) - window)
+            # A query with no row (padding, or a region outside this step) still sees one key,
+            # so that its softmax stays finite; its output is never read.
+            seen = seen.clone()
+            seen[:, :, 0] |= ~seen.any(dim=2)
+            first_masks[layer_type] = seen[:, :1].unsqueeze(1)
+            nodes = seen[:, 1:]
+            node_masks[layer_type] = (nodes.index_select(0, tree_regions) if gather
+                                      else nodes).unsqueeze(1)
+        return StepLayout(
+            layout_region, layout_column, longest, self._layer_types,
+            first=torch.nonzero(~is_node).squeeze(1), first_region=layout_region[~is_node],
+            first_masks=first_masks, nodes=torch.nonzero(is_node).squeeze(1),
+            node_row=(block_of[layout_region[is_node]] if gather else layout_region[is_node]),
+            node_slot=layout_slot[is_node] - 1, tree_regions=tree_regions if gather else None,
+            node_masks=node_masks)
 
     def _finish_step_if_committed(self) -> None:
         """Once every row of the last forward is resolved: move each row's accepted slots that
