@@ -119,7 +119,7 @@ def test_measure_batch_profile_is_well_formed_and_leaves_no_trace(monkeypatch):
     assert profile.widths == (1, 4, 9) and profile.cache_lengths == (8, 40)
     assert profile.seconds.shape == (2, 3) and np.all(profile.seconds > 0)
     # Keyed by the transformers batch layout: a profile of the old packed layout is not reused.
-    assert profile.key == latency.profile_key(model) | {"layout": "batch-regions-2", "rows": 4}
+    assert profile.key == latency.profile_key(model) | {"layout": "batch-regions-3", "rows": 4}
     assert [s.cache_length for s in sessions] == [8, 40]
     assert [[s.past_length(r) for r in s.rows] for s in sessions] == [[2] * 4, [10] * 4]
 

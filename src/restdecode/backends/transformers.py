@@ -24,7 +24,7 @@ class TransformersBackend:
     """A transformers model (or :class:`~restdecode.compiled.CompiledModel`) as a backend."""
 
     name = "transformers"
-    batch_layout = "batch-regions-2"  # a region per row, attention per row in two groups
+    batch_layout = "batch-regions-3"  # a region per row, attention per row (one block or two groups)
     gives_hidden_states = True  # session(hidden=True): final hidden states, for draft heads
 
     def __init__(self, model: "PreTrainedModel") -> None:

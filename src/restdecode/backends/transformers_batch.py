@@ -14,7 +14,8 @@ dimension 1, no padding), with per-token ``position_ids``. Only attention is per
   slot 0 (its pending token), one query per region against every region's first ``longest``
   columns (a view, nothing copied), which is what plain batched decoding costs; then the tree
   slots of the rows that have a tree, padded to the widest tree, against those rows' regions only
-  (gathered when they are few). Each row's queries meet only its own keys: the work is about
+  (gathered when they are few); trees of about one width share one call instead. Each row's
+  queries meet only its own keys: the work is about
   ``regions x longest + trees x widest x longest``, not ``(all slots) x (all rows' keys)`` as in
   one packed sequence, and one deep tree does not pad every other row's queries.
 
@@ -58,6 +59,10 @@ class StepLayout:
     column: torch.Tensor       # (Q,) its column in the region (past length + slot)
     longest: int               # columns any row's queries may see (max of past + slots)
     layer_types: list[str]
+    # Trees of about one width: every slot in one block of (regions x widest), these masks
+    # (layer type -> bool (regions, 1, widest, longest)); None: the two groups below.
+    slot: torch.Tensor
+    masks: dict[str, torch.Tensor] | None
     # Every row's slot 0 (its pending token), one query per region:
     first: torch.Tensor        # (B,) packed index of each row's slot 0
     first_region: torch.Tensor  # (B,) its region
@@ -83,6 +88,10 @@ def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
         raise DecodingError("batched verification does not support attention softcapping or sinks")
     layer_type = layout.layer_types[module.layer_idx]
     queries = query[0].transpose(0, 1)  # (Q, heads, d)
+    if layout.masks is not None:
+        mask = layout.masks[layer_type]
+        return _attend(queries, layout.region, layout.slot, mask.shape[2], key, value, mask,
+                       scaling).unsqueeze(0), None
     out = torch.empty_like(queries)
     # Slot 0 of every row, one query per region: the cost of plain batched decoding.
     out[layout.first] = _attend(queries[layout.first], layout.first_region,
@@ -345,6 +354,10 @@ class TransformersBatchSession:
                                      if tree.num_slots > 1], dtype=torch.long, device=device)
         # Few trees: their regions' keys are gathered (a small copy); many: all regions serve.
         gather = 0 < tree_regions.numel() <= regions // 2
+        # One block pads every row to the widest tree; two groups cost a second call per layer
+        # but pad only the trees: worth it when the widths differ.
+        single = regions * width <= 1.5 * (regions + tree_regions.numel() * (width - 1))
+        masks = {} if single else None
         block_of = torch.zeros(regions, dtype=torch.long, device=device)
         block_of[tree_regions] = torch.arange(tree_regions.numel(), device=device)
         first_masks, node_masks = {}, {}
@@ -362,12 +375,15 @@ class TransformersBatchSession:
             # so that its softmax stays finite; its output is never read.
             seen = seen.clone()
             seen[:, :, 0] |= ~seen.any(dim=2)
-            first_masks[layer_type] = seen[:, :1].unsqueeze(1)
+            if single:
+                masks[layer_type] = seen.unsqueeze(1)
+                continue
+            first_masks[layer_type] = seen[:, :1].unsqueeze(1).contiguous()
             nodes = seen[:, 1:]
             node_masks[layer_type] = (nodes.index_select(0, tree_regions) if gather
-                                      else nodes).unsqueeze(1)
+                                      else nodes).unsqueeze(1).contiguous()
         return StepLayout(
-            layout_region, layout_column, longest, self._layer_types,
+            layout_region, layout_column, longest, self._layer_types, layout_slot, masks,
             first=torch.nonzero(~is_node).squeeze(1), first_region=layout_region[~is_node],
             first_masks=first_masks, nodes=torch.nonzero(is_node).squeeze(1),
             node_row=(block_of[layout_region[is_node]] if gather else layout_region[is_node]),
