@@ -9,8 +9,10 @@ Auth: with --api-key (repeatable), RESTDECODE_API_KEY or --api-keys-file, every 
 needs "Authorization: Bearer KEY"; without any key the server is open (it binds 127.0.0.1 by
 default). /health and /metrics never need a key.
 
-Learned memory (--memory DIR): every finished request (prompt + answer token ids) is appended
-to a checksummed log in DIR and drafts for later requests. With several keys each key's tenant
+Learned memory (--memory DIR, off by default): every finished request (prompt + answer token
+ids) is appended to a checksummed log in DIR and drafts for later requests. Off by default,
+unlike chat's: it stores other people's prompts, and a memory that learns between requests
+makes a sampled answer depend on earlier requests too (a seed no longer reproduces it). With several keys each key's tenant
 drafts only from its own requests (--memory-scope per-key, then the default): a tenant could
 otherwise infer from the speed of its answers what another tenant generated.
 
