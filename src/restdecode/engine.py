@@ -140,9 +140,10 @@ class Engine:
         ``backend`` is; on llama.cpp a backend of its own) after both tokenizers were compared
         (:func:`~restdecode.drafting.draft_model.check_same_tokenizer`: a mismatched pair is
         refused before either model loads); ``draft_k`` / ``draft_branches`` shape its drafts.
-        A directory written by ``restdecode train-drafter`` is an early-exit drafter instead: the
-        target's own first layers and the trained head (the transformers backend only; a head
-        trained on another model is refused).
+        A directory written by ``restdecode train-drafter`` is a trained drafter instead (the
+        transformers backend only; one trained on another model is refused): an early exit (the
+        target's own first layers and the trained head, as a draft model) or draft heads (merged
+        into the default drafter, reading the target's hidden state).
 
         ``context``: the llama.cpp context's cells (default: the backend's own), which the rows
         of batched decoding share; the transformers backend has no such setting.
