@@ -214,6 +214,8 @@ class _Decoder:
         self.context = list(prompt_ids)  # prompt + generated tokens, the pending one included
         self.stats = GenerationStats(prompt_tokens=len(prompt_ids))
         self.session: Session | None = None
+        # Asked once, not every step: composite drafters answer by asking each part.
+        self.reads_hidden = reads_hidden_states(self.drafter)
 
     @property
     def pending(self) -> int:
@@ -231,7 +233,7 @@ class _Decoder:
 
     def _open_session(self) -> Session:
         """A session of the backend; one that keeps hidden states for a drafter reading them."""
-        if not reads_hidden_states(self.drafter):
+        if not self.reads_hidden:
             return self.backend.session()
         if not getattr(self.backend, "gives_hidden_states", False):
             raise DecodingError(f"this drafter reads the model's hidden states (draft heads), "
@@ -241,7 +243,7 @@ class _Decoder:
 
     def _hidden_state(self, slot: int):
         """The final hidden state at ``slot`` of the last forward, for a drafter reading it."""
-        return self.session.hidden_state(slot) if reads_hidden_states(self.drafter) else None
+        return self.session.hidden_state(slot) if self.reads_hidden else None
 
     @torch.inference_mode()
     def step(self, max_depth: int) -> list[int] | None:

@@ -24,6 +24,13 @@ def documents(count: int = 60, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(60)) for _ in range(count)]
 
 
+def jsonl_data(directory) -> str:
+    """``documents()`` written as a JSON-lines file: the ``--data`` spec that reads them."""
+    data = directory / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents()))
+    return f"jsonl:{data}:text"
+
+
 def settings(**overrides) -> TrainingSettings:
     values = dict(layer=2, minutes=5.0, window=32, batch=4, learning_rate=1e-2, held_out=8,
                   evaluate_every=10, max_steps=60, checkpoint_seconds=0.0)
@@ -79,9 +86,7 @@ def test_the_cli_trains_a_head_that_generate_uses_losslessly(tmp_path, capsys):
     from restdecode.cli import main
 
     target_dir = save(model(), tmp_path / "target")
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents()))
-    assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
+    assert main(["train-drafter", "--model", str(target_dir), "--data", jsonl_data(tmp_path),
                  "--out", str(tmp_path / "exit"), "--layer", "2", "--max-steps", "10",
                  "--window", "32", "-q"]) == 0
     assert "early exit after layer 2 of 4, 10 steps" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from test_early_exit_training import documents, model, settings
+from test_early_exit_training import documents, jsonl_data, model, settings
 from tiny_models import byte_tokenizer
 from restdecode.drafting.heads import load_heads
 from restdecode.errors import ModelError
@@ -57,9 +57,8 @@ def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(tmp_path, caps
     from restdecode.cli import main
 
     target_dir = save(model(), tmp_path / "target")
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents()))
-    assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
+    data = jsonl_data(tmp_path)
+    assert main(["train-drafter", "--model", str(target_dir), "--data", data,
                  "--out", str(tmp_path / "heads"), "--kind", "heads", "--heads", "2",
                  "--vocabulary", "32", "--max-steps", "5", "--window", "32", "-q"]) == 0
     assert "2 draft heads over 32 tokens, 5 steps" in capsys.readouterr().out
@@ -70,7 +69,7 @@ def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(tmp_path, caps
                      "--prompt", "alpha beta", "--json", *extra]) == 0
         outputs.append(json.loads(capsys.readouterr().out)["token_ids"])
     assert outputs[0] == outputs[1] == outputs[2] and outputs[0]
-    assert main(["train-drafter", "--model", str(target_dir), "--data", f"jsonl:{data}:text",
+    assert main(["train-drafter", "--model", str(target_dir), "--data", data,
                  "--out", str(tmp_path / "x"), "--kind", "heads", "--heads", "0"]) == 2
 
 
