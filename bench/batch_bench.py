@@ -8,6 +8,11 @@ Not a test; run it alone on the machine. For each batch size B, the same prompts
   spec-planned          our batched loop, the batch planner sharing each forward's width among
                         the rows by expected accepted tokens per predicted second
 
+With ``--repeats N`` every batch size runs N rounds, each round every method once, in an order
+rotated from round to round; a method's figures are its median round (its spread is kept). The
+planner's acceptance calibration is kept across rounds and batch sizes per method, as a server
+keeps it across requests.
+
 Our loops keep B rows decoding (continuous batching: a finished row's place goes to the next
 prompt); transformers' generate runs static batches of B. Reported per method and batch size:
 total output tokens/s (all new tokens over the wall time), per-request decode tokens/s (mean),
@@ -47,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="transformers: cpu or cuda")
     parser.add_argument("--context", type=int, default=1024,
                         help="llama.cpp: cells per row (the context holds B times this)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds per batch size (methods interleaved; medians reported)")
     parser.add_argument("--out", default="bench/out/batch")
     args = parser.parse_args(argv)
 
     from restdecode.decode import prompt_token_ids
+    from restdecode.drafting.planner import default_calibration
     from restdecode.workloads import load_workload
 
     engine = load_engine(args)
@@ -63,20 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "llamacpp":
         methods = [m for m in methods if m != "hf-generate-batched"]
     runs = []
+    calibrations = {method: default_calibration() for method in methods}
     for size in sizes:
-        outputs: dict[str, list[list[int]]] = {}
+        rounds: dict[str, list[dict]] = {method: [] for method in methods}
+        for round_index in range(args.repeats):
+            shift = round_index % len(methods)
+            for method in methods[shift:] + methods[:shift]:
+                run = measure(method, engine, ids, size, args, calibrations[method])
+                rounds[method].append(run)
+                print(f"B={size:>2} {method:<20} {run['output_tok_s']:7.1f} tok/s total, "
+                      f"{run['per_request_decode_tok_s']:6.1f} per request, "
+                      f"{run['tokens_per_step']:.2f} tokens/step", file=sys.stderr, flush=True)
+        reference = median_round(rounds["plain-batched"])["token_ids"] if "plain-batched" in rounds else None
         for method in methods:
-            run = measure(method, engine, ids, size, args)
-            outputs[method] = run.pop("token_ids")
-            runs.append(run)
-            print(f"B={size:>2} {method:<20} {run['output_tok_s']:7.1f} tok/s total, "
-                  f"{run['per_request_decode_tok_s']:6.1f} per request, "
-                  f"{run['tokens_per_step']:.2f} tokens/step", file=sys.stderr, flush=True)
-        reference = outputs.get("plain-batched")
-        for run in runs[-len(methods):]:
+            run = dict(median_round(rounds[method]))
+            run["rounds_tok_s"] = [r["output_tok_s"] for r in rounds[method]]
             if reference is not None:
-                run["identical_to_plain_batched"] = sum(
-                    a == b for a, b in zip(outputs[run["method"]], reference))
+                run["identical_to_plain_batched"] = min(
+                    sum(a == b for a, b in zip(r["token_ids"], reference)) for r in rounds[method])
+            run.pop("token_ids")
+            runs.append(run)
     report = {"command": " ".join(sys.argv), "model": args.model, "prompts": len(ids),
               "max_new_tokens": args.max_new_tokens, "backend": args.backend, "device": args.device,
               "cpus": os.cpu_count(),
@@ -110,19 +124,23 @@ def load_engine(args):
                   name=args.model)
 
 
-def measure(method: str, engine, ids: list[list[int]], size: int, args) -> dict:
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median total throughput (the lower middle one of an even count)."""
+    ordered = sorted(rounds, key=lambda r: r["output_tok_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def measure(method: str, engine, ids: list[list[int]], size: int, args, calibration) -> dict:
     """Decode every prompt with ``method``, ``size`` at a time; throughput and outputs."""
     import torch
 
     from restdecode.batch import BatchRequest, generate_batch
-    from restdecode.drafting.planner import default_calibration
 
     started = time.perf_counter()
     if method == "hf-generate-batched":
         token_ids, per_request = hf_batched(engine, ids, size, args.max_new_tokens)
         steps = sum(len(t) - 1 for t in token_ids)  # plain: one token per row and step
     else:
-        calibration = default_calibration()  # each method learns on its own
         def drafter():
             if method == "spec-fixed":
                 return engine.new_drafter(budget=args.budget)
@@ -174,13 +192,14 @@ def hf_batched(engine, ids: list[list[int]], size: int, max_new_tokens: int):
 
 
 def markdown(runs: list[dict]) -> str:
-    lines = ["| batch | method | output tok/s | per-request tok/s | tokens/step | identical to "
-             "plain-batched |", "|---|---|---|---|---|---|"]
+    lines = ["| batch | method | output tok/s (median) | rounds | per-request tok/s | tokens/step "
+             "| identical to plain-batched |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         identical = run.get("identical_to_plain_batched", "")
+        spread = ", ".join(f"{t:.1f}" for t in run["rounds_tok_s"])
         lines.append(f"| {run['batch_size']} | {run['method']} | {run['output_tok_s']:.1f} | "
-                     f"{run['per_request_decode_tok_s']:.1f} | {run['tokens_per_step']:.2f} | "
-                     f"{identical} |")
+                     f"{spread} | {run['per_request_decode_tok_s']:.1f} | "
+                     f"{run['tokens_per_step']:.2f} | {identical} |")
     return "\n".join(lines)
 
 

@@ -377,12 +377,13 @@ class KneeCost:
     """A forward costs 1 up to ``knee`` tokens, then ``beyond``: the planner must never go past
     it (10: not with the trees the tests' drafters propose)."""
 
-    def __init__(self, knee: int, beyond: float = 10.0) -> None:
+    def __init__(self, knee: int, beyond: float = 10.0, within: float = 1.0) -> None:
         self.knee = knee
         self.beyond = beyond
+        self.within = within
 
     def predict(self, width, cache_length):
-        return np.where(np.asarray(width) <= self.knee, 1.0, self.beyond)
+        return np.where(np.asarray(width) <= self.knee, self.within, self.beyond)
 
 
 def planned_oracle_rows(cost, max_new_tokens: int):
@@ -407,6 +408,23 @@ def test_planned_rows_share_one_forwards_width_and_stay_exact():
     steps = min(r.stats.steps for r in results)  # all three rows are in every one of these
     widths = [sum(1 + r.stats.tree_size_per_step[i] for r in results) for i in range(steps)]
     assert max(widths) <= 7 and sum(widths) > 3 * steps  # within the knee, and drafts were taken
+
+
+def test_the_decoder_learns_what_its_forwards_cost_against_their_price():
+    """Every planned step's forward is timed against its price: a profile that prices tree
+    forwards at a microsecond (far too cheap) and plain ones at an hour (far too dear) teaches
+    the decoder that tree forwards cost more than their price, relative to plain ones; the
+    outputs stay exact."""
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=7), 12)
+    decoder = BatchDecoder(model, tok, profile=KneeCost(knee=len(prompts), beyond=1e-6,
+                                                        within=3600.0),
+                           options=GenerationOptions(max_new_tokens=12))
+    handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
+    assert decoder.tree_costs.factor == 1.0
+    while decoder.active:
+        decoder.step()
+    assert [decoder.result(h).token_ids for h in handles] == [a.token_ids for a in alone]
+    assert decoder.tree_costs.factor > 1.2
 
 
 def test_a_batch_profile_given_to_the_decoder_prices_the_steps_not_the_drafters():

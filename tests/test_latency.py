@@ -114,30 +114,67 @@ def test_measure_batch_profile_is_well_formed_and_leaves_no_trace(monkeypatch):
 
     monkeypatch.setattr(TransformersBatchSession, "__init__", recording_init)
     model = llama()
-    profile = measure_batch_profile(model, widths=(9, 1, 4), cache_lengths=(40, 8), rows=4,
+    profile = measure_batch_profile(model, nodes=(8, 0, 3), cache_lengths=(40, 8), rows=(4, 1),
                                     repeats=1, progress=False)
-    assert profile.widths == (1, 4, 9) and profile.cache_lengths == (8, 40)
-    assert profile.seconds.shape == (2, 3) and np.all(profile.seconds > 0)
+    assert profile.rows == (1, 4)
+    assert profile.by_rows[4].widths == (4, 7, 12) and profile.by_rows[1].widths == (1, 4, 9)
+    assert profile.by_rows[4].cache_lengths == (8, 40) and profile.by_rows[1].cache_lengths == (8, 40)
+    assert all(p.seconds.shape == (2, 3) and np.all(p.seconds > 0) for p in profile.by_rows.values())
     # Keyed by the transformers batch layout: a profile of the old packed layout is not reused.
-    assert profile.key == latency.profile_key(model) | {"layout": "batch-regions-3", "rows": 4}
-    assert [s.cache_length for s in sessions] == [8, 40]
-    assert [[s.past_length(r) for r in s.rows] for s in sessions] == [[2] * 4, [10] * 4]
+    assert profile.key == latency.profile_key(model) | {"layout": "batch-regions-3"}
+    assert [s.cache_length for s in sessions] == [8, 40, 8, 40]
+    assert [[s.past_length(r) for r in s.rows] for s in sessions] == [[8], [40], [2] * 4, [10] * 4]
 
 
 def test_batch_profiles_are_cached_apart_from_single_sequence_ones(tmp_path):
-    grid = dict(widths=(1, 3), cache_lengths=(8,), rows=2, repeats=1)
+    grid = dict(nodes=(0, 2), cache_lengths=(8,), rows=(1, 2), repeats=1)
     batch = batch_profile_for(llama(), cache_dir=tmp_path, progress=False, **grid)
     single = profile_for(llama(), cache_dir=tmp_path, progress=False, **SMALL_GRID)
     assert len(list(tmp_path.glob("*.json"))) == 2 and batch.key != single.key
     again = batch_profile_for(llama(), cache_dir=tmp_path, progress=False, **grid)
-    assert np.array_equal(again.seconds, batch.seconds)  # read back, not measured again
+    assert all(np.array_equal(again.by_rows[r].seconds, batch.by_rows[r].seconds)
+               for r in (1, 2))  # read back, not measured again
+    other = batch_profile_for(llama(), cache_dir=tmp_path, progress=False, **grid | {"rows": (2,)})
+    assert other.rows == (2,)  # another grid is measured, not the cached one reused
 
 
 def test_the_batch_grid_is_cut_to_the_models_context(tmp_path):
-    model = tiny_llama(max_positions=64)  # 8 rows of 4096 / 8 tokens cannot fit
-    profile = batch_profile_for(model, cache_dir=tmp_path, progress=False, repeats=1)
-    assert max(profile.widths) <= 32
-    assert all(c + max(profile.widths) <= 64 for c in profile.cache_lengths)
+    model = tiny_llama(max_positions=64)  # 256 cached + 4 rows + 32 nodes cannot fit
+    profile = batch_profile_for(model, cache_dir=tmp_path, progress=False, repeats=1,
+                                rows=(1, 4), nodes=(0, 8, 32, 64), cache_lengths=(16, 256))
+    assert profile.grid()["nodes"] == (0, 8) and profile.cache_lengths == (16,)
+    assert all(c + 4 + 8 <= 64 for c in profile.by_rows[4].cache_lengths)
+
+
+def rows_profile() -> "latency.BatchLatencyProfile":
+    """1 row: 10 ms + 1 ms per node; 4 rows: 20 ms + 3 ms per node (cache-independent)."""
+    nodes = np.arange(0, 9)
+    def flat(rows, base, per_node):
+        return LatencyProfile(tuple(rows + nodes), (0, 100), np.vstack([base + per_node * nodes] * 2))
+    return latency.BatchLatencyProfile({4: flat(4, 0.020, 0.003), 1: flat(1, 0.010, 0.001)},
+                                       {"model": "m"}, (0, 100))
+
+
+def test_a_batch_profile_prices_nodes_on_top_of_the_rows_verified():
+    profile = rows_profile()
+    assert profile.rows == (1, 4)
+    assert profile.predict(1 + 2, 50, rows=1) == pytest.approx(0.012)
+    assert profile.predict(4 + 2, 50, rows=4) == pytest.approx(0.026)
+    # Between measured row counts: both neighbours' prices for the same nodes, blended.
+    assert profile.predict(2 + 2, 50, rows=2) == pytest.approx(0.012 + (0.026 - 0.012) / 3)
+    # Beyond the most rows: extrapolated along the last two, never below the largest.
+    assert profile.predict(7, 50, rows=7) == pytest.approx(0.020 + (0.020 - 0.010))
+    costs = profile.for_rows(4).predict(np.array([4, 5, 8]), 50)
+    assert costs == pytest.approx([0.020, 0.023, 0.032])
+
+
+def test_a_batch_profile_survives_json(tmp_path):
+    profile = rows_profile()
+    again = latency.BatchLatencyProfile.load(profile.save(tmp_path / "batch.json"))
+    assert again.key == profile.key and again.grid() == profile.grid()
+    assert again.predict(6, 30, rows=3) == pytest.approx(profile.predict(6, 30, rows=3))
+    with pytest.raises(ValueError):
+        LatencyProfile.load(tmp_path / "batch.json")  # not a single-sequence profile
 
 
 def test_measure_profile_refuses_widths_beyond_the_context():

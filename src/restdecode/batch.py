@@ -33,7 +33,7 @@ from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback, reads_hidden_states
-from restdecode.drafting.planner import CostModel, PlannedDrafter, plan_batch
+from restdecode.drafting.planner import CostModel, PlannedDrafter, TreeCostCorrection, plan_batch
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
 from restdecode.options import GenerationOptions, check_messages, resolve_options
@@ -115,6 +115,8 @@ class BatchDecoder:
         self._rows: dict[int, _Row] = {}
         self._results: dict[int, GenerationResult] = {}
         self._next_handle = 0
+        self.tree_costs = TreeCostCorrection()  # what tree forwards really cost here
+        self._step_cost: CostModel | None = None  # the last plan's cost model
 
     @property
     def active(self) -> list[int]:
@@ -253,7 +255,12 @@ class BatchDecoder:
         mark = time.perf_counter()
         drafter = planned[0][0].drafter  # the rows of one model share its latency profile
         profile = self.profile if self.profile is not None else drafter.profile
-        trees = plan_batch([(tree, p) for _, tree, p in planned], profile,
+        if hasattr(profile, "for_rows"):  # a batch profile prices this many rows' forward
+            profile = profile.for_rows(len(planned) + len(fixed))
+        self._step_cost = profile
+        base_width = len(planned) + sum(1 + len(draft) for _, draft in fixed)
+        trees = plan_batch([(tree, p) for _, tree, p in planned],
+                           self.tree_costs.corrected(profile, base_width),
                            self.session.cache_length, overhead=drafter.overhead,
                            fixed_width=sum(1 + len(draft) for _, draft in fixed),
                            fixed_tokens=len(fixed))
@@ -275,11 +282,17 @@ class BatchDecoder:
         """Every row's tree in one forward; ``(row, logits, draft, tree)`` per row."""
         if not drafted:
             return []
+        cache_length = self.session.cache_length
         mark = time.perf_counter()
         with torch.inference_mode():
             logits = self.session.verify([(row.session_row, row.pending, tree)
                                           for row, _, tree in drafted])
         elapsed = time.perf_counter() - mark
+        if self._step_cost is not None:
+            width = sum(tree.num_slots for _, _, tree in drafted)
+            predicted = float(self._step_cost.predict(width, cache_length))
+            self.tree_costs.observe(predicted, elapsed, trees=width > len(drafted))
+            self._step_cost = None
         for row, _, _ in drafted:
             row.stats.time_verify += elapsed  # each row waited for the whole forward
         return [(row, row_logits, draft, tree)

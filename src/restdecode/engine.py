@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from restdecode.drafting.draft_model import DraftModelDrafter
     from restdecode.drafting.heads import DraftHeads
     from restdecode.drafting.planner import AcceptanceCalibration
-    from restdecode.latency import LatencyProfile
+    from restdecode.latency import BatchLatencyProfile, LatencyProfile
     from restdecode.options import GenerationOptions
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -93,7 +93,7 @@ class Engine:
         self.name = name
         self.progress = progress
         self._profile = profile
-        self._batch_profile: "LatencyProfile | None" = None
+        self._batch_profile: "BatchLatencyProfile | None" = None
         self._draft_profile = draft_profile
         if datastore is not None:
             check_vocabulary(datastore, model)
@@ -221,8 +221,8 @@ class Engine:
         return self.drafter is not None and self.budget is None
 
     @property
-    def batch_profile(self) -> "LatencyProfile":
-        """The model's latency profile for batched forwards (many rows, one packed cache) on
+    def batch_profile(self) -> "BatchLatencyProfile":
+        """The model's latency profile for batched forwards (by rows, draft nodes and cache) on
         this machine, which the batch planner prices its steps by (measured on first use, then
         cached)."""
         if self._batch_profile is None:

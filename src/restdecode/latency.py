@@ -47,9 +47,10 @@ DEFAULT_WIDTHS: tuple[int, ...] = tuple(range(1, 33)) + (40, 48, 64)
 DEFAULT_CACHE_LENGTHS: tuple[int, ...] = (128, 512)
 # A batched forward verifies one pending token per row plus the planned nodes, over every row's
 # cache together: wider and longer than one sequence's (8 rows of 128 tokens: 1,024 cached keys).
-BATCH_WIDTHS: tuple[int, ...] = tuple(range(1, 17)) + (20, 24, 28, 32, 40, 48, 64, 96, 128)
+# Its grid: rows verified x draft nodes among them x the cache all rows hold.
+BATCH_ROWS: tuple[int, ...] = (1, 2, 4, 8, 16)
+BATCH_NODES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 BATCH_CACHE_LENGTHS: tuple[int, ...] = (256, 1024, 4096)
-BATCH_ROWS = 8
 FORMAT_VERSION = 1
 
 
@@ -114,22 +115,33 @@ class LatencyProfile:
         """The profile stored by :meth:`to_json`; ValueError for another format version."""
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported latency profile format {data.get('format_version')!r}")
+        if data.get("kind", "single") != "single":
+            raise ValueError(f"a {data['kind']} latency profile, not a single-sequence one")
         return cls(tuple(data["widths"]), tuple(data["cache_lengths"]), np.array(data["seconds"]),
                    dict(data.get("key", {})))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the profile as JSON at ``path`` atomically (a temporary file renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        os.replace(temp, path)
-        return path
+        return _save_json(self.to_json(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyProfile":
         """The profile saved at ``path``."""
         return cls.from_json(json.loads(Path(path).read_text()))
+
+    def grid(self) -> dict:
+        """The measurement options this profile answers (for the cache's check)."""
+        return {"widths": self.widths, "cache_lengths": self.cache_lengths}
+
+
+def _save_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as JSON at ``path`` atomically (a temporary file renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(temp, path)
+    return path
 
 
 def _extrapolating_interp(x: np.ndarray, xs: Sequence[float], ys: np.ndarray) -> np.ndarray:
@@ -203,55 +215,154 @@ def measure_profile(
 
 def measure_batch_profile(
     model,
-    widths: Sequence[int] = BATCH_WIDTHS,
+    nodes: Sequence[int] = BATCH_NODES,
     cache_lengths: Sequence[int] = BATCH_CACHE_LENGTHS,
     *,
-    rows: int = BATCH_ROWS,
-    repeats: int = 5,
+    rows: Sequence[int] = BATCH_ROWS,
+    repeats: int = 3,
     seed: int = 0,
     progress: bool = True,
-) -> LatencyProfile:
+) -> "BatchLatencyProfile":
     """Time real *batched* verification forwards of ``model`` (a transformers model or a
     :class:`~restdecode.backends.BatchBackend`): the profile of ``BatchSession.verify``.
 
-    Its axes are the batch's totals: ``width`` = tokens in the forward (every verified row's
-    pending token plus all tree nodes), ``cache_length`` = KV positions of all rows together.
-    For every cache length, a batch session holds ``rows`` rows sharing it equally; a width
-    ``w`` verifies ``min(w, rows)`` of them, the other ``w - rows`` tokens as random trees dealt
-    out among them (the rows not verified still sit in the cache, as between a server's steps).
-    Rounds and shuffling as in :func:`measure_profile`; every step is dropped again.
+    Its axes: ``rows`` verified in the forward (each with its pending token), ``nodes`` of draft
+    trees among them, and ``cache_length`` = KV positions of all rows together. For every row
+    count R and cache length, a batch session holds R rows sharing the cache equally; ``k``
+    nodes are verified as random trees of about two nodes on randomly chosen rows (the batch
+    planner gives a few rows trees and the others plain steps), the other rows plain. Rounds
+    and shuffling as in :func:`measure_profile`; every step is dropped again.
     """
     from tqdm.auto import tqdm
 
     from restdecode.backends import open_batch_session
 
     backend = as_backend(model)
-    widths, cache_lengths = sorted(set(widths)), sorted(set(cache_lengths))
+    nodes, cache_lengths = sorted(set(nodes)), sorted(set(cache_lengths))
+    rows = sorted(set(rows))
     rng = np.random.default_rng(seed)
     vocab = backend.vocab_size
-    shapes = {w: _batch_trees(w, rows, vocab, rng, backend.device) for w in widths}
-    seconds = np.empty((len(cache_lengths), len(widths)))
-    total = len(cache_lengths) * len(widths) * (1 + repeats)
+    by_rows = {}
+    shares_by_rows = {count: sorted({max(1, c // count) for c in cache_lengths}) for count in rows}
+    total = sum(map(len, shares_by_rows.values())) * len(nodes) * (1 + repeats)
     with torch.inference_mode(), tqdm(total=total, desc="batch latency profile", unit="fwd",
                                       disable=not progress, leave=False) as bar:
-        for index, cache_length in enumerate(cache_lengths):
-            session = open_batch_session(backend)
-            share = max(1, cache_length // rows)
-            _check_fits(backend, max(widths), share)
-            row_ids = [session.add_row(rng.integers(0, vocab, share).tolist())[0]
-                       for _ in range(rows)]
+        for count in rows:
+            shapes = {k: _batch_trees(k, count, vocab, rng, backend.device) for k in nodes}
+            shares = shares_by_rows[count]
+            seconds = np.empty((len(shares), len(nodes)))
+            for index, share in enumerate(shares):
+                session = open_batch_session(backend)
+                _check_fits(backend, 1 + max(nodes), share)
+                row_ids = [session.add_row(rng.integers(0, vocab, share).tolist())[0]
+                           for _ in range(count)]
 
-            def forward(width: int) -> float:
-                items = [(row_ids[i], int(rng.integers(0, vocab)), tree)
-                         for i, tree in enumerate(shapes[width])]
-                elapsed = _seconds(backend.device, session.verify, items)
-                for row, _, _ in items:
-                    session.commit(row, [])  # drop every slot: the cache stays as it was
-                return elapsed
+                def forward(k: int) -> float:
+                    items = [(row_ids[i], int(rng.integers(0, vocab)), tree)
+                             for i, tree in enumerate(shapes[k])]
+                    elapsed = _seconds(backend.device, session.verify, items)
+                    for row, _, _ in items:
+                        session.commit(row, [])  # drop every slot: the cache stays as it was
+                    return elapsed
 
-            seconds[index] = _timed_rounds(widths, repeats, rng, bar, forward)
-    key = backend.profile_key() | {"layout": batch_layout(backend), "rows": rows}
-    return LatencyProfile(tuple(widths), tuple(cache_lengths), seconds, key)
+                seconds[index] = _timed_rounds(nodes, repeats, rng, bar, forward)
+            by_rows[count] = LatencyProfile(tuple(count + k for k in nodes),
+                                            tuple(share * count for share in shares), seconds)
+    key = backend.profile_key() | {"layout": batch_layout(backend)}
+    return BatchLatencyProfile(by_rows, key, tuple(cache_lengths))
+
+
+@dataclass(frozen=True, eq=False)
+class BatchLatencyProfile:
+    """Measured seconds of one batched verification forward, by the rows it verifies, its
+    width and the cache all rows hold: one :class:`LatencyProfile` per measured row count R,
+    whose widths are R + draft nodes and whose cache lengths are totals over the R rows.
+
+    The row count matters beside the width: 16 rows' pending tokens cost less than 8 rows with
+    8 draft nodes (plain rows share one attention call; trees are padded to the widest),
+    and the planner's question is what k more nodes cost on top of R rows.
+    """
+
+    by_rows: dict[int, LatencyProfile]
+    key: dict = field(default_factory=dict)
+    cache_lengths: tuple[int, ...] = ()  # the totals asked for (each row count rounds them)
+
+    def __post_init__(self) -> None:
+        if not self.by_rows or any(int(r) < 1 for r in self.by_rows):
+            raise ValueError("a batch profile needs row counts >= 1")
+        object.__setattr__(self, "by_rows",
+                           {int(r): self.by_rows[r] for r in sorted(self.by_rows, key=int)})
+        object.__setattr__(self, "cache_lengths", tuple(int(c) for c in self.cache_lengths))
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        """The measured row counts, increasing."""
+        return tuple(self.by_rows)
+
+    def predict(self, width: float | np.ndarray, cache_length: float, rows: float = 1
+                ) -> float | np.ndarray:
+        """Predicted seconds of a forward verifying ``rows`` rows and ``width - rows`` draft
+        nodes over ``cache_length`` cached positions in all. Between measured row counts, the
+        two neighbours' predictions for the same number of nodes are blended linearly; beyond
+        the largest, extrapolated along the last two (never downwards)."""
+        nodes = np.asarray(width, dtype=np.float64) - rows
+        counts = self.rows
+        if len(counts) == 1 or rows <= counts[0]:
+            return self.by_rows[counts[0]].predict(counts[0] + nodes, cache_length)
+        upper = min(int(np.searchsorted(counts, rows)), len(counts) - 1)
+        lower = upper - 1
+        low = self.by_rows[counts[lower]].predict(counts[lower] + nodes, cache_length)
+        high = self.by_rows[counts[upper]].predict(counts[upper] + nodes, cache_length)
+        fraction = (rows - counts[lower]) / (counts[upper] - counts[lower])
+        blended = low + fraction * (high - low)
+        if rows > counts[-1]:
+            blended = np.maximum(blended, high)  # more rows are never faster
+        return float(blended) if np.ndim(blended) == 0 else blended
+
+    def for_rows(self, rows: int) -> "CostModel":
+        """This profile as a :class:`~restdecode.drafting.planner.CostModel` of forwards that
+        verify ``rows`` rows (``predict(width, cache_length)``, width = rows + nodes)."""
+        return _RowsCost(self, rows)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict; :meth:`from_json` reads it back."""
+        return {"format_version": FORMAT_VERSION, "kind": "batch", "key": self.key,
+                "cache_lengths": list(self.cache_lengths),
+                "by_rows": {str(r): p.to_json() for r, p in self.by_rows.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BatchLatencyProfile":
+        """The profile stored by :meth:`to_json`; ValueError for another format or kind."""
+        if data.get("format_version") != FORMAT_VERSION or data.get("kind") != "batch":
+            raise ValueError("not a batch latency profile of this format")
+        return cls({int(r): LatencyProfile.from_json(p) for r, p in data["by_rows"].items()},
+                   dict(data.get("key", {})), tuple(data.get("cache_lengths", ())))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the profile as JSON at ``path`` atomically."""
+        return _save_json(self.to_json(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BatchLatencyProfile":
+        """The profile saved at ``path``."""
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def grid(self) -> dict:
+        """The measurement options this profile answers (for the cache's check)."""
+        first = next(iter(self.by_rows.values()))
+        return {"rows": self.rows, "nodes": tuple(w - self.rows[0] for w in first.widths),
+                "cache_lengths": self.cache_lengths}
+
+
+@dataclass(frozen=True)
+class _RowsCost:
+    """A batch profile's prices for forwards of a fixed number of rows."""
+
+    profile: BatchLatencyProfile
+    rows: int
+
+    def predict(self, width: float | np.ndarray, cache_length: float) -> float | np.ndarray:
+        return self.profile.predict(width, cache_length, self.rows)
 
 
 def batch_layout(backend) -> str:
@@ -260,12 +371,14 @@ def batch_layout(backend) -> str:
     return getattr(backend, "batch_layout", "batch")
 
 
-def _batch_trees(width: int, rows: int, vocab: int, rng: np.random.Generator, device):
-    """Compiled trees for ``min(width, rows)`` rows holding ``width`` slots in all."""
-    verified = min(width, rows)
-    nodes = np.full(verified, (width - verified) // verified)
-    nodes[:(width - verified) % verified] += 1
-    return [random_tree(int(n), vocab, rng).compile(device) for n in nodes]
+def _batch_trees(nodes: int, rows: int, vocab: int, rng: np.random.Generator, device):
+    """Compiled trees for ``rows`` rows holding ``nodes`` nodes in all: about two nodes on each
+    of ``ceil(nodes / 2)`` randomly chosen rows (at least one each), the other rows plain."""
+    holders = rng.permutation(rows)[:min(rows, -(-nodes // 2))]
+    counts = np.zeros(rows, dtype=int)
+    counts[holders] = 1
+    np.add.at(counts, rng.choice(holders, nodes - len(holders)) if len(holders) else [], 1)
+    return [random_tree(int(n), vocab, rng).compile(device) for n in counts]
 
 
 def random_tree(num_nodes: int, vocab_size: int, rng: np.random.Generator) -> DraftTree:
@@ -415,36 +528,34 @@ def batch_profile_for(
     refresh: bool = False,
     progress: bool = True,
     **measure_options,
-) -> LatencyProfile:
+) -> BatchLatencyProfile:
     """The *batched* latency profile of ``model`` on this machine (:func:`measure_batch_profile`,
     which ``measure_options`` go to): cached beside the single-sequence one, else measured
-    (about a minute for SmolLM2-135M on 2 cores) and cached. The grid is cut so that one row's
-    share of the cache and the widest forward fit the model's context, and so does the whole
-    batch's cache (llama.cpp's rows share one context's cells)."""
-    options = {"widths": BATCH_WIDTHS, "cache_lengths": BATCH_CACHE_LENGTHS,
+    (about two minutes for SmolLM2-135M on 2 cores) and cached. The grid is cut so that the
+    largest cache, one pending token per row and the most nodes fit the model's context (on
+    llama.cpp every row shares one context's cells)."""
+    options = {"nodes": BATCH_NODES, "cache_lengths": BATCH_CACHE_LENGTHS,
                "rows": BATCH_ROWS} | measure_options
-    rows = options["rows"]
-    options["widths"], shares = fitting_grid(model, options["widths"],
-                                             [c // rows for c in options["cache_lengths"]])
-    totals = [share * rows for share in shares]
-    limit, widest = as_backend(model).context_limit, max(options["widths"])
-    if limit is not None:  # llama.cpp's rows share one context's cells: the total must fit too
-        totals = ([c for c in totals if c + widest <= limit]
-                  or [max(rows, (limit - widest) // rows * rows)])
-    options["cache_lengths"] = tuple(totals)
     backend = as_backend(model)
-    key = backend.profile_key() | {"layout": batch_layout(backend), "rows": options["rows"]}
+    limit, most_rows = backend.context_limit, max(options["rows"])
+    if limit is not None:
+        nodes = [k for k in options["nodes"] if 1 + k <= max(1, limit // 2)] or [0]
+        room = limit - most_rows - max(nodes)
+        options["nodes"] = tuple(nodes)
+        options["cache_lengths"] = tuple(c for c in options["cache_lengths"] if c <= room
+                                         ) or (max(most_rows, room),)
+    key = backend.profile_key() | {"layout": batch_layout(backend)}
     return _cached_or_measured(measure_batch_profile, model, key, cache_dir, refresh, progress,
-                               options)
+                               options, BatchLatencyProfile)
 
 
 def _cached_or_measured(measure, model, key: dict, cache_dir, refresh: bool, progress: bool,
-                        options: dict) -> LatencyProfile:
-    """The profile cached under ``key`` on the grid of ``options``, else ``measure(model,
-    **options)`` saved there."""
+                        options: dict, kind=LatencyProfile):
+    """The profile (of class ``kind``) cached under ``key`` on the grid of ``options``, else
+    ``measure(model, **options)`` saved there."""
     path = profile_path(key, profiles_dir() if cache_dir is None else cache_dir)
     if not refresh:
-        cached = _read_cached(path, key, options)
+        cached = _read_cached(path, key, options, kind)
         if cached is not None:
             return cached
     profile = measure(model, progress=progress, **options)
@@ -452,16 +563,16 @@ def _cached_or_measured(measure, model, key: dict, cache_dir, refresh: bool, pro
     return profile
 
 
-def _read_cached(path: Path, key: dict, measure_options: dict) -> LatencyProfile | None:
+def _read_cached(path: Path, key: dict, measure_options: dict, kind=LatencyProfile):
     """The profile at ``path`` if it is readable, for ``key``, and on the requested grid."""
     try:
-        profile = LatencyProfile.load(path)
-    except (OSError, ValueError, KeyError, TypeError):
+        profile = kind.load(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # missing, or corrupt / an older format: measure again
     if profile.key != key:
         return None
-    for option in ("widths", "cache_lengths"):
+    for option, measured in profile.grid().items():
         wanted = measure_options.get(option)
-        if wanted is not None and tuple(sorted(set(wanted))) != getattr(profile, option):
+        if wanted is not None and tuple(sorted(set(wanted))) != measured:
             return None
     return profile

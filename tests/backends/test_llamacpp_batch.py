@@ -132,8 +132,8 @@ def test_the_batch_profile_fits_the_rows_shared_cells(tmp_path):
 
     backend = LlamaCppBackend(tiny_gguf(), n_threads=1, n_ctx=512)
     profile = batch_profile_for(backend, cache_dir=tmp_path, progress=False, repeats=1,
-                                widths=(1, 2, 16), cache_lengths=(64, 256, 504), rows=4)
-    assert profile.cache_lengths == (64, 256) and profile.seconds.shape == (2, 3)
+                                nodes=(0, 1, 12), cache_lengths=(64, 256, 504), rows=(4,))
+    assert profile.cache_lengths == (64, 256) and profile.by_rows[4].seconds.shape == (2, 3)
 
 
 def test_trees_are_cut_to_the_cells_a_shared_context_has_left():

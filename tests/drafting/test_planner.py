@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from restdecode.drafting.planner import (
     AcceptanceCalibration,
     PlannedDrafter,
+    TreeCostCorrection,
     path_probabilities,
     plan_batch,
     plan_tree,
@@ -329,3 +330,31 @@ def test_rows_planned_elsewhere_widen_the_forward():
     cost = TableCost([1.0, 1.0, 3.0, 3.0, 3.0])  # widths 1-2 cheap, 3 and up dear
     assert len(plan_batch(rows, cost, cache_length=0)[0]) == 1  # width 2
     assert len(plan_batch(rows, cost, cache_length=0, fixed_width=1, fixed_tokens=1.0)[0]) == 0
+
+
+def test_tree_forwards_that_cost_more_than_their_price_are_priced_up():
+    """Tree forwards measured at 1.5x their price and plain ones at 1.1x: the correction learns
+    the ratio (1.5 / 1.1), scales only the widths beyond the plain step, and the planner then
+    keeps fewer nodes of the same tree."""
+    correction = TreeCostCorrection(prior=1.0, window=32.0)
+    assert correction.factor == 1.0
+    for _ in range(200):
+        correction.observe(1.0, 1.5, trees=True)
+        correction.observe(2.0, 2.2, trees=False)
+    assert correction.factor == pytest.approx(1.5 / 1.1, rel=1e-3)
+    cost = linear_cost(0.1)
+    scaled = correction.corrected(cost, base_width=2)
+    assert scaled.predict(np.array([1, 2, 3]), 0) == pytest.approx(
+        [1.0, 1.1, 1.2 * correction.factor])
+    tree = DraftTree(np.arange(6), np.array([-1, 0, 1, 2, 3, 4]),
+                     scores=np.array([0.9, 0.8, 0.6, 0.5, 0.4, 0.3]))
+    rows = [(tree, path_probabilities(tree, tree.scores))]
+    assert len(plan_batch(rows, scaled, 0)[0]) < len(plan_batch(rows, cost, 0)[0])
+
+
+def test_a_stray_slow_forward_moves_the_correction_only_so_far():
+    correction = TreeCostCorrection(prior=8.0)
+    correction.observe(0.1, 100.0, trees=True)  # one step 1000x its price: counted as 2x
+    assert correction.factor == pytest.approx(1 + 1 / 9)
+    correction.observe(0.0, 1.0, trees=True)  # no price: ignored
+    assert correction.factor == pytest.approx(1 + 1 / 9)

@@ -209,6 +209,55 @@ def subtree(tree: DraftTree, keep: np.ndarray) -> DraftTree:
     return tree.subset(keep)
 
 
+class TreeCostCorrection:
+    """What forwards that verify trees really cost, relative to plain ones, against a latency
+    profile's predictions: learned online from the forwards a decoder runs.
+
+    A profile is measured on synthetic forwards; a decode loop's own trees can cost more (on a
+    batch, rows of unequal length and trees padded to the widest). Each observed forward adds
+    its measured / predicted seconds to a running mean, one for forwards with draft nodes and
+    one for plain ones (each starting at 1 with ``prior`` pseudo-observations, each ratio
+    clipped to [1/2, 2] against a stray slow step). :meth:`corrected` scales a profile's prices
+    of forwards wider than a plain step by ``factor`` = tree mean / plain mean: only the ratio
+    changes which plan is best.
+    """
+
+    def __init__(self, *, prior: float = 8.0, window: float = 64.0) -> None:
+        self.prior, self.window = prior, window
+        self._means = {True: 1.0, False: 1.0}
+        self._counts = {True: prior, False: prior}
+
+    @property
+    def factor(self) -> float:
+        """How much more (> 1) or less a tree forward costs than its price, relative to a
+        plain forward's."""
+        return self._means[True] / self._means[False]
+
+    def observe(self, predicted: float, measured: float, *, trees: bool) -> None:
+        """Count one forward: its predicted and measured seconds, whether it verified nodes."""
+        if predicted <= 0 or measured <= 0:
+            return
+        ratio = min(max(measured / predicted, 0.5), 2.0)
+        count = min(self._counts[trees] + 1, self.window)  # a moving window once it is full
+        self._means[trees] += (ratio - self._means[trees]) / count
+        self._counts[trees] = count
+
+    def corrected(self, profile: CostModel, base_width: int) -> CostModel:
+        """``profile`` with forwards wider than ``base_width`` (the plain step) scaled by
+        :attr:`factor`."""
+        return _ScaledTrees(profile, base_width, self.factor)
+
+
+class _ScaledTrees:
+    def __init__(self, profile: CostModel, base_width: int, factor: float) -> None:
+        self.profile, self.base_width, self.factor = profile, base_width, factor
+
+    def predict(self, width, cache_length):
+        seconds = np.asarray(self.profile.predict(width, cache_length), dtype=np.float64)
+        scaled = np.where(np.asarray(width) > self.base_width, seconds * self.factor, seconds)
+        return float(scaled) if np.ndim(scaled) == 0 else scaled
+
+
 def default_calibration() -> AcceptanceCalibration:
     """An empty calibration grouped by suffix match length (:func:`match_length_group`).
 
