@@ -410,6 +410,28 @@ def test_planned_rows_share_one_forwards_width_and_stay_exact():
     assert max(widths) <= 7 and sum(widths) > 3 * steps  # within the knee, and drafts were taken
 
 
+@pytest.mark.parametrize("plain_price, gated", [(1e-9, True), (3600.0, False)])
+def test_rows_stop_drafting_while_drafting_does_not_pay(plain_price, gated):
+    """Priced at a nanosecond, plain steps would have been far faster than any drafted step:
+    the gate stops drafting (plain steps, probing now and then); priced at an hour, drafting
+    always pays. The outputs are exact either way."""
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=7), 16)
+    decoder = BatchDecoder(model, tok, profile=KneeCost(knee=7, within=plain_price,
+                                                        beyond=plain_price),
+                           options=GenerationOptions(max_new_tokens=16))
+    handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
+    while decoder.active:
+        decoder.step()
+    results = [decoder.result(h) for h in handles]
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    plain_steps = sum(size == 0 for r in results for size in r.stats.tree_size_per_step)
+    # A row's last step has no room for drafts (one token left): plain in both cases.
+    if gated:
+        assert decoder.gate.saving < 0 and plain_steps > 2 * len(results)
+    else:
+        assert decoder.gate.saving > 0 and plain_steps <= len(results)
+
+
 def test_the_decoder_learns_what_its_forwards_cost_against_their_price():
     """Every planned step's forward is timed against its price: a profile that prices tree
     forwards at a microsecond (far too cheap) and plain ones at an hour (far too dear) teaches

@@ -33,7 +33,8 @@ from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback, reads_hidden_states
-from restdecode.drafting.planner import CostModel, PlannedDrafter, TreeCostCorrection, plan_batch
+from restdecode.drafting.planner import (CostModel, DraftingGate, PlannedDrafter,
+                                         TreeCostCorrection, plan_batch)
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
 from restdecode.options import GenerationOptions, check_messages, resolve_options
@@ -116,7 +117,11 @@ class BatchDecoder:
         self._results: dict[int, GenerationResult] = {}
         self._next_handle = 0
         self.tree_costs = TreeCostCorrection()  # what tree forwards really cost here
+        self.gate = DraftingGate()  # whether the planned rows' drafting still pays
         self._step_cost: CostModel | None = None  # the last plan's cost model
+        self._drafting_seconds = 0.0  # the planned rows' drafting in this step
+        self._drafted = False  # whether this step's planned rows drafted
+        self._priced_step: tuple[int, float] = (0, 0.0)  # (cache length, forward seconds)
 
     @property
     def active(self) -> list[int]:
@@ -177,8 +182,10 @@ class BatchDecoder:
     def step(self) -> dict[int, RowUpdate]:
         """One decoding step of every active row (one verification forward in all)."""
         drafted = self._draft(self._live_rows())
+        committed = 0
         for row, logits, draft, tree in self._verify(drafted):
-            self._accept_and_commit(row, logits, draft, tree)
+            committed += self._accept_and_commit(row, logits, draft, tree)
+        self._judge_drafting(len(drafted), committed)
         return self._updates()
 
     def result(self, handle: int) -> GenerationResult:
@@ -207,20 +214,38 @@ class BatchDecoder:
         forward's width goes to the nodes most likely accepted, whichever row they belong to
         (:func:`plan_batch`); other drafters' trees ride along as proposed."""
         planned, fixed = [], []
+        drafting = any(isinstance(row.drafter, PlannedDrafter) for row in rows) and (
+            self.gate.should_draft())
+        self._drafting_seconds, self._drafted = 0.0, drafting
         for row in rows:
             mark = time.perf_counter()
             depth = min(row.output.remaining - 1, self._context_room(row))
             if depth < 0:
                 row.output.stop_reason = "context_full"
                 self._finish(row)
+            elif isinstance(row.drafter, PlannedDrafter) and not drafting:
+                fixed.append((row, DraftTree.empty()))  # the gate says drafting does not pay
             elif isinstance(row.drafter, PlannedDrafter):
                 candidate, probabilities = row.drafter.candidate(row.context)
                 within = candidate.depths <= depth
                 planned.append((row, candidate.subset(within), probabilities[within]))
+                self._drafting_seconds += time.perf_counter() - mark
             else:
                 fixed.append((row, _limit_depth(row.drafter.propose(row.context), depth)))
             row.stats.time_draft += time.perf_counter() - mark
-        return self._compile(self._fit_capacity(fixed + self._plan(planned, fixed)))
+        if planned:
+            drafts = fixed + self._plan(planned, fixed)
+        else:
+            drafts = fixed
+            gated = [row.drafter for row, _ in fixed if isinstance(row.drafter, PlannedDrafter)]
+            if gated:  # not drafting: the plain forward is still timed against its price
+                self._step_cost = self._cost_model(gated[0], len(fixed))
+        return self._compile(self._fit_capacity(drafts))
+
+    def _cost_model(self, drafter: PlannedDrafter, rows: int) -> CostModel:
+        """The price of a forward of ``rows`` rows: the batch profile's (else the drafter's)."""
+        profile = self.profile if self.profile is not None else drafter.profile
+        return profile.for_rows(rows) if hasattr(profile, "for_rows") else profile
 
     def _fit_capacity(self, drafts: list[tuple[_Row, DraftTree]]) -> list[tuple[_Row, DraftTree]]:
         """The trees cut (first nodes kept, in row order) to the cells the session has left
@@ -254,9 +279,7 @@ class BatchDecoder:
             return []
         mark = time.perf_counter()
         drafter = planned[0][0].drafter  # the rows of one model share its latency profile
-        profile = self.profile if self.profile is not None else drafter.profile
-        if hasattr(profile, "for_rows"):  # a batch profile prices this many rows' forward
-            profile = profile.for_rows(len(planned) + len(fixed))
+        profile = self._cost_model(drafter, len(planned) + len(fixed))
         self._step_cost = profile
         base_width = len(planned) + sum(1 + len(draft) for _, draft in fixed)
         trees = plan_batch([(tree, p) for _, tree, p in planned],
@@ -264,6 +287,7 @@ class BatchDecoder:
                            self.session.cache_length, overhead=drafter.overhead,
                            fixed_width=sum(1 + len(draft) for _, draft in fixed),
                            fixed_tokens=len(fixed))
+        self._drafting_seconds += time.perf_counter() - mark
         share = (time.perf_counter() - mark) / len(planned)
         for row, _, _ in planned:
             row.stats.time_draft += share
@@ -292,14 +316,25 @@ class BatchDecoder:
             width = sum(tree.num_slots for _, _, tree in drafted)
             predicted = float(self._step_cost.predict(width, cache_length))
             self.tree_costs.observe(predicted, elapsed, trees=width > len(drafted))
-            self._step_cost = None
+            self._priced_step = (cache_length, elapsed)
         for row, _, _ in drafted:
             row.stats.time_verify += elapsed  # each row waited for the whole forward
         return [(row, row_logits, draft, tree)
                 for (row, draft, tree), row_logits in zip(drafted, logits)]
 
+    def _judge_drafting(self, rows: int, committed: int) -> None:
+        """Tell the gate what a drafted step bought: its tokens and seconds (drafting and
+        forward) against plain forwards of its rows, as priced and as they really cost."""
+        if self._step_cost is None or rows == 0 or not self._drafted:
+            self._step_cost = None
+            return
+        cache_length, forward_seconds = self._priced_step
+        plain = float(self._step_cost.predict(rows, cache_length)) * self.tree_costs.plain_ratio
+        self.gate.record(committed, rows, self._drafting_seconds + forward_seconds, plain)
+        self._step_cost = None
+
     def _accept_and_commit(self, row: _Row, logits: torch.Tensor, draft: DraftTree,
-                           tree: CompiledTree) -> None:
+                           tree: CompiledTree) -> int:
         mark = time.perf_counter()
         with torch.inference_mode():
             slots, tokens = row.chooser.accept(logits, tree)
@@ -313,6 +348,7 @@ class BatchDecoder:
         row.add(tokens)
         if row.output.done:
             self._finish(row)
+        return len(tokens)
 
     # -- rows leaving ------------------------------------------------------------------------
 

@@ -158,3 +158,18 @@ def test_trained_heads_load_onto_their_model_only(tmp_path):
         torch.testing.assert_close(loaded(hidden), heads(hidden))
     with pytest.raises(ModelError, match="trained on model"):
         load_heads(other, tmp_path / "h")
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3, 5])
+def test_one_hidden_state_gives_every_heads_logits_as_a_batch_does(heads):
+    """Decoding's single hidden state (its 2 or 3 head rows padded to 4 for a faster kernel)
+    gives the same logits as the same state inside a batch (training's shape)."""
+    model = model_for("llama")
+    head = random_heads(model, heads=heads)
+    hidden = torch.randn(5, model.config.hidden_size)
+    with torch.no_grad():
+        batched = head(hidden)
+        for row in range(5):
+            alone = head(hidden[row])
+            assert alone.shape == (heads, head.vocab_ids.numel())
+            assert torch.allclose(alone, batched[row], atol=1e-5)

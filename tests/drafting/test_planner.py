@@ -358,3 +358,37 @@ def test_a_stray_slow_forward_moves_the_correction_only_so_far():
     assert correction.factor == pytest.approx(1 + 1 / 9)
     correction.observe(0.0, 1.0, trees=True)  # no price: ignored
     assert correction.factor == pytest.approx(1 + 1 / 9)
+
+
+def test_the_gate_stops_drafting_while_it_loses_and_probes_with_a_growing_backoff():
+    from restdecode.drafting.planner import DraftingGate
+
+    gate = DraftingGate(smoothing=1.0, max_backoff=4)  # the mean is the last step's saving
+    # 8 rows, plain forward 0.1 s: 8 tokens in 0.12 s lose 0.02 s against plain steps.
+    pattern = []
+    for _ in range(12):
+        drafts = gate.should_draft()
+        pattern.append(drafts)
+        if drafts:
+            gate.record(tokens=8, rows=8, seconds=0.12, plain_seconds=0.1)
+    # draft, skip 1, probe, skip 2, probe, skip 4, probe, skip 4 (the cap) ...
+    assert pattern == [True, False, True, False, False, True, False, False, False, False,
+                       True, False]
+    assert gate.saving == pytest.approx(-0.02)
+    # Once drafting pays (12 tokens in 0.12 s: 0.03 s saved), every step drafts again.
+    while not gate.should_draft():
+        pass
+    gate.record(tokens=12, rows=8, seconds=0.12, plain_seconds=0.1)
+    assert gate.saving == pytest.approx(0.03)
+    assert all(gate.should_draft() for _ in range(5))
+
+
+def test_the_gate_judges_by_a_running_mean_not_one_step():
+    from restdecode.drafting.planner import DraftingGate
+
+    gate = DraftingGate(smoothing=0.25)
+    gate.record(tokens=12, rows=8, seconds=0.12, plain_seconds=0.1)   # +0.03
+    gate.record(tokens=8, rows=8, seconds=0.14, plain_seconds=0.1)    # -0.04: mean +0.0125
+    assert gate.saving == pytest.approx(0.0125) and gate.should_draft()
+    with pytest.raises(ValueError):
+        DraftingGate(smoothing=0.0)

@@ -11,6 +11,13 @@ kinds:
                frequent tokens of the training text; trained to predict the model's own
                distributions. They cost a small matrix product per step, no forward.
 
+--self-generate N trains on the model's own words instead of the data's: the first N texts of
+--data become user prompts (cut to 96 tokens), the model's greedy answers (--answer-tokens
+each) are decoded first with batched plain steps (a progress bar; kept in OUT/generated.jsonl
+and reused by --resume), and training then runs over those answers, pass after pass, for
+--minutes. At decoding time a drafter drafts after the model's own words, which are far more
+predictable to it than human text.
+
 The run trains for --minutes (or --max-steps), shows the loss and the held-out top-1 agreement
 (how often the exit's choice is the model's), saves a checkpoint every minute and when
 interrupted (Ctrl-C keeps the last one), and --resume continues from it. The output directory
@@ -60,6 +67,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="windows per step (default: 4)")
     parser.add_argument("--learning-rate", type=float, default=2e-3,
                         help="AdamW learning rate (default: 0.002)")
+    parser.add_argument("--self-generate", type=int, default=0, metavar="N",
+                        help="train on the model's greedy answers to the first N texts of "
+                             "--data (default: 0, the texts themselves)")
+    parser.add_argument("--answer-tokens", type=int, default=192,
+                        help="with --self-generate: tokens per answer (default: 192)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --out")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -73,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"restdecode train-drafter: --{name.replace('_', '-')} must be > 0",
                   file=sys.stderr)
             return 2
+    if args.self_generate < 0 or args.answer_tokens < 1:
+        print("restdecode train-drafter: --self-generate must be >= 0 and --answer-tokens >= 1",
+              file=sys.stderr)
+        return 2
     if args.max_steps is not None and args.max_steps < 1:
         print("restdecode train-drafter: --max-steps must be >= 1", file=sys.stderr)
         return 2
@@ -88,10 +104,22 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainingSettings(layer=layer, minutes=args.minutes, window=args.window,
                                 batch=args.batch, learning_rate=args.learning_rate,
                                 max_steps=args.max_steps, seed=args.seed, heads=args.heads,
-                                vocabulary=args.vocabulary)
+                                vocabulary=args.vocabulary, repeat=args.self_generate > 0)
+    documents, data_name = corpus.documents(), args.data
+    if args.self_generate:
+        from pathlib import Path
+
+        from restdecode.training.selfgen import GENERATED_FILE, generated_documents
+
+        documents = generated_documents(model, tokenizer, documents, args.self_generate,
+                                        new_tokens=args.answer_tokens,
+                                        cache=Path(args.out) / GENERATED_FILE,
+                                        progress=not args.quiet)
+        data_name = (f"{args.data}: the model's greedy answers ({args.answer_tokens} tokens) "
+                     f"to its first {args.self_generate} texts")
     train = train_heads if args.kind == "heads" else train_early_exit
-    report = train(model, tokenizer, corpus.documents(), args.out, settings, resume=args.resume,
-                   base_name=args.model, data_name=args.data, progress=not args.quiet)
+    report = train(model, tokenizer, documents, args.out, settings, resume=args.resume,
+                   base_name=args.model, data_name=data_name, progress=not args.quiet)
     what = (f"{args.heads} draft heads over {min(args.vocabulary, model.config.vocab_size)} "
             f"tokens" if args.kind == "heads"
             else f"early exit after layer {layer} of {layer_count(model)}")

@@ -233,6 +233,11 @@ class TreeCostCorrection:
         plain forward's."""
         return self._means[True] / self._means[False]
 
+    @property
+    def plain_ratio(self) -> float:
+        """Measured / predicted seconds of plain forwards (1 until observed)."""
+        return self._means[False]
+
     def observe(self, predicted: float, measured: float, *, trees: bool) -> None:
         """Count one forward: its predicted and measured seconds, whether it verified nodes."""
         if predicted <= 0 or measured <= 0:
@@ -246,6 +251,49 @@ class TreeCostCorrection:
         """``profile`` with forwards wider than ``base_width`` (the plain step) scaled by
         :attr:`factor`."""
         return _ScaledTrees(profile, base_width, self.factor)
+
+
+class DraftingGate:
+    """Whether drafting still pays for a batch, judged by what the drafted steps realized.
+
+    Drafting costs seconds before the planner can see what they buy: every row's candidate tree
+    is looked up, whether or not the plan keeps a node of it (at 16 rows of SmolLM2 on 2 CPU
+    cores, about 9 ms of a 150 ms step), and where width is dear even the kept nodes may
+    commit less than they cost. After each drafted step, :meth:`record` takes the tokens it
+    committed and its measured seconds (drafting + forward) against what plain steps would
+    have taken for those tokens; while the running mean of that saving is negative, the next
+    ``backoff`` steps do not draft at all (plain steps), then one step drafts again (a probe),
+    the backoff doubling (up to ``max_backoff``) while the mean stays negative and falling back
+    to none once it turns positive (e.g. when rows leave and width gets cheap).
+    """
+
+    def __init__(self, *, smoothing: float = 0.125, max_backoff: int = 16) -> None:
+        if not 0 < smoothing <= 1 or max_backoff < 1:
+            raise ValueError("need 0 < smoothing <= 1 and max_backoff >= 1")
+        self.smoothing, self.max_backoff = smoothing, max_backoff
+        self.saving: float | None = None  # running mean, seconds per drafted step
+        self._backoff = 1
+        self._skip = 0
+
+    def should_draft(self) -> bool:
+        """Whether this step drafts (a step that does not counts down the backoff)."""
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        return True
+
+    def record(self, tokens: int, rows: int, seconds: float, plain_seconds: float) -> None:
+        """One drafted step: ``tokens`` committed by its ``rows`` rows in ``seconds`` (drafting
+        and forward, measured), where a plain forward of those rows takes ``plain_seconds``."""
+        if rows < 1:
+            return
+        saving = tokens * plain_seconds / rows - seconds
+        self.saving = (saving if self.saving is None
+                       else self.saving + self.smoothing * (saving - self.saving))
+        if self.saving < 0:
+            self._skip, self._backoff = self._backoff, min(2 * self._backoff, self.max_backoff)
+        else:
+            self._backoff = 1
 
 
 class _ScaledTrees:

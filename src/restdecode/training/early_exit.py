@@ -14,6 +14,7 @@ last one (the optimizer's moments start afresh).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class TrainingSettings:
     heads: int = 3             # draft heads: tokens guessed ahead
     vocabulary: int = 8192     # draft heads: the most frequent tokens they choose among
     sample_windows: int = 256  # windows read first (the heads' vocabulary is counted on them)
+    repeat: bool = False       # a finite pool of text: train over its windows again and again
 
 
 @dataclass
@@ -75,6 +77,15 @@ def windows(tokenizer: "PreTrainedTokenizerBase", documents: Iterable[str],
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids) - length + 1, length):
             yield ids[start:start + length]
+
+
+def _passes(pool: list[list[int]], seed: int) -> Iterator[list[int]]:
+    """The windows of ``pool`` over and over, each pass in a new random order."""
+    rng = random.Random(seed)
+    while pool:
+        order = list(pool)
+        rng.shuffle(order)
+        yield from order
 
 
 def _batches(source: Iterator[list[int]], size: int) -> Iterator[torch.Tensor]:
@@ -205,6 +216,8 @@ def train_drafter(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase"
     if not held_out:
         raise ModelError(f"not enough text: the held-out split needs {settings.held_out} windows "
                          f"of {settings.window} tokens")
+    if settings.repeat:  # every window but the held-out ones, reshuffled at each pass
+        source = _passes(list(source), settings.seed)
     untrained = evaluate(model, recipe, recipe.new_head(model, sample).float(), held_out)[1]
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     facts = recipe.facts() | {
