@@ -531,7 +531,7 @@ def batch_profile_for(
 ) -> BatchLatencyProfile:
     """The *batched* latency profile of ``model`` on this machine (:func:`measure_batch_profile`,
     which ``measure_options`` go to): cached beside the single-sequence one, else measured
-    (about two minutes for SmolLM2-135M on 2 cores) and cached. The grid is cut so that the
+    (about three minutes for SmolLM2-135M on 2 cores) and cached. The grid is cut so that the
     largest cache, one pending token per row and the most nodes fit the model's context (on
     llama.cpp every row shares one context's cells)."""
     options = {"nodes": BATCH_NODES, "cache_lengths": BATCH_CACHE_LENGTHS,
