@@ -281,14 +281,14 @@ class BatchDecoder:
         drafter = planned[0][0].drafter  # the rows of one model share its latency profile
         profile = self._cost_model(drafter, len(planned) + len(fixed))
         self._step_cost = profile
-        base_width = len(planned) + sum(1 + len(draft) for _, draft in fixed)
+        fixed_width = sum(1 + len(draft) for _, draft in fixed)
         trees = plan_batch([(tree, p) for _, tree, p in planned],
-                           self.tree_costs.corrected(profile, base_width),
+                           self.tree_costs.corrected(profile, len(planned) + fixed_width),
                            self.session.cache_length, overhead=drafter.overhead,
-                           fixed_width=sum(1 + len(draft) for _, draft in fixed),
-                           fixed_tokens=len(fixed))
-        self._drafting_seconds += time.perf_counter() - mark
-        share = (time.perf_counter() - mark) / len(planned)
+                           fixed_width=fixed_width, fixed_tokens=len(fixed))
+        seconds = time.perf_counter() - mark
+        self._drafting_seconds += seconds
+        share = seconds / len(planned)
         for row, _, _ in planned:
             row.stats.time_draft += share
         return [(row, tree) for (row, _, _), tree in zip(planned, trees)]
