@@ -174,10 +174,10 @@ class Engine:
             check_vocabulary(store, loaded)  # before minutes of compiling
         # The pair's tokenizers were compared above (check_draft_pair), so not again below.
         draft_heads = None
-        if kind == "heads":  # a few matrices over the target's last hidden state
-            from restdecode.drafting.heads import load_heads
+        if kind in ("heads", "chain"):  # a few matrices over the target's last hidden state
+            from restdecode.drafting.heads import load_hidden_drafter
 
-            draft_loaded, draft_heads = None, load_heads(loaded, draft_model)[0]
+            draft_loaded, draft_heads = None, load_hidden_drafter(loaded, draft_model)
         elif kind is not None:  # the target's own first layers, sharing its weights
             from restdecode.drafting.early_exit import load_exit_head
 
@@ -248,13 +248,13 @@ class Engine:
         draft-model session of its own."""
         from restdecode.drafting import CANDIDATE_BUDGET, default_drafter
         from restdecode.drafting.draft_model import merge_draft_model
-        from restdecode.drafting.heads import HeadsDrafter
+        from restdecode.drafting.heads import hidden_drafter
 
         memory = memory if memory is not None else self.memory
         budget = budget if budget is not None else self.budget
         calibration = calibration if calibration is not None else self.calibration
         profile = self.profile if budget is None else None
-        heads = (HeadsDrafter(self.draft_heads) if draft_model and self.draft_heads is not None
+        heads = (hidden_drafter(self.draft_heads) if draft_model and self.draft_heads is not None
                  else None)
         if heads is not None:
             if budget is not None:
@@ -379,7 +379,7 @@ def check_trained_drafter(directory: str, backend: str) -> str:
 
     kind = read_drafter_config(directory)["kind"]
     if backend != "transformers":
-        what = ("reads the target's hidden states" if kind == "heads"
+        what = ("reads the target's hidden states" if kind in ("heads", "chain")
                 else "runs the target's own first layers")
         raise OptionsError(f"the {kind} drafter in {directory} {what}, which needs "
                            f"--backend transformers (not {backend})")

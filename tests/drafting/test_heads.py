@@ -1,7 +1,8 @@
 """Draft heads: the tree of their best paths is what a brute-force search over all paths keeps,
 an untrained head repeats the model's next-token guess, the loop hands a heads drafter exactly
 the hidden state that chose the pending token, greedy output with heads drafting stays plain
-greedy's on Llama, Qwen2 and Gemma 3, and trained heads load only onto their model."""
+greedy's on Llama, Qwen2 and Gemma 3 (and so does a draft chain's), and trained heads load
+only onto their model."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tiny_models import BYTE_VOCAB, byte_tokenizer, tiny_model
 from restdecode.batch import BatchDecoder, BatchRequest
 from restdecode.decode import generate
 from restdecode.drafting import CombinedDrafter, ContextDrafter, DraftTree
+from restdecode.drafting.chain import ChainDrafter
 from restdecode.drafting.early_exit import model_fingerprint, save_exit_head
 from restdecode.drafting.heads import (DraftHeads, HeadsDrafter, best_paths, frequent_tokens,
                                        load_heads)
@@ -124,12 +126,16 @@ def test_the_loop_hands_over_the_hidden_state_that_chose_the_pending_token(arch)
             assert int(model.lm_head(hidden).argmax()) == pending
 
 
+@pytest.mark.parametrize("kind", ["heads", "chain"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_greedy_with_heads_drafting_is_plain_greedy(arch):
+def test_greedy_with_heads_drafting_is_plain_greedy(arch, kind):
+    from test_chain import random_chain
+
     model = model_for(arch)
     plain = generate(model, byte_tokenizer(), prompt="alpha beta alpha", max_new_tokens=24,
                      drafter=None)
-    heads = HeadsDrafter(random_heads(model), budget=8, top_k=3)
+    heads = (HeadsDrafter(random_heads(model), budget=8, top_k=3) if kind == "heads"
+             else ChainDrafter(random_chain(model), budget=8, top_k=3))
     merged = CombinedDrafter([ContextDrafter(budget=8), heads], budget=10)
     for drafter in (heads, merged):
         result = generate(model, byte_tokenizer(), prompt="alpha beta alpha",

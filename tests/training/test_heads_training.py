@@ -52,16 +52,19 @@ def test_a_resumed_run_keeps_the_heads_shape(tmp_path):
                     settings(heads=3, vocabulary=48), resume=True, progress=False)
 
 
-def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(tmp_path, capsys):
+@pytest.mark.parametrize("kind, trained", [("heads", "2 draft heads over 32 tokens"),
+                                           ("chain", "a draft chain of 2 over 32 tokens")])
+def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(kind, trained, tmp_path,
+                                                                   capsys):
     from test_engine_draft_model import save
     from restdecode.cli import main
 
     target_dir = save(model(), tmp_path / "target")
     data = jsonl_data(tmp_path)
     assert main(["train-drafter", "--model", str(target_dir), "--data", data,
-                 "--out", str(tmp_path / "heads"), "--kind", "heads", "--heads", "2",
+                 "--out", str(tmp_path / "heads"), "--kind", kind, "--heads", "2",
                  "--vocabulary", "32", "--max-steps", "5", "--window", "32", "-q"]) == 0
-    assert "2 draft heads over 32 tokens, 5 steps" in capsys.readouterr().out
+    assert f"{trained}, 5 steps" in capsys.readouterr().out
     outputs = []
     for extra in (["--no-draft"], ["--draft-model", str(tmp_path / "heads"), "--budget", "6"],
                   ["--draft-model", str(tmp_path / "heads")]):  # fixed trees, then planned
@@ -70,10 +73,11 @@ def test_the_cli_trains_draft_heads_that_generate_uses_losslessly(tmp_path, caps
         outputs.append(json.loads(capsys.readouterr().out)["token_ids"])
     assert outputs[0] == outputs[1] == outputs[2] and outputs[0]
     assert main(["train-drafter", "--model", str(target_dir), "--data", data,
-                 "--out", str(tmp_path / "x"), "--kind", "heads", "--heads", "0"]) == 2
+                 "--out", str(tmp_path / "x"), "--kind", kind, "--heads", "0"]) == 2
 
 
-def test_the_bench_runs_draft_heads_alone_and_merged(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["heads", "chain"])
+def test_the_bench_runs_draft_heads_alone_and_merged(kind, tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
@@ -87,8 +91,11 @@ def test_the_bench_runs_draft_heads_alone_and_merged(tmp_path, monkeypatch):
     monkeypatch.setattr("restdecode.latency.profile_for", lambda model, **k: FlatProfile(0.01))
     target_dir = save(model(), tmp_path / "target")
     loaded, tokenizer = load(str(target_dir))
-    train_heads(loaded, tokenizer, documents(), tmp_path / "heads",
-                settings(heads=2, vocabulary=48, max_steps=5), progress=False)
+    from restdecode.training.chain import train_chain
+
+    train = train_heads if kind == "heads" else train_chain
+    train(loaded, tokenizer, documents(), tmp_path / "heads",
+          settings(heads=2, vocabulary=48, max_steps=5), progress=False)
     config = BenchConfig(workload=f"prompts:{write_prompts(tmp_path / 'prompts.jsonl')}",
                          out=tmp_path / "out", model=str(target_dir), max_new_tokens=16,
                          progress=False, backend="transformers",

@@ -133,11 +133,11 @@ def resolve_config(config: BenchConfig) -> BenchConfig:
 
 
 def is_heads(draft_model: str | None) -> bool:
-    """Whether ``draft_model`` is a directory of trained draft heads."""
+    """Whether ``draft_model`` is a directory of trained draft heads (or a draft chain)."""
     from restdecode.drafting.early_exit import is_trained_drafter, read_drafter_config
 
     return (draft_model is not None and is_trained_drafter(draft_model)
-            and read_drafter_config(draft_model)["kind"] == "heads")
+            and read_drafter_config(draft_model)["kind"] in ("heads", "chain"))
 
 
 def _end_ids(engine: "Engine") -> frozenset[int]:

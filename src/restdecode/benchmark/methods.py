@@ -374,12 +374,12 @@ def _heads_alone(engine: "Engine"):
     ``--budget`` nodes when one is given)."""
     from restdecode.drafting import CANDIDATE_BUDGET, PlannedDrafter
     from restdecode.drafting.defaults import STEP_OVERHEAD_S
-    from restdecode.drafting.heads import HeadsDrafter
+    from restdecode.drafting.heads import hidden_drafter
     from restdecode.drafting.planner import default_calibration
 
     if engine.budget is not None:
-        return HeadsDrafter(engine.draft_heads, budget=engine.budget)
-    return PlannedDrafter(HeadsDrafter(engine.draft_heads, budget=CANDIDATE_BUDGET),
+        return hidden_drafter(engine.draft_heads, budget=engine.budget)
+    return PlannedDrafter(hidden_drafter(engine.draft_heads, budget=CANDIDATE_BUDGET),
                           engine.profile, calibration=default_calibration(),
                           overhead=STEP_OVERHEAD_S)
 

@@ -10,6 +10,10 @@ kinds:
                guesses the token k places after the next one, over the --vocabulary most
                frequent tokens of the training text; trained to predict the model's own
                distributions. They cost a small matrix product per step, no forward.
+  chain        a draft chain (Hydra / EAGLE style) of --heads depths: like heads, but depth d
+               also reads the token drafted before it (the first reads the pending token), so
+               it guesses what follows the tokens actually drafted. Its tree grows its most
+               probable paths; each depth costs a small matrix product for the paths it grows.
 
 --self-generate N trains on the model's own words instead of the data's: the first N texts of
 --data become user prompts (cut to 96 tokens), the model's greedy answers (--answer-tokens
@@ -47,7 +51,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="model to draft for: asset name or Hugging Face directory "
                              "(transformers; default: smollm2-135m-instruct)")
-    parser.add_argument("--kind", choices=["early-exit", "heads"], default="early-exit",
+    parser.add_argument("--kind", choices=["early-exit", "heads", "chain"], default="early-exit",
                         help="what to train (default: early-exit)")
     parser.add_argument("--data", default="sharegpt",
                         help="training text (see 'data' above; default: sharegpt)")
@@ -55,9 +59,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, default=None,
                         help="exit after this many decoder layers (default: a quarter of them)")
     parser.add_argument("--heads", type=int, default=3,
-                        help="heads: tokens guessed ahead (default: 3)")
+                        help="heads, chain: tokens guessed ahead (default: 3)")
     parser.add_argument("--vocabulary", type=int, default=8192,
-                        help="heads: the most frequent tokens they choose among (default: 8192)")
+                        help="heads, chain: the most frequent tokens they choose among "
+                             "(default: 8192)")
     parser.add_argument("--minutes", type=float, default=30.0,
                         help="training time budget in minutes (default: 30)")
     parser.add_argument("--max-steps", type=int, default=None,
@@ -117,12 +122,15 @@ def run(args: argparse.Namespace) -> int:
                                         progress=not args.quiet)
         data_name = (f"{args.data}: the model's greedy answers ({args.answer_tokens} tokens) "
                      f"to its first {args.self_generate} texts")
-    train = train_heads if args.kind == "heads" else train_early_exit
+    from restdecode.training.chain import train_chain
+
+    train = {"heads": train_heads, "chain": train_chain}.get(args.kind, train_early_exit)
     report = train(model, tokenizer, documents, args.out, settings, resume=args.resume,
                    base_name=args.model, data_name=data_name, progress=not args.quiet)
-    what = (f"{args.heads} draft heads over {min(args.vocabulary, model.config.vocab_size)} "
-            f"tokens" if args.kind == "heads"
-            else f"early exit after layer {layer} of {layer_count(model)}")
+    vocabulary = min(args.vocabulary, model.config.vocab_size)
+    what = {"heads": f"{args.heads} draft heads over {vocabulary} tokens",
+            "chain": f"a draft chain of {args.heads} over {vocabulary} tokens"}.get(
+        args.kind, f"early exit after layer {layer} of {layer_count(model)}")
     print(f"{report.out}: {what}, {report.steps} steps ({report.seconds:.0f} s this run); "
           f"held-out top-1 agreement {report.agreement:.1%} (untrained: "
           f"{report.untrained_agreement:.1%}), loss {report.loss:.3f}")

@@ -74,8 +74,9 @@ def default_drafter(
       of a tenant (:meth:`restdecode.server.memory.LearnedMemory.drafter`).
     * ``calibration``: the planner's acceptance calibration, to share among the drafters of one
       model (default: a fresh one, learning from zero).
-    * ``heads``: trained draft heads (:class:`~restdecode.drafting.heads.HeadsDrafter`), one
-      more source weighing ``HEADS_WEIGHT``.
+    * ``heads``: trained draft heads (:class:`~restdecode.drafting.heads.HeadsDrafter`) or a
+      draft chain (:class:`~restdecode.drafting.chain.ChainDrafter`), one more source weighing
+      ``HEADS_WEIGHT``.
     """
     context = (memory if memory is not None
                else ContextDrafter(span=CONTEXT_SPAN, min_suffix=CONTEXT_MIN_SUFFIX))

@@ -170,11 +170,11 @@ def read_drafter_config(directory: str | os.PathLike) -> dict[str, Any]:
                          "with `restdecode train-drafter`") from None
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot read {path}: {error}") from None
-    shapes = {EARLY_EXIT: "layer", "heads": "heads"}  # each kind's integer shape field
+    shapes = {EARLY_EXIT: "layer", "heads": "heads", "chain": "heads"}  # integer shape fields
     if (not isinstance(facts, dict) or facts.get("kind") not in shapes
             or not isinstance(facts.get(shapes[facts["kind"]]), int)):
         raise ModelError(f"{path} does not describe a trained drafter (kind {EARLY_EXIT} with an "
-                         f"integer layer, or heads with an integer number of heads)")
+                         f"integer layer, or heads or chain with an integer number of heads)")
     return facts
 
 

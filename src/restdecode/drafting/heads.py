@@ -38,6 +38,8 @@ from restdecode.errors import ModelError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from restdecode.drafting.chain import ChainDrafter, DraftChain
+
 HEADS = "heads"
 DEFAULT_HEADS = 3
 DEFAULT_VOCABULARY = 8192
@@ -91,19 +93,50 @@ def load_heads(model: "PreTrainedModel", directory: str | os.PathLike
                ) -> tuple[DraftHeads, dict[str, Any]]:
     """The draft heads trained for ``model`` in ``directory`` (its device and dtype), and their
     facts; ModelError when they were trained on another model, or are damaged."""
+    return load_over_vocabulary(model, directory, HEADS, DraftHeads, "draft heads")
+
+
+def load_over_vocabulary(model: "PreTrainedModel", directory: str | os.PathLike, kind: str,
+                         module_class: type, what: str) -> tuple[Any, dict[str, Any]]:
+    """The ``module_class`` (heads or chain: built by ``for_model(model, vocab_ids, heads)``)
+    of ``kind`` trained for ``model`` in ``directory``, and its facts; ModelError when it is
+    another kind (``what`` names this one), was trained on another model, or is damaged."""
     from restdecode.drafting.early_exit import check_base_model, load_weights, read_drafter_config
 
     facts = read_drafter_config(directory)
-    if facts["kind"] != HEADS:
-        raise ModelError(f"{directory} holds an {facts['kind']} drafter, not draft heads")
+    if facts["kind"] != kind:
+        raise ModelError(f"{directory} holds an {facts['kind']} drafter, not {what}")
     check_base_model(model, directory, facts)
     vocabulary = facts.get("vocabulary")
     if not isinstance(vocabulary, int) or vocabulary < 1:
         raise ModelError(f"{directory}: drafter.json gives no vocabulary size")
-    heads = DraftHeads.for_model(model, torch.zeros(vocabulary, dtype=torch.long), facts["heads"])
-    load_weights(heads, directory)
-    heads.refresh_output_rows(model.get_output_embeddings().weight)
-    return heads, facts
+    module = module_class.for_model(model, torch.zeros(vocabulary, dtype=torch.long),
+                                    facts["heads"])
+    load_weights(module, directory)
+    module.refresh_output_rows(model.get_output_embeddings().weight)
+    return module, facts
+
+
+def load_hidden_drafter(model: "PreTrainedModel", directory: str | os.PathLike
+                        ) -> "DraftHeads | DraftChain":
+    """The draft heads or draft chain (:mod:`restdecode.drafting.chain`) trained for ``model``
+    in ``directory``: the drafters that read the model's hidden state."""
+    from restdecode.drafting.chain import CHAIN, load_chain
+    from restdecode.drafting.early_exit import read_drafter_config
+
+    if read_drafter_config(directory)["kind"] == CHAIN:
+        return load_chain(model, directory)[0]
+    return load_heads(model, directory)[0]
+
+
+def hidden_drafter(module: "DraftHeads | DraftChain", *, budget: int = 16
+                   ) -> "HeadsDrafter | ChainDrafter":
+    """The drafter of trained heads or of a trained chain, drafting at most ``budget`` nodes."""
+    from restdecode.drafting.chain import ChainDrafter, DraftChain
+
+    if isinstance(module, DraftChain):
+        return ChainDrafter(module, budget=budget)
+    return HeadsDrafter(module, budget=budget)
 
 
 def frequent_tokens(windows: Sequence[Sequence[int]], vocab_size: int, size: int) -> torch.Tensor:

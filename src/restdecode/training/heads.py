@@ -30,6 +30,8 @@ class HeadsRecipe:
     most frequent tokens of the first training windows."""
 
     kind = HEADS
+    module = DraftHeads
+    loader = staticmethod(load_heads)
 
     def __init__(self, model: "PreTrainedModel", heads: int, vocabulary: int) -> None:
         if heads < 1 or vocabulary < 2:
@@ -45,7 +47,7 @@ class HeadsRecipe:
             raise ModelError("not enough text to choose the heads' vocabulary from")
         if self.vocab_ids is None:
             self.vocab_ids = frequent_tokens(sample, size, self.vocabulary)
-        return DraftHeads.for_model(model, self.vocab_ids, self.heads)
+        return self.module.for_model(model, self.vocab_ids, self.heads)
 
     def pairs(self, model: "PreTrainedModel", batch: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,14 +72,14 @@ class HeadsRecipe:
         return F.log_softmax(head(hidden.float()), dim=-1)
 
     def facts(self) -> dict:
-        return {"kind": HEADS, "heads": self.heads, "vocabulary": self.vocabulary}
+        return {"kind": self.kind, "heads": self.heads, "vocabulary": self.vocabulary}
 
     def load(self, model: "PreTrainedModel", out: Path, head: DraftHeads) -> None:
         """The checkpoint in ``out`` into ``head`` (same model and shape, or ModelError)."""
-        saved, facts = load_heads(model, out)
+        saved, facts = self.loader(model, out)
         if (facts["heads"], facts["vocabulary"]) != (self.heads, self.vocabulary):
-            raise ModelError(f"{out} holds {facts['heads']} heads over {facts['vocabulary']} "
-                             f"tokens; resume with --heads {facts['heads']} --vocabulary "
+            raise ModelError(f"{out} holds {self.kind} of {facts['heads']} over "
+                             f"{facts['vocabulary']} tokens; resume with --heads {facts['heads']} --vocabulary "
                              f"{facts['vocabulary']}")
         head.load_state_dict(saved.float().state_dict())
         head.refresh_output_rows(model.get_output_embeddings().weight)
