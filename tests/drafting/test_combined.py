@@ -88,6 +88,24 @@ def test_any_scored_drafter_merges():
     assert tree.match_length == 4  # the longest match among the sources
 
 
+def test_a_source_of_probabilities_keeps_its_mass_in_the_merge():
+    """A source that is 20% sure of its one token weighs 0.2 against a counted source's 1
+    (normalised, it would weigh 1 and outrank the counted source's second token)."""
+    counted = DraftTree(np.array([7, 8]), np.array([-1, -1]), np.array([0.7, 0.3]))
+    unsure = DraftTree(np.array([5]), np.array([-1]), np.array([0.2]))
+    sure = DraftTree(np.array([5]), np.array([-1]), np.array([0.9]))
+    probabilities = FixedDrafter(unsure)
+    probabilities.weighs_probabilities = True
+    tree = CombinedDrafter([FixedDrafter(counted), probabilities], budget=3).propose([1])
+    assert paths(tree) == [(7,), (8,), (5,)]
+    np.testing.assert_allclose(tree.scores, np.array([0.7, 0.3, 0.2]) / 1.2)
+    probabilities.tree = sure
+    assert paths(CombinedDrafter([FixedDrafter(counted), probabilities], budget=3).propose(
+        [1])) == [(5,), (7,), (8,)]
+    normalised = CombinedDrafter([FixedDrafter(counted), FixedDrafter(unsure)], budget=3)
+    assert paths(normalised.propose([1]))[0] == (5,)
+
+
 def test_a_tree_survives_the_round_trip_through_weighted_paths(store_and_documents):
     store, _, tokenizer = store_and_documents
     context = tokenizer.encode("the cat sat on the mat a dog the cat")

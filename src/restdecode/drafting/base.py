@@ -151,6 +151,11 @@ class WeightedContinuations:
                                      self.weights * (total / weight_sum), self.match_length,
                                      self.draws)
 
+    def scaled(self, factor: float) -> "WeightedContinuations":
+        """The same continuations with weights multiplied by ``factor``."""
+        return WeightedContinuations(self.continuations, self.lengths, self.weights * factor,
+                                     self.match_length, self.draws)
+
     def padded_to(self, span: int) -> "WeightedContinuations":
         """The same continuations in an array ``span`` wide (longer rows are cut)."""
         if span == self.span:

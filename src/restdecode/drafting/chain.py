@@ -125,6 +125,7 @@ class ChainDrafter:
     nothing."""
 
     reads_hidden_states = True
+    weighs_probabilities = True  # merged as they are (combined.weighs_probabilities)
 
     def __init__(self, chain: DraftChain, *, budget: int = 16, top_k: int = 4, beam: int = 4,
                  min_probability: float = 0.02) -> None:

@@ -23,11 +23,23 @@ def weighted_paths(drafter: Drafter, token_ids: Sequence[int]) -> WeightedContin
 
 
 def merge_weighted(parts: Sequence[WeightedContinuations], weights: Sequence[float],
-                   match_power: float = 0.0) -> WeightedContinuations:
+                   match_power: float = 0.0,
+                   absolute: Sequence[bool] | None = None) -> WeightedContinuations:
     """All of ``parts`` in one set, each part's weights normalised to sum to its weight (times
-    ``match_length ** match_power``, a part that matched nothing counting 1)."""
-    return concatenate([part.normalized(weight * max(part.match_length, 1) ** match_power)
-                        for part, weight in zip(parts, weights)])
+    ``match_length ** match_power``, a part that matched nothing counting 1); a part marked
+    ``absolute`` keeps its weights (probabilities) times its weight instead."""
+    absolute = absolute or [False] * len(parts)
+    return concatenate([
+        part.scaled(weight) if keep else
+        part.normalized(weight * max(part.match_length, 1) ** match_power)
+        for part, weight, keep in zip(parts, weights, absolute)])
+
+
+def weighs_probabilities(drafter: Drafter) -> bool:
+    """Whether ``drafter``'s tree scores are the model's own probabilities (a trained drafter
+    of its distributions), whose path probabilities a merge keeps as they are: normalising a
+    source that is 20% sure to weigh as much as one that is 90% sure would hide the difference."""
+    return bool(getattr(drafter, "weighs_probabilities", False))
 
 
 class CombinedDrafter(ContinuationDrafter):
@@ -85,7 +97,8 @@ class CombinedDrafter(ContinuationDrafter):
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
         """Every source's tree as weighted paths, each source's weights summing to its weight."""
         found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
-        merged = merge_weighted(found, self.weights, self.match_power)
+        merged = merge_weighted(found, self.weights, self.match_power,
+                                [weighs_probabilities(drafter) for drafter in self.drafters])
         if self.match_from is None:
             return merged
         return WeightedContinuations(merged.continuations, merged.lengths, merged.weights,
