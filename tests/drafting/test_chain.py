@@ -101,7 +101,7 @@ def test_a_fully_grown_tree_keeps_the_most_probable_paths(depths, top_k, budget,
     np.testing.assert_allclose(sorted(kept, reverse=True), best[:len(tree)], rtol=1e-4)
 
 
-def test_the_beam_and_the_floor_bound_how_far_the_tree_grows():
+def test_the_beam_the_floor_and_the_depths_bound_how_far_the_tree_grows():
     model = model_for("llama")
     chain = random_chain(model, depths=3)
     hidden = torch.randn(model.config.hidden_size)
@@ -109,6 +109,8 @@ def test_the_beam_and_the_floor_bound_how_far_the_tree_grows():
     assert len(narrow) == 3 + 3 + 3  # one path grown per depth, three children each
     assert len(_drafter(chain, hidden, budget=64, top_k=3, beam=2, min_probability=1.1
                         ).propose([9])) == 3  # nothing likely enough to grow past depth 1
+    assert len(_drafter(chain, hidden, budget=64, top_k=3, beam=2, depths=1
+                        ).propose([9])) == 3  # the chain's first depth alone
     assert len(ChainDrafter(chain).propose([9])) == 0  # no hidden state yet
 
 
