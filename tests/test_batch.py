@@ -170,6 +170,23 @@ def alone(arch: str, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
                     max_new_tokens=max_new_tokens).token_ids
 
 
+@functools.lru_cache(maxsize=None)
+def decided_length(arch: str, prompt: tuple[int, ...], tokens: tuple[int, ...],
+                   tolerance: float = 1e-4) -> int:
+    """How many leading ``tokens`` (greedy after ``prompt``) the model chose by a logit margin of
+    at least ``tolerance``. At a near-tie (a margin of one float rounding, which random tiny models
+    do produce now and then) a forward of another shape may round the other way, so the outputs
+    past it are not comparable."""
+    if not tokens:
+        return 0
+    model = model_for(arch, vocab_size=BYTE_VOCAB)
+    with torch.no_grad():
+        logits = model(torch.tensor([[*prompt, *tokens[:-1]]])).logits[0, len(prompt) - 1:]
+    top = logits.topk(2, dim=-1).values
+    ties = ((top[:, 0] - top[:, 1]) < tolerance).nonzero()
+    return int(ties[0]) if len(ties) else len(tokens)
+
+
 requests_strategy = st.fixed_dictionaries({
     "prompt": st.lists(st.integers(3, BYTE_VOCAB - 1), min_size=1, max_size=12),
     "max_new_tokens": st.integers(0, 30),
@@ -187,9 +204,15 @@ requests_strategy = st.fixed_dictionaries({
 # Finished by its prefill's token and cancelled before any step: its entries were freed once.
 @example(requests=[{"prompt": [3], "max_new_tokens": 1, "joins": 0, "leaves": 0,
                     "drafter": "none", "sampled": False, "seed": 0}])
+# On Llama, the second row's 19th token is a near-tie (4.8e-7 between tokens 258 and 212).
+@example(requests=[{"prompt": [3], "max_new_tokens": 3, "joins": 4, "leaves": None,
+                    "drafter": "none", "sampled": False, "seed": 0},
+                   {"prompt": [112, 188, 114], "max_new_tokens": 19, "joins": 0, "leaves": None,
+                    "drafter": "none", "sampled": False, "seed": 0}])
 def test_every_greedy_row_is_the_request_decoded_alone(arch, requests):
     """Rows join at any step, some are cancelled, some sample; every greedy row's tokens (and text)
-    are the request's own greedy output, whatever the drafts and the neighbours."""
+    are the request's own greedy output, whatever the drafts and the neighbours (up to a
+    near-tie in the output alone, if any: :func:`decided_length`)."""
     model = model_for(arch, vocab_size=BYTE_VOCAB)
     decoder = BatchDecoder(model, tokenizer())
     handles, streamed, texts, results = {}, {}, {}, {}
@@ -215,6 +238,10 @@ def test_every_greedy_row_is_the_request_decoded_alone(arch, requests):
             continue
         want = alone(arch, tuple(spec["prompt"]), spec["max_new_tokens"])
         tokens = streamed.get(handle, [])
+        decided = decided_length(arch, tuple(spec["prompt"]), tuple(want))
+        if decided < len(want):  # compared up to the near-tie only
+            assert tokens[:decided] == want[:min(decided, len(tokens))]
+            continue
         assert tokens == want[:len(tokens)]
         if handle in results:
             assert results[handle].token_ids == tokens == want
