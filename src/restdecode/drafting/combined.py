@@ -50,8 +50,9 @@ class CombinedDrafter(ContinuationDrafter):
     probability in its source's tree. A :class:`ContinuationDrafter` source gives its weighted
     continuations themselves, before any cut to its own budget (exact, and no tree to build).
     Each source's weights are normalised to sum to the source's weight (default: 1 each), so a
-    source with a thousand matches does not drown one with three; a path that two sources
-    propose adds up. The merged tree keeps the heaviest nodes and the longest match length.
+    source with a thousand matches does not drown one with three; a source whose scores are the
+    model's own probabilities (:func:`weighs_probabilities`, e.g. the draft chain) keeps its path
+    probabilities times its weight instead. A path that two sources propose adds up. The merged tree keeps the heaviest nodes and the longest match length.
 
     ``match_power`` > 0 trusts a source more the longer the context suffix it matched: its weight
     is multiplied by ``match_length ** match_power`` (a source that matched nothing counts 1).
@@ -95,7 +96,8 @@ class CombinedDrafter(ContinuationDrafter):
         return any(reads_hidden_states(drafter) for drafter in self.drafters)
 
     def continuations(self, token_ids: Sequence[int]) -> WeightedContinuations:
-        """Every source's tree as weighted paths, each source's weights summing to its weight."""
+        """Every source's tree as weighted paths, each source's weights summing to its weight
+        (a source of probabilities: its path probabilities times its weight)."""
         found = [weighted_paths(drafter, token_ids) for drafter in self.drafters]
         merged = merge_weighted(found, self.weights, self.match_power,
                                 [weighs_probabilities(drafter) for drafter in self.drafters])
