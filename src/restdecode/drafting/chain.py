@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from restdecode.drafting.base import StepFeedback
+from restdecode.drafting.heads import VocabularyProjection, load_over_vocabulary
 from restdecode.drafting.tree import DraftTree
 
 if TYPE_CHECKING:
@@ -44,23 +45,19 @@ CHAIN = "chain"
 DEFAULT_DEPTHS = 4
 
 
-class DraftChain(nn.Module):
+class DraftChain(VocabularyProjection):
     """``depths`` residual steps over a hidden state and the tokens drafted after it (module
     docstring), each projected on the rows ``vocab_ids`` of the model's output embedding."""
 
     def __init__(self, output_embedding: torch.Tensor, input_embedding: torch.Tensor,
                  vocab_ids: torch.Tensor, depths: int = DEFAULT_DEPTHS) -> None:
-        super().__init__()
+        super().__init__(output_embedding, vocab_ids)
         if depths < 1:
             raise ValueError(f"depths must be >= 1, got {depths}")
         hidden_size = int(output_embedding.shape[1])
         self.weight = nn.Parameter(torch.zeros(depths, hidden_size, 2 * hidden_size))
         self.bias = nn.Parameter(torch.zeros(depths, hidden_size))
-        self.register_buffer("vocab_ids", torch.as_tensor(vocab_ids, dtype=torch.long).clone())
-        # The model's own embeddings, derived again at load time and never saved; the input
-        # table is the model's tensor itself (no copy of a whole vocabulary).
-        self.register_buffer("output_rows", output_embedding[self.vocab_ids].detach().clone(),
-                             persistent=False)
+        # The model's input embedding, never saved: its tensor itself, no copy of a vocabulary.
         self.register_buffer("input_rows", input_embedding.detach(), persistent=False)
 
     @property
@@ -80,11 +77,6 @@ class DraftChain(nn.Module):
                     depths)
         return chain.to(output.dtype)
 
-    def refresh_output_rows(self, output_embedding: torch.Tensor) -> None:
-        """Take the output embedding's rows of ``vocab_ids`` again (after loading them)."""
-        self.output_rows = output_embedding[self.vocab_ids.to(output_embedding.device)].detach(
-        ).clone().to(self.weight.dtype)
-
     def step(self, states: torch.Tensor, tokens: torch.Tensor, depth: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Depth ``depth`` (0-based) for ``states`` (..., H) that read ``tokens`` (...): the new
@@ -92,11 +84,7 @@ class DraftChain(nn.Module):
         embedded = self.input_rows[tokens.to(self.input_rows.device)].to(states.dtype)
         mixed = torch.cat([states, embedded], dim=-1) @ self.weight[depth].T + self.bias[depth]
         states = states + F.silu(mixed)
-        if states.dim() == 2 and states.shape[0] in (2, 3):
-            # MKL's sgemm takes 2-3x longer for 2 or 3 rows than for 4 on a CPU (see heads.py).
-            padded = F.pad(states, (0, 0, 0, 4 - states.shape[0]))
-            return states, (padded @ self.output_rows.T)[:states.shape[0]]
-        return states, states @ self.output_rows.T
+        return states, self.project(states)
 
     def forward(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(..., depths, N)``: ``hidden`` (..., H) the state that chose
@@ -112,8 +100,6 @@ def load_chain(model: "PreTrainedModel", directory: str | os.PathLike
                ) -> tuple[DraftChain, dict[str, Any]]:
     """The draft chain trained for ``model`` in ``directory`` (its device and dtype), and its
     facts; ModelError when it was trained on another model, or is damaged."""
-    from restdecode.drafting.heads import load_over_vocabulary
-
     return load_over_vocabulary(model, directory, CHAIN, DraftChain, "a draft chain")
 
 

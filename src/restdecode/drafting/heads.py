@@ -45,31 +45,48 @@ DEFAULT_HEADS = 3
 DEFAULT_VOCABULARY = 8192
 
 
-class DraftHeads(nn.Module):
+class VocabularyProjection(nn.Module):
+    """The base of draft heads and the draft chain: the rows ``vocab_ids`` (saved) of the model's
+    output embedding (``output_rows``, derived again at load time, never saved), and
+    :meth:`project`, states onto them."""
+
+    def __init__(self, output_embedding: torch.Tensor, vocab_ids: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("vocab_ids", torch.as_tensor(vocab_ids, dtype=torch.long).clone())
+        self.register_buffer("output_rows", output_embedding[self.vocab_ids].detach().clone(),
+                             persistent=False)
+
+    def refresh_output_rows(self, output_embedding: torch.Tensor) -> None:
+        """Take the output embedding's rows of ``vocab_ids`` again (after loading them)."""
+        self.output_rows = output_embedding[self.vocab_ids.to(output_embedding.device)].detach(
+        ).clone().to(self.output_rows.dtype)
+
+    def project(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits ``(..., N)`` of ``states`` ``(..., H)`` over the vocabulary."""
+        if states.dim() == 2 and states.shape[0] in (2, 3):
+            # MKL's sgemm takes 2-3x longer for 2 or 3 rows than for 4 on a CPU
+            # (bench/RESULTS.md), so 2 or 3 rows (one decoding step's) are padded to 4.
+            padded = F.pad(states, (0, 0, 0, 4 - states.shape[0]))
+            return (padded @ self.output_rows.T)[:states.shape[0]]
+        return states @ self.output_rows.T
+
+
+class DraftHeads(VocabularyProjection):
     """``heads`` residual blocks over a hidden state, each projected on the rows ``vocab_ids`` of
     the model's output embedding: ``forward(hidden (..., H)) -> logits (..., heads, N)``."""
 
     def __init__(self, output_embedding: torch.Tensor, vocab_ids: torch.Tensor,
                  heads: int = DEFAULT_HEADS) -> None:
-        super().__init__()
+        super().__init__(output_embedding, vocab_ids)
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
         hidden_size = int(output_embedding.shape[1])
         self.weight = nn.Parameter(torch.zeros(heads, hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.zeros(heads, hidden_size))
-        self.register_buffer("vocab_ids", torch.as_tensor(vocab_ids, dtype=torch.long).clone())
-        # The model's own embedding rows: derived again at load time, never saved.
-        self.register_buffer("output_rows", output_embedding[self.vocab_ids].detach().clone(),
-                             persistent=False)
 
     @property
     def heads(self) -> int:
         return int(self.weight.shape[0])
-
-    def refresh_output_rows(self, output_embedding: torch.Tensor) -> None:
-        """Take the output embedding's rows of ``vocab_ids`` again (after loading them)."""
-        self.output_rows = output_embedding[self.vocab_ids.to(output_embedding.device)].detach(
-        ).clone().to(self.weight.dtype)
 
     @classmethod
     def for_model(cls, model: "PreTrainedModel", vocab_ids: torch.Tensor,
@@ -80,13 +97,7 @@ class DraftHeads(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         mixed = torch.einsum("...h,kgh->...kg", hidden, self.weight) + self.bias
-        states = hidden.unsqueeze(-2) + F.silu(mixed)
-        if states.dim() == 2 and states.shape[0] in (2, 3):
-            # One hidden state (decoding): MKL's sgemm takes 2-3x longer for 2 or 3 rows than
-            # for 4 on a CPU (bench/RESULTS.md), so the heads' rows are padded to 4.
-            padded = F.pad(states, (0, 0, 0, 4 - states.shape[0]))
-            return (padded @ self.output_rows.T)[:states.shape[0]]
-        return states @ self.output_rows.T
+        return self.project(hidden.unsqueeze(-2) + F.silu(mixed))
 
 
 def load_heads(model: "PreTrainedModel", directory: str | os.PathLike
