@@ -7,11 +7,13 @@ Not a test; run it alone on the machine. For each batch size B, the same prompts
   spec-fixed            our batched loop, every row a fixed --budget-node tree (datastore+context)
   spec-planned          our batched loop, the batch planner sharing each forward's width among
                         the rows by expected accepted tokens per predicted second
+  single-default        batch 1 only: today's single-sequence loop (restdecode.generate with
+                        the engine's default planned drafter), one request after another
 
 With ``--repeats N`` every batch size runs N rounds, each round every method once, in an order
 rotated from round to round; a method's figures are its median round (its spread is kept). The
-planner's acceptance calibration is kept across rounds and batch sizes per method, as a server
-keeps it across requests.
+planner's acceptance calibration and the batch loop's drafting gates are kept across rounds and
+batch sizes per method, as a server keeps them across requests.
 
 Our loops keep B rows decoding (continuous batching: a finished row's place goes to the next
 prompt); transformers' generate runs static batches of B. Reported per method and batch size:
@@ -34,7 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("hf-generate-batched", "plain-batched", "spec-fixed", "spec-planned")
+METHODS = ("hf-generate-batched", "plain-batched", "spec-fixed", "spec-planned", "single-default")
+SINGLE_ONLY = ("single-default",)  # run at batch size 1 only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from restdecode.decode import prompt_token_ids
-    from restdecode.drafting.planner import default_calibration
+    from restdecode.drafting.planner import BatchGates, default_calibration
     from restdecode.workloads import load_workload
 
     engine = load_engine(args)
@@ -72,18 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m for m in methods if m != "hf-generate-batched"]
     runs = []
     calibrations = {method: default_calibration() for method in methods}
+    gates = {method: BatchGates() for method in methods}
     for size in sizes:
-        rounds: dict[str, list[dict]] = {method: [] for method in methods}
+        here = [m for m in methods if size == 1 or m not in SINGLE_ONLY]
+        rounds: dict[str, list[dict]] = {method: [] for method in here}
         for round_index in range(args.repeats):
-            shift = round_index % len(methods)
-            for method in methods[shift:] + methods[:shift]:
-                run = measure(method, engine, ids, size, args, calibrations[method])
+            shift = round_index % len(here)
+            for method in here[shift:] + here[:shift]:
+                run = measure(method, engine, ids, size, args, calibrations[method],
+                              gates[method])
                 rounds[method].append(run)
                 print(f"B={size:>2} {method:<20} {run['output_tok_s']:7.1f} tok/s total, "
                       f"{run['per_request_decode_tok_s']:6.1f} per request, "
                       f"{run['tokens_per_step']:.2f} tokens/step", file=sys.stderr, flush=True)
         reference = median_round(rounds["plain-batched"])["token_ids"] if "plain-batched" in rounds else None
-        for method in methods:
+        for method in here:
             run = dict(median_round(rounds[method]))
             run["rounds_tok_s"] = [r["output_tok_s"] for r in rounds[method]]
             if reference is not None:
@@ -130,7 +136,8 @@ def median_round(rounds: list[dict]) -> dict:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def measure(method: str, engine, ids: list[list[int]], size: int, args, calibration) -> dict:
+def measure(method: str, engine, ids: list[list[int]], size: int, args, calibration,
+            gates) -> dict:
     """Decode every prompt with ``method``, ``size`` at a time; throughput and outputs."""
     import torch
 
@@ -140,6 +147,12 @@ def measure(method: str, engine, ids: list[list[int]], size: int, args, calibrat
     if method == "hf-generate-batched":
         token_ids, per_request = hf_batched(engine, ids, size, args.max_new_tokens)
         steps = sum(len(t) - 1 for t in token_ids)  # plain: one token per row and step
+    elif method == "single-default":
+        results = [engine.generate(input_ids=i, drafter=engine.new_drafter(calibration=calibration),
+                                   max_new_tokens=args.max_new_tokens) for i in ids]
+        token_ids = [r.token_ids for r in results]
+        steps = sum(r.stats.steps for r in results)
+        per_request = [r.stats.decode_tokens_per_s for r in results]
     else:
         def drafter():
             if method == "spec-fixed":
@@ -151,7 +164,7 @@ def measure(method: str, engine, ids: list[list[int]], size: int, args, calibrat
         with torch.inference_mode():
             results = generate_batch(engine.model, engine.tokenizer, requests, max_rows=size,
                                      max_new_tokens=args.max_new_tokens,
-                                     profile=engine.batch_profile)
+                                     profile=engine.batch_profile, gates=gates)
         token_ids = [r.token_ids for r in results]
         steps = sum(r.stats.steps for r in results)
         per_request = [r.stats.decode_tokens_per_s for r in results]

@@ -33,7 +33,7 @@ from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback, reads_hidden_states
-from restdecode.drafting.planner import (CostModel, DraftingGate, PlannedDrafter,
+from restdecode.drafting.planner import (BatchGates, CostModel, PlannedDrafter,
                                          TreeCostCorrection, plan_batch)
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
@@ -102,11 +102,13 @@ class BatchDecoder:
     ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
     ``profile`` prices one batched forward for the batch planner (the batch's total width and
     cache: :func:`restdecode.latency.batch_profile_for`); without it the planned drafters' own
-    single-sequence profile is used.
+    single-sequence profile is used. ``gates`` judge, per number of rows, whether the planned
+    rows' drafting still pays (default: new ones; pass the same to another decoder of the same
+    model to keep their verdicts).
     """
 
     def __init__(self, model, tokenizer, *, options: GenerationOptions | None = None,
-                 profile: "CostModel | None" = None) -> None:
+                 profile: "CostModel | None" = None, gates: BatchGates | None = None) -> None:
         self.backend = as_backend(model)
         self.profile = profile
         self.tokenizer = tokenizer
@@ -117,10 +119,11 @@ class BatchDecoder:
         self._results: dict[int, GenerationResult] = {}
         self._next_handle = 0
         self.tree_costs = TreeCostCorrection()  # what tree forwards really cost here
-        self.gate = DraftingGate()  # whether the planned rows' drafting still pays
+        self.gates = gates if gates is not None else BatchGates()  # does drafting pay
         self._step_cost: CostModel | None = None  # the last plan's cost model
         self._drafting_seconds = 0.0  # the planned rows' drafting in this step
         self._drafted = False  # whether this step's planned rows drafted
+        self._gate = self.gates.for_rows(0)  # the gate of this step's number of rows
         self._priced_step: tuple[int, float] = (0, 0.0)  # (cache length, forward seconds)
 
     @property
@@ -214,8 +217,9 @@ class BatchDecoder:
         forward's width goes to the nodes most likely accepted, whichever row they belong to
         (:func:`plan_batch`); other drafters' trees ride along as proposed."""
         planned, fixed = [], []
+        self._gate = self.gates.for_rows(len(rows))
         drafting = any(isinstance(row.drafter, PlannedDrafter) for row in rows) and (
-            self.gate.should_draft())
+            self._gate.should_draft())
         self._drafting_seconds, self._drafted = 0.0, drafting
         for row in rows:
             mark = time.perf_counter()
@@ -330,7 +334,7 @@ class BatchDecoder:
             return
         cache_length, forward_seconds = self._priced_step
         plain = float(self._step_cost.predict(rows, cache_length)) * self.tree_costs.plain_ratio
-        self.gate.record(committed, rows, self._drafting_seconds + forward_seconds, plain)
+        self._gate.record(committed, rows, self._drafting_seconds + forward_seconds, plain)
         self._step_cost = None
 
     def _accept_and_commit(self, row: _Row, logits: torch.Tensor, draft: DraftTree,
@@ -394,6 +398,7 @@ def generate_batch(
     options: GenerationOptions | None = None,
     max_rows: int | None = None,
     profile: "CostModel | None" = None,
+    gates: BatchGates | None = None,
     progress: bool = False,
     **option_values: Any,
 ) -> list[GenerationResult]:
@@ -406,7 +411,8 @@ def generate_batch(
     next request joins as soon as a row finishes (continuous batching); ``progress`` shows a
     bar of finished requests on stderr. ``profile`` prices the batched forward for the batch
     planner (:func:`restdecode.latency.batch_profile_for`; default: the planned drafters' own
-    single-sequence profile). Each result is what
+    single-sequence profile); ``gates`` (:class:`~restdecode.drafting.planner.BatchGates`) keep
+    the verdicts on whether drafting pays across calls. Each result is what
     :func:`restdecode.generate` returns for that request alone (the same tokens when greedy).
     """
     options = resolve_options(options, **option_values)
@@ -420,7 +426,7 @@ def generate_batch(
                     for r, d in zip(requests, drafters)]
     if max_rows is not None and max_rows < 1:
         raise DecodingError(f"max_rows must be at least 1, got {max_rows}")
-    decoder = BatchDecoder(model, tokenizer, options=options, profile=profile)
+    decoder = BatchDecoder(model, tokenizer, options=options, profile=profile, gates=gates)
     requests = [decoder.prepare(request) for request in requests]  # all checked, then decoded
     waiting = list(enumerate(requests))
     handles: dict[int, int] = {}

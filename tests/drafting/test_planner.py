@@ -392,3 +392,27 @@ def test_the_gate_judges_by_a_running_mean_not_one_step():
     assert gate.saving == pytest.approx(0.0125) and gate.should_draft()
     with pytest.raises(ValueError):
         DraftingGate(smoothing=0.0)
+
+
+def test_each_number_of_rows_keeps_its_own_verdict():
+    """Drafting that loses at 16 rows closes the 16-row gate only: a step of 4 rows drafts at
+    once, and the 16-row gate stays closed, backing off up to its cap (64 by default)."""
+    from restdecode.drafting.planner import BatchGates
+
+    gates = BatchGates(smoothing=1.0)
+    assert gates.should_draft(16)
+    gates.record(tokens=16, rows=16, seconds=0.2, plain_seconds=0.1)  # loses 0.1 s
+    assert gates.should_draft(4)  # a new count drafts at its first step
+    gates.record(tokens=8, rows=4, seconds=0.1, plain_seconds=0.08)  # saves 0.06 s
+    pattern = []
+    for _ in range(200):
+        drafts = gates.should_draft(16)
+        pattern.append(drafts)
+        if drafts:
+            gates.record(tokens=16, rows=16, seconds=0.2, plain_seconds=0.1)
+    probes = [i for i, drafts in enumerate(pattern) if drafts]
+    assert [b - a - 1 for a, b in zip(probes, probes[1:])] == [2, 4, 8, 16, 32, 64, 64]
+    assert all(gates.should_draft(4) for _ in range(5))
+    assert gates.for_rows(16).saving < 0 < gates.for_rows(4).saving
+    with pytest.raises(ValueError):
+        BatchGates(max_backoff=0)
