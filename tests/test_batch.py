@@ -19,6 +19,7 @@ from tiny_models import (BYTE_VOCAB, SAMPLING_PROMPT, SAMPLING_VOCAB, LetterToke
 from restdecode import BatchDecoder, BatchRequest, GenerationOptions, generate, generate_batch
 from restdecode.backends import BatchSession, open_batch_session
 from restdecode.backends.transformers import TransformersBackend, TransformersSession
+from restdecode.drafting.planner import BatchGates
 from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError, ModelError
 from test_accept import chi_square_p
@@ -445,7 +446,8 @@ def test_rows_stop_drafting_while_drafting_does_not_pay(plain_price, gated):
     model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=7), 16)
     decoder = BatchDecoder(model, tok, profile=KneeCost(knee=7, within=plain_price,
                                                         beyond=plain_price),
-                           options=GenerationOptions(max_new_tokens=16))
+                           options=GenerationOptions(max_new_tokens=16),
+                           gates=BatchGates(min_steps=1))  # judge from the first step
     handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
     while decoder.active:
         decoder.step()

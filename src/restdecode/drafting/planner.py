@@ -261,17 +261,23 @@ class DraftingGate:
     cores, about 9 ms of a 150 ms step), and where width is dear even the kept nodes may
     commit less than they cost. After each drafted step, :meth:`record` takes the tokens it
     committed and its measured seconds (drafting + forward) against what plain steps would
-    have taken for those tokens; while the running mean of that saving is negative, the next
-    ``backoff`` steps do not draft at all (plain steps), then one step drafts again (a probe),
-    the backoff doubling (up to ``max_backoff``) while the mean stays negative and falling back
-    to none once it turns positive (e.g. when rows leave and width gets cheap).
+    have taken for those tokens. The mean of that saving is taken over about the last
+    ``1 / smoothing`` drafted steps (a plain mean until there are that many): one step's saving
+    is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
+    mean dips below zero on a few misses in a row while drafting pays on the whole. Once at
+    least ``min_steps`` steps are counted and the mean is negative, the next ``backoff`` steps
+    do not draft at all (plain steps), then one step drafts again (a probe): the backoff
+    doubles (up to ``max_backoff``) after a probe that lost, falls back to one step after a
+    probe that paid, and to none once the mean turns positive.
     """
 
-    def __init__(self, *, smoothing: float = 0.125, max_backoff: int = 16) -> None:
-        if not 0 < smoothing <= 1 or max_backoff < 1:
-            raise ValueError("need 0 < smoothing <= 1 and max_backoff >= 1")
-        self.smoothing, self.max_backoff = smoothing, max_backoff
-        self.saving: float | None = None  # running mean, seconds per drafted step
+    def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 16,
+                 min_steps: int = 8) -> None:
+        if not 0 < smoothing <= 1 or max_backoff < 1 or min_steps < 1:
+            raise ValueError("need 0 < smoothing <= 1, max_backoff >= 1 and min_steps >= 1")
+        self.smoothing, self.max_backoff, self.min_steps = smoothing, max_backoff, min_steps
+        self.saving: float | None = None  # mean, seconds per drafted step
+        self.steps = 0  # drafted steps recorded
         self._backoff = 1
         self._skip = 0
 
@@ -288,11 +294,15 @@ class DraftingGate:
         if rows < 1:
             return
         saving = tokens * plain_seconds / rows - seconds
-        self.saving = (saving if self.saving is None
-                       else self.saving + self.smoothing * (saving - self.saving))
-        if self.saving < 0:
-            self._skip, self._backoff = self._backoff, min(2 * self._backoff, self.max_backoff)
-        else:
+        self.steps += 1
+        weight = max(self.smoothing, 1 / self.steps)
+        self.saving = saving if self.saving is None else self.saving + weight * (saving - self.saving)
+        if self.saving < 0 and self.steps >= self.min_steps:
+            # A probe that paid shortens the next wait: the mean recovers within a few probes
+            # when drafting pays again, instead of behind an ever longer backoff.
+            self._skip = self._backoff
+            self._backoff = 1 if saving >= 0 else min(2 * self._backoff, self.max_backoff)
+        elif self.saving >= 0:
             self._backoff = 1
 
 
@@ -306,16 +316,16 @@ class BatchGates:
     one across decoders (as a server keeps its decoder) and the verdicts carry over.
     """
 
-    def __init__(self, *, smoothing: float = 0.125, max_backoff: int = 64) -> None:
-        DraftingGate(smoothing=smoothing, max_backoff=max_backoff)  # checks the arguments
-        self.smoothing, self.max_backoff = smoothing, max_backoff
+    def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 64,
+                 min_steps: int = 8) -> None:
+        self._settings = dict(smoothing=smoothing, max_backoff=max_backoff, min_steps=min_steps)
+        DraftingGate(**self._settings)  # checks the arguments
         self._gates: dict[int, DraftingGate] = {}
 
     def for_rows(self, rows: int) -> DraftingGate:
-        """The gate of steps with ``rows`` rows (a new one drafts at its first step)."""
+        """The gate of steps with ``rows`` rows (a new one drafts at its first steps)."""
         if rows not in self._gates:
-            self._gates[rows] = DraftingGate(smoothing=self.smoothing,
-                                             max_backoff=self.max_backoff)
+            self._gates[rows] = DraftingGate(**self._settings)
         return self._gates[rows]
 
     def should_draft(self, rows: int) -> bool:
