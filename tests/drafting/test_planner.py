@@ -424,7 +424,7 @@ def test_each_number_of_rows_keeps_its_own_verdict():
     once, and the 16-row gate stays closed, backing off up to its cap (64 by default)."""
     from restdecode.drafting.planner import BatchGates
 
-    gates = BatchGates(smoothing=1.0, min_steps=1)
+    gates = BatchGates(row_steps=1, min_window=1, min_steps=1)  # the last step's saving
     assert gates.should_draft(16)
     gates.record(tokens=16, rows=16, seconds=0.2, plain_seconds=0.1)  # loses 0.1 s
     assert gates.should_draft(4)  # a new count drafts at its first step
@@ -439,5 +439,15 @@ def test_each_number_of_rows_keeps_its_own_verdict():
     assert [b - a - 1 for a, b in zip(probes, probes[1:])] == [2, 4, 8, 16, 32, 64, 64]
     assert all(gates.should_draft(4) for _ in range(5))
     assert gates.for_rows(16).saving < 0 < gates.for_rows(4).saving
-    with pytest.raises(ValueError):
-        BatchGates(max_backoff=0)
+    for bad in (dict(max_backoff=0), dict(row_steps=0), dict(min_window=0)):
+        with pytest.raises(ValueError):
+            BatchGates(**bad)
+
+
+def test_a_gate_of_more_rows_judges_by_fewer_steps():
+    """A mean over ~32 row-steps, at least 8 steps: one row 32 steps, 4 rows and more 8."""
+    from restdecode.drafting.planner import BatchGates
+
+    gates = BatchGates()
+    assert [gates.for_rows(rows).smoothing for rows in (1, 2, 4, 8, 16)] == pytest.approx(
+        [1 / 32, 1 / 16, 1 / 8, 1 / 8, 1 / 8])

@@ -266,9 +266,9 @@ class DraftingGate:
     is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
     mean dips below zero on a few misses in a row while drafting pays on the whole. Once at
     least ``min_steps`` steps are counted and the mean is negative, the next ``backoff`` steps
-    do not draft at all (plain steps), then one step drafts again (a probe): the backoff
-    doubles (up to ``max_backoff``) after a probe that lost, falls back to one step after a
-    probe that paid, and to none once the mean turns positive.
+    do not draft at all (plain steps), then one step drafts again (a probe), the backoff
+    doubling (up to ``max_backoff``) while the mean stays negative and falling back to none
+    once it turns positive.
     """
 
     def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 16,
@@ -298,10 +298,7 @@ class DraftingGate:
         weight = max(self.smoothing, 1 / self.steps)
         self.saving = saving if self.saving is None else self.saving + weight * (saving - self.saving)
         if self.saving < 0 and self.steps >= self.min_steps:
-            # A probe that paid shortens the next wait: the mean recovers within a few probes
-            # when drafting pays again, instead of behind an ever longer backoff.
-            self._skip = self._backoff
-            self._backoff = 1 if saving >= 0 else min(2 * self._backoff, self.max_backoff)
+            self._skip, self._backoff = self._backoff, min(2 * self._backoff, self.max_backoff)
         elif self.saving >= 0:
             self._backoff = 1
 
@@ -312,20 +309,28 @@ class BatchGates:
     Whether drafting pays depends on how many rows share the forward (at 16 rows of SmolLM2 on 2
     CPU cores it never does, at 4 it mostly does), so each row count keeps its own verdict: rows
     leaving or joining switch to the verdict of the new count at once, not after a backoff, and
-    a count where drafting keeps losing can back off long (``max_backoff``) at little risk. Keep
-    one across decoders (as a server keeps its decoder) and the verdicts carry over.
+    a count where drafting keeps losing can back off long (``max_backoff``) at little risk. Each
+    gate's mean spans about ``row_steps`` row-steps, at least ``min_window`` steps: a step of R
+    rows sums R rows' all-or-nothing savings, so fewer of them make as sure a mean (one row
+    needs ~32 steps; at 8 or 16 rows a mean over 8 steps closed the gate as soon as drafting
+    lost, which a mean over 32 did too slowly). Keep one across decoders (as a server keeps its
+    decoder) and the verdicts carry over.
     """
 
-    def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 64,
+    def __init__(self, *, row_steps: int = 32, min_window: int = 8, max_backoff: int = 64,
                  min_steps: int = 8) -> None:
-        self._settings = dict(smoothing=smoothing, max_backoff=max_backoff, min_steps=min_steps)
+        if row_steps < 1 or min_window < 1:
+            raise ValueError("need row_steps >= 1 and min_window >= 1")
+        self.row_steps, self.min_window = row_steps, min_window
+        self._settings = dict(max_backoff=max_backoff, min_steps=min_steps)
         DraftingGate(**self._settings)  # checks the arguments
         self._gates: dict[int, DraftingGate] = {}
 
     def for_rows(self, rows: int) -> DraftingGate:
         """The gate of steps with ``rows`` rows (a new one drafts at its first steps)."""
         if rows not in self._gates:
-            self._gates[rows] = DraftingGate(**self._settings)
+            window = max(self.row_steps / max(rows, 1), self.min_window)
+            self._gates[rows] = DraftingGate(smoothing=min(1.0, 1 / window), **self._settings)
         return self._gates[rows]
 
     def should_draft(self, rows: int) -> bool:
