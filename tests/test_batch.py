@@ -5,6 +5,7 @@ own seed only, whatever joins or leaves the batch; a row that leaves frees its c
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 
 import numpy as np
@@ -438,12 +439,33 @@ def test_planned_rows_share_one_forwards_width_and_stay_exact():
     assert max(widths) <= 7 and sum(widths) > 3 * steps  # within the knee, and drafts were taken
 
 
-@pytest.mark.parametrize("plain_price, gated", [(1e-9, True), (3600.0, False)])
-def test_rows_stop_drafting_while_drafting_does_not_pay(plain_price, gated):
-    """Priced at a nanosecond, plain steps would have been far faster than any drafted step:
-    the gate stops drafting (plain steps, probing now and then); priced at an hour, drafting
-    always pays. The outputs are exact either way."""
+class SlowDrafter:
+    """An inner drafter that takes ``delay`` seconds to propose (a lookup dearer than what its
+    drafts save)."""
+
+    def __init__(self, drafter, delay: float) -> None:
+        self.drafter, self.delay = drafter, delay
+
+    def propose(self, token_ids):
+        time.sleep(self.delay)
+        return self.drafter.propose(token_ids)
+
+    def observe(self, feedback):
+        self.drafter.observe(feedback)
+
+    def reset(self):
+        self.drafter.reset()
+
+
+@pytest.mark.parametrize("delay, plain_price, gated", [(0.05, 1e-3, True), (0.0, 3600.0, False)])
+def test_rows_stop_drafting_while_drafting_does_not_pay(delay, plain_price, gated):
+    """Drafting that takes 50 ms a step while a plain step of the tiny model takes a few: the
+    gate stops drafting (plain steps, probing now and then), judging drafted steps against the
+    plain steps it then measures. Priced at an hour a step, drafting always pays. The outputs
+    are exact either way."""
     model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=7), 16)
+    for drafter in drafters:
+        drafter.drafter = SlowDrafter(drafter.drafter, delay)
     decoder = BatchDecoder(model, tok, profile=KneeCost(knee=7, within=plain_price,
                                                         beyond=plain_price),
                            options=GenerationOptions(max_new_tokens=16),
@@ -454,10 +476,11 @@ def test_rows_stop_drafting_while_drafting_does_not_pay(plain_price, gated):
     results = [decoder.result(h) for h in handles]
     assert [r.token_ids for r in results] == [a.token_ids for a in alone]
     plain_steps = sum(size == 0 for r in results for size in r.stats.tree_size_per_step)
-    # A row's last step has no room for drafts (one token left): plain in both cases.
     three_rows = decoder.gates.for_rows(3)  # the verdict while all three rows decode
+    # A row's last step has no room for drafts (one token left): plain in both cases.
     if gated:
         assert three_rows.saving < 0 and plain_steps > 2 * len(results)
+        assert three_rows.plain_seconds is not None and three_rows.plain_seconds < delay
     else:
         assert three_rows.saving > 0 and plain_steps <= len(results)
 

@@ -121,10 +121,9 @@ class BatchDecoder:
         self.tree_costs = TreeCostCorrection()  # what tree forwards really cost here
         self.gates = gates if gates is not None else BatchGates()  # does drafting pay
         self._step_cost: CostModel | None = None  # the last plan's cost model
-        self._drafting_seconds = 0.0  # the planned rows' drafting in this step
         self._drafted = False  # whether this step's planned rows drafted
         self._gate = self.gates.for_rows(0)  # the gate of this step's number of rows
-        self._priced_step: tuple[int, float] = (0, 0.0)  # (cache length, forward seconds)
+        self._priced_cache = 0  # the cache length the last forward was priced at
 
     @property
     def active(self) -> list[int]:
@@ -184,11 +183,12 @@ class BatchDecoder:
 
     def step(self) -> dict[int, RowUpdate]:
         """One decoding step of every active row (one verification forward in all)."""
+        started = time.perf_counter()
         drafted = self._draft(self._live_rows())
         committed = 0
         for row, logits, draft, tree in self._verify(drafted):
             committed += self._accept_and_commit(row, logits, draft, tree)
-        self._judge_drafting(len(drafted), committed)
+        self._judge_drafting(len(drafted), committed, time.perf_counter() - started)
         return self._updates()
 
     def result(self, handle: int) -> GenerationResult:
@@ -220,7 +220,7 @@ class BatchDecoder:
         self._gate = self.gates.for_rows(len(rows))
         drafting = any(isinstance(row.drafter, PlannedDrafter) for row in rows) and (
             self._gate.should_draft())
-        self._drafting_seconds, self._drafted = 0.0, drafting
+        self._drafted = drafting
         for row in rows:
             mark = time.perf_counter()
             depth = min(row.output.remaining - 1, self._context_room(row))
@@ -233,7 +233,6 @@ class BatchDecoder:
                 candidate, probabilities = row.drafter.candidate(row.context)
                 within = candidate.depths <= depth
                 planned.append((row, candidate.subset(within), probabilities[within]))
-                self._drafting_seconds += time.perf_counter() - mark
             else:
                 fixed.append((row, _limit_depth(row.drafter.propose(row.context), depth)))
             row.stats.time_draft += time.perf_counter() - mark
@@ -291,7 +290,6 @@ class BatchDecoder:
                            self.session.cache_length, overhead=drafter.overhead,
                            fixed_width=fixed_width, fixed_tokens=len(fixed))
         seconds = time.perf_counter() - mark
-        self._drafting_seconds += seconds
         share = seconds / len(planned)
         for row, _, _ in planned:
             row.stats.time_draft += share
@@ -320,21 +318,28 @@ class BatchDecoder:
             width = sum(tree.num_slots for _, _, tree in drafted)
             predicted = float(self._step_cost.predict(width, cache_length))
             self.tree_costs.observe(predicted, elapsed, trees=width > len(drafted))
-            self._priced_step = (cache_length, elapsed)
+            self._priced_cache = cache_length
         for row, _, _ in drafted:
             row.stats.time_verify += elapsed  # each row waited for the whole forward
         return [(row, row_logits, draft, tree)
                 for (row, draft, tree), row_logits in zip(drafted, logits)]
 
-    def _judge_drafting(self, rows: int, committed: int) -> None:
-        """Tell the gate what a drafted step bought: its tokens and seconds (drafting and
-        forward) against plain forwards of its rows, as priced and as they really cost."""
-        if self._step_cost is None or rows == 0 or not self._drafted:
+    def _judge_drafting(self, rows: int, committed: int, seconds: float) -> None:
+        """Tell the gate what this step cost: a drafted step its tokens and whole seconds
+        (drafting, trees, forward, acceptance and commits: at 16 rows the host work beyond the
+        forward differs by several ms between drafted and plain steps) against plain steps of
+        its rows, as the gate measured them or else as priced; a plain step of planned rows
+        (the gate closed) its seconds."""
+        if self._step_cost is None or rows == 0:
             self._step_cost = None
             return
-        cache_length, forward_seconds = self._priced_step
-        plain = float(self._step_cost.predict(rows, cache_length)) * self.tree_costs.plain_ratio
-        self._gate.record(committed, rows, self._drafting_seconds + forward_seconds, plain)
+        if self._drafted:
+            priced = (float(self._step_cost.predict(rows, self._priced_cache))
+                      * self.tree_costs.plain_ratio)
+            plain = self._gate.plain_seconds if self._gate.plain_seconds is not None else priced
+            self._gate.record(committed, rows, seconds, plain)
+        else:
+            self._gate.record_plain(seconds)
         self._step_cost = None
 
     def _accept_and_commit(self, row: _Row, logits: torch.Tensor, draft: DraftTree,

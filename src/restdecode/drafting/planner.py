@@ -266,9 +266,9 @@ class DraftingGate:
     is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
     mean dips below zero on a few misses in a row while drafting pays on the whole. Once at
     least ``min_steps`` steps are counted and the mean is negative, the next ``backoff`` steps
-    do not draft at all (plain steps), then one step drafts again (a probe), the backoff
-    doubling (up to ``max_backoff``) while the mean stays negative and falling back to none
-    once it turns positive.
+    do not draft at all (plain steps), then one step drafts again (a probe): the backoff
+    doubles (up to ``max_backoff``) after a probe that lost, falls back to one step after a
+    probe that paid, and to none once the mean turns positive.
     """
 
     def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 16,
@@ -278,6 +278,8 @@ class DraftingGate:
         self.smoothing, self.max_backoff, self.min_steps = smoothing, max_backoff, min_steps
         self.saving: float | None = None  # mean, seconds per drafted step
         self.steps = 0  # drafted steps recorded
+        self.plain_seconds: float | None = None  # mean of the plain steps seen while closed
+        self._plain_steps = 0
         self._backoff = 1
         self._skip = 0
 
@@ -288,9 +290,17 @@ class DraftingGate:
             return False
         return True
 
+    def record_plain(self, seconds: float) -> None:
+        """One plain step taken while the gate was closed, whole: what a drafted step is judged
+        against once seen (a mean over about the last 1 / smoothing of them)."""
+        self._plain_steps += 1
+        weight = max(self.smoothing, 1 / self._plain_steps)
+        self.plain_seconds = (seconds if self.plain_seconds is None
+                              else self.plain_seconds + weight * (seconds - self.plain_seconds))
+
     def record(self, tokens: int, rows: int, seconds: float, plain_seconds: float) -> None:
-        """One drafted step: ``tokens`` committed by its ``rows`` rows in ``seconds`` (drafting
-        and forward, measured), where a plain forward of those rows takes ``plain_seconds``."""
+        """One drafted step: ``tokens`` committed by its ``rows`` rows in ``seconds`` (measured,
+        the whole step), where a plain step of those rows takes ``plain_seconds``."""
         if rows < 1:
             return
         saving = tokens * plain_seconds / rows - seconds
@@ -298,7 +308,11 @@ class DraftingGate:
         weight = max(self.smoothing, 1 / self.steps)
         self.saving = saving if self.saving is None else self.saving + weight * (saving - self.saving)
         if self.saving < 0 and self.steps >= self.min_steps:
-            self._skip, self._backoff = self._backoff, min(2 * self._backoff, self.max_backoff)
+            # A probe that paid brings the next one back soon: a closed gate's mean recovers
+            # within a few probes once drafting pays again (say the next request's), not
+            # behind an ever longer backoff.
+            self._skip = self._backoff
+            self._backoff = 1 if saving >= 0 else min(2 * self._backoff, self.max_backoff)
         elif self.saving >= 0:
             self._backoff = 1
 
