@@ -439,6 +439,9 @@ def test_each_number_of_rows_keeps_its_own_verdict():
     assert [b - a - 1 for a, b in zip(probes, probes[1:])] == [2, 4, 8, 16, 32, 64, 64]
     assert all(gates.should_draft(4) for _ in range(5))
     assert gates.for_rows(16).saving < 0 < gates.for_rows(4).saving
+    # Counts up to the same power of two share a verdict, as the batch profile's rows do.
+    assert gates.for_rows(12) is gates.for_rows(16) and gates.for_rows(3) is gates.for_rows(4)
+    assert gates.for_rows(1) is not gates.for_rows(2) and gates.for_rows(5) is gates.for_rows(8)
     for bad in (dict(max_backoff=0), dict(row_steps=0), dict(min_window=0)):
         with pytest.raises(ValueError):
             BatchGates(**bad)
@@ -449,5 +452,5 @@ def test_a_gate_of_more_rows_judges_by_fewer_steps():
     from restdecode.drafting.planner import BatchGates
 
     gates = BatchGates()
-    assert [gates.for_rows(rows).smoothing for rows in (1, 2, 4, 8, 16)] == pytest.approx(
+    assert [gates.for_rows(rows).smoothing for rows in (1, 2, 3, 8, 16)] == pytest.approx(
         [1 / 32, 1 / 16, 1 / 8, 1 / 8, 1 / 8])
