@@ -97,8 +97,10 @@ def test_a_fully_grown_tree_keeps_the_most_probable_paths(depths, top_k, budget,
         assert int(tree.parents[node]) < node  # parents first: prefix-closed
         tokens = tuple(int(tree.tokens[n]) for n in reversed(path))
         kept.append(float(np.prod(tree.scores[path])))
-        assert kept[-1] == pytest.approx(every[tokens], rel=1e-4)
-    np.testing.assert_allclose(sorted(kept, reverse=True), best[:len(tree)], rtol=1e-4)
+        # float32: the drafter steps its paths padded together, the walk one at a time, so the
+        # products differ in the last digits (1.4e-4 relative at 1e-7, hypothesis found).
+        assert kept[-1] == pytest.approx(every[tokens], rel=1e-3, abs=1e-9)
+    np.testing.assert_allclose(sorted(kept, reverse=True), best[:len(tree)], rtol=1e-3, atol=1e-9)
 
 
 def test_the_beam_the_floor_and_the_depths_bound_how_far_the_tree_grows():

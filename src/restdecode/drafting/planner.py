@@ -260,8 +260,8 @@ class DraftingGate:
     is looked up, whether or not the plan keeps a node of it (at 16 rows of SmolLM2 on 2 CPU
     cores, about 9 ms of a 150 ms step), and where width is dear even the kept nodes may
     commit less than they cost. After each drafted step, :meth:`record` takes the tokens it
-    committed and its measured seconds (drafting + forward) against what plain steps would
-    have taken for those tokens. The mean of that saving is taken over about the last
+    committed and the whole step's measured seconds against what plain steps would have taken
+    for those tokens (:meth:`record_plain` measures those while the gate is closed). The mean of that saving is taken over about the last
     ``1 / smoothing`` drafted steps (a plain mean until there are that many): one step's saving
     is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
     mean dips below zero on a few misses in a row while drafting pays on the whole. Once at
