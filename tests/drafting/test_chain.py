@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tiny_models import BYTE_VOCAB, tiny_model
@@ -60,6 +60,7 @@ def _drafter(chain, hidden, **options) -> ChainDrafter:
 @settings(max_examples=40, deadline=None)
 @given(depths=st.integers(1, 3), top_k=st.integers(1, 3), budget=st.integers(0, 20),
        seed=st.integers(0, 1000))
+@example(depths=3, top_k=2, budget=11, seed=0)  # float32 paths differing by 1.4e-4 at 1e-7
 def test_a_fully_grown_tree_keeps_the_most_probable_paths(depths, top_k, budget, seed):
     """With every path grown (a beam of top_k ** depths, no probability floor), the kept nodes
     are the ``budget`` most probable of all paths, each found by stepping the chain along it."""
