@@ -131,41 +131,27 @@ def load_engine(args):
                   name=args.model)
 
 
-def median_round(rounds: list[dict]) -> dict:
-    """The round with the median total throughput (the lower middle one of an even count)."""
-    ordered = sorted(rounds, key=lambda r: r["output_tok_s"])
+def lower_median(values: list, key=None):
+    """The median of ``values`` (the lower middle one of an even count), by ``key``."""
+    ordered = sorted(values, key=key)
     return ordered[(len(ordered) - 1) // 2]
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median total throughput."""
+    return lower_median(rounds, key=lambda r: r["output_tok_s"])
 
 
 def measure(method: str, engine, ids: list[list[int]], size: int, args, calibration,
             gates) -> dict:
     """Decode every prompt with ``method``, ``size`` at a time; throughput and outputs."""
-    import torch
-
-    from restdecode.batch import BatchRequest, generate_batch
-
     started = time.perf_counter()
     if method == "hf-generate-batched":
         token_ids, per_request = hf_batched(engine, ids, size, args.max_new_tokens)
         steps = sum(len(t) - 1 for t in token_ids)  # plain: one token per row and step
-    elif method == "single-default":
-        results = [engine.generate(input_ids=i, drafter=engine.new_drafter(calibration=calibration),
-                                   max_new_tokens=args.max_new_tokens) for i in ids]
-        token_ids = [r.token_ids for r in results]
-        steps = sum(r.stats.steps for r in results)
-        per_request = [r.stats.decode_tokens_per_s for r in results]
     else:
-        def drafter():
-            if method == "spec-fixed":
-                return engine.new_drafter(budget=args.budget)
-            if method == "spec-planned":
-                return engine.new_drafter(calibration=calibration)
-            return None
-        requests = [BatchRequest(input_ids=i, drafter=drafter()) for i in ids]
-        with torch.inference_mode():
-            results = generate_batch(engine.model, engine.tokenizer, requests, max_rows=size,
-                                     max_new_tokens=args.max_new_tokens,
-                                     profile=engine.batch_profile, gates=gates)
+        results = (decode_each(engine, ids, args, calibration) if method in SINGLE_ONLY
+                   else decode_batched(method, engine, ids, size, args, calibration, gates))
         token_ids = [r.token_ids for r in results]
         steps = sum(r.stats.steps for r in results)
         per_request = [r.stats.decode_tokens_per_s for r in results]
@@ -176,6 +162,32 @@ def measure(method: str, engine, ids: list[list[int]], size: int, args, calibrat
             "new_tokens": new_tokens, "output_tok_s": new_tokens / elapsed,
             "per_request_decode_tok_s": sum(per_request) / len(per_request),
             "tokens_per_step": decoded / steps if steps else 1.0, "token_ids": token_ids}
+
+
+def decode_each(engine, ids: list[list[int]], args, calibration) -> list:
+    """single-default: the single-sequence loop, one request after another."""
+    return [engine.generate(input_ids=i, drafter=engine.new_drafter(calibration=calibration),
+                            max_new_tokens=args.max_new_tokens) for i in ids]
+
+
+def decode_batched(method: str, engine, ids: list[list[int]], size: int, args, calibration,
+                   gates) -> list:
+    """Our batched loop, ``size`` rows at a time, each row drafting as ``method`` says."""
+    import torch
+
+    from restdecode.batch import BatchRequest, generate_batch
+
+    def drafter():
+        if method == "spec-fixed":
+            return engine.new_drafter(budget=args.budget)
+        if method == "spec-planned":
+            return engine.new_drafter(calibration=calibration)
+        return None
+    requests = [BatchRequest(input_ids=i, drafter=drafter()) for i in ids]
+    with torch.inference_mode():
+        return generate_batch(engine.model, engine.tokenizer, requests, max_rows=size,
+                              max_new_tokens=args.max_new_tokens,
+                              profile=engine.batch_profile, gates=gates)
 
 
 def hf_batched(engine, ids: list[list[int]], size: int, max_new_tokens: int):
@@ -226,7 +238,7 @@ def markdown(runs: list[dict]) -> str:
         identical = run.get("identical_to_plain_batched", "")
         spread = ", ".join(f"{t:.1f}" for t in run["rounds_tok_s"])
         paired = run["vs_best_other_by_round"]
-        versus = (f"{sorted(paired)[(len(paired) - 1) // 2]:.2f}x ("
+        versus = (f"{lower_median(paired):.2f}x ("
                   + ", ".join(f"{r:.2f}" for r in paired) + ")") if paired else ""
         lines.append(f"| {run['batch_size']} | {run['method']} | {run['output_tok_s']:.1f} | "
                      f"{spread} | {versus} | {run['per_request_decode_tok_s']:.1f} | "

@@ -290,13 +290,16 @@ class DraftingGate:
             return False
         return True
 
+    def _moving_mean(self, mean: float | None, value: float, count: int) -> float:
+        """``mean`` moved to ``value``: a plain mean of the first ``1 / smoothing`` values, then
+        a running mean over about that many."""
+        return value if mean is None else mean + max(self.smoothing, 1 / count) * (value - mean)
+
     def record_plain(self, seconds: float) -> None:
         """One plain step taken while the gate was closed, whole: what a drafted step is judged
         against once seen (a mean over about the last 1 / smoothing of them)."""
         self._plain_steps += 1
-        weight = max(self.smoothing, 1 / self._plain_steps)
-        self.plain_seconds = (seconds if self.plain_seconds is None
-                              else self.plain_seconds + weight * (seconds - self.plain_seconds))
+        self.plain_seconds = self._moving_mean(self.plain_seconds, seconds, self._plain_steps)
 
     def record(self, tokens: int, rows: int, seconds: float, plain_seconds: float) -> None:
         """One drafted step: ``tokens`` committed by its ``rows`` rows in ``seconds`` (measured,
@@ -305,8 +308,7 @@ class DraftingGate:
             return
         saving = tokens * plain_seconds / rows - seconds
         self.steps += 1
-        weight = max(self.smoothing, 1 / self.steps)
-        self.saving = saving if self.saving is None else self.saving + weight * (saving - self.saving)
+        self.saving = self._moving_mean(self.saving, saving, self.steps)
         if self.saving < 0 and self.steps >= self.min_steps:
             # A probe that paid brings the next one back soon: a closed gate's mean recovers
             # within a few probes once drafting pays again (say the next request's), not
