@@ -328,18 +328,18 @@ class BatchDecoder:
         """Tell the gate what this step cost: a drafted step its tokens and whole seconds
         (drafting, trees, forward, acceptance and commits: at 16 rows the host work beyond the
         forward differs by several ms between drafted and plain steps) against plain steps of
-        its rows, as the gate measured them or else as priced; a plain step of planned rows
-        (the gate closed) its seconds."""
+        its rows, priced and scaled by what the gate measured of plain steps (else by the
+        forwards' measured ratio); a plain step of planned rows (the gate closed) its seconds
+        and price."""
         if self._step_cost is None or rows == 0:
             self._step_cost = None
             return
+        priced = float(self._step_cost.predict(rows, self._priced_cache))
         if self._drafted:
-            priced = (float(self._step_cost.predict(rows, self._priced_cache))
-                      * self.tree_costs.plain_ratio)
-            plain = self._gate.plain_seconds if self._gate.plain_seconds is not None else priced
+            plain = self._gate.plain_seconds(priced, self.tree_costs.plain_ratio)
             self._gate.record(committed, rows, seconds, plain)
         else:
-            self._gate.record_plain(seconds)
+            self._gate.record_plain(seconds, priced)
         self._step_cost = None
 
     def _accept_and_commit(self, row: _Row, logits: torch.Tensor, draft: DraftTree,

@@ -415,8 +415,46 @@ def test_a_gate_does_not_close_on_a_run_of_misses_while_drafting_pays_on_the_who
                 index += 1
         return index / 600
 
-    assert drafted_share(DraftingGate()) == 1.0
+    # Open all along: the plain steps are the checks, one per 40 steps (drafting saves 19%
+    # of a step; a check costs that, spaced to stay under 1/256 of the time).
+    assert 0.97 <= drafted_share(DraftingGate()) < 1.0
     assert drafted_share(DraftingGate(smoothing=1 / 8, min_steps=1)) < 0.8
+
+
+def test_the_gate_prices_plain_steps_of_any_row_count_by_what_it_measured():
+    """One gate serves 9 to 16 rows; plain steps measured at 16 rows (0.11 s, priced 0.1 s)
+    say what a 12-row plain step takes through its own price (0.09 s: 0.099 s), not 12/16 of
+    the 16-row step (0.0825 s, which made drafted 12-row steps look cheaper than they were)."""
+    from restdecode.drafting.planner import DraftingGate
+
+    gate = DraftingGate()
+    assert gate.plain_seconds(0.09, fallback_ratio=1.2) == pytest.approx(0.108)  # none measured
+    gate.record_plain(0.11, priced_seconds=0.1)
+    gate.record_plain(0.5, priced_seconds=0.0)  # no price: ignored
+    assert gate.plain_seconds(0.09, fallback_ratio=1.2) == pytest.approx(0.099)
+    gate.record_plain(0.13, priced_seconds=0.1)  # a plain mean of the first ones
+    assert gate.plain_ratio == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("seconds, spacing", [(0.098, 8), (0.080, 64)])
+def test_an_open_gate_checks_plain_steps_more_often_the_less_drafting_saves(seconds, spacing):
+    """Drafted steps saving 2% of a step (0.002 s of 0.098 s) are checked against a plain step
+    every 8 drafted steps (``min_steps``), ones saving 25% every 64: a check costs one step's
+    saving, and where drafting barely pays a stale plain reference misleads most."""
+    from restdecode.drafting.planner import DraftingGate
+
+    gate, pattern = DraftingGate(min_steps=8), []
+    for _ in range(200):
+        drafts = gate.should_draft()
+        pattern.append(drafts)
+        if drafts:
+            gate.record(tokens=1, rows=1, seconds=seconds, plain_seconds=0.1)
+        else:
+            gate.record_plain(0.1, priced_seconds=0.1)
+    checks = [i for i, drafts in enumerate(pattern) if not drafts]
+    assert checks[0] == spacing  # the first after as many drafted steps
+    assert all(b - a - 1 == spacing for a, b in zip(checks, checks[1:]))
+    assert gate.saving > 0
 
 
 def test_each_number_of_rows_keeps_its_own_verdict():

@@ -261,7 +261,9 @@ class DraftingGate:
     cores, about 9 ms of a 150 ms step), and where width is dear even the kept nodes may
     commit less than they cost. After each drafted step, :meth:`record` takes the tokens it
     committed and the whole step's measured seconds against what plain steps would have taken
-    for those tokens (:meth:`record_plain` measures those while the gate is closed). The mean of that saving is taken over about the last
+    for those tokens (:meth:`record_plain` measures those while the gate is closed, as a ratio
+    to their price: a gate serves several row counts, and 12 rows' plain step costs more per
+    row than 16 rows'). The mean of that saving is taken over about the last
     ``1 / smoothing`` drafted steps (a plain mean until there are that many): one step's saving
     is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
     mean dips below zero on a few misses in a row while drafting pays on the whole. Once at
@@ -269,37 +271,72 @@ class DraftingGate:
     do not draft at all (plain steps), then one step drafts again (a probe): the backoff
     doubles (up to ``max_backoff``) after a probe that lost, falls back to one step after a
     probe that paid, and to none once the mean turns positive.
+
+    While the gate is open it still takes a plain step now and then (a check), so that the
+    plain steps drafted ones are judged against are measured at the machine's present speed:
+    on a shared CPU a whole step drifts by 10-25% within seconds, more than drafting saves at
+    16 rows, and a ratio measured in a slow spell kept a 16-row gate open for a whole run
+    that lost to plain steps. A check costs one step's saving, so checks are spaced by the
+    saving's share of a step over ``check_cost`` (at least ``min_steps``, at most 64 drafted
+    steps apart): their cost stays under ``check_cost`` of the time, and they come most often
+    where drafting barely pays, which is where a stale reference misleads.
     """
 
     def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 16,
-                 min_steps: int = 8) -> None:
-        if not 0 < smoothing <= 1 or max_backoff < 1 or min_steps < 1:
-            raise ValueError("need 0 < smoothing <= 1, max_backoff >= 1 and min_steps >= 1")
+                 min_steps: int = 8, check_cost: float = 1 / 256) -> None:
+        if (not 0 < smoothing <= 1 or max_backoff < 1 or min_steps < 1
+                or not 0 < check_cost <= 1):
+            raise ValueError("need 0 < smoothing <= 1, max_backoff >= 1, min_steps >= 1 and "
+                             "0 < check_cost <= 1")
         self.smoothing, self.max_backoff, self.min_steps = smoothing, max_backoff, min_steps
+        self.check_cost = check_cost
+        self._share: float | None = None  # mean saving over mean drafted step, while open
+        self._since_plain = 0  # drafted steps since the last plain one
+        self._drafted_seconds: float | None = None  # mean drafted step
         self.saving: float | None = None  # mean, seconds per drafted step
         self.steps = 0  # drafted steps recorded
-        self.plain_seconds: float | None = None  # mean of the plain steps seen while closed
+        self.plain_ratio: float | None = None  # plain steps seen while closed, over their price
         self._plain_steps = 0
         self._backoff = 1
         self._skip = 0
 
     def should_draft(self) -> bool:
-        """Whether this step drafts (a step that does not counts down the backoff)."""
+        """Whether this step drafts (a step that does not counts down the backoff, or is a
+        check of the plain steps' speed)."""
         if self._skip > 0:
             self._skip -= 1
+            self._since_plain = 0
+            return False
+        if self._share is not None and self._since_plain >= self._check_spacing():
+            self._since_plain = 0
             return False
         return True
+
+    def _check_spacing(self) -> int:
+        """Drafted steps between two checks while open: each costs a step's saving."""
+        spacing = max(self._share, 0.0) / self.check_cost
+        return int(min(max(spacing, self.min_steps), 64))
 
     def _moving_mean(self, mean: float | None, value: float, count: int) -> float:
         """``mean`` moved to ``value``: a plain mean of the first ``1 / smoothing`` values, then
         a running mean over about that many."""
         return value if mean is None else mean + max(self.smoothing, 1 / count) * (value - mean)
 
-    def record_plain(self, seconds: float) -> None:
-        """One plain step taken while the gate was closed, whole: what a drafted step is judged
-        against once seen (a mean over about the last 1 / smoothing of them)."""
+    def record_plain(self, seconds: float, priced_seconds: float) -> None:
+        """One plain step taken while the gate was closed, whole, and its forward's price: the
+        measured over priced ratio (a mean over about the last 1 / smoothing of them) is what
+        :meth:`plain_seconds` applies to the price of a drafted step's rows."""
+        if priced_seconds <= 0:
+            return
         self._plain_steps += 1
-        self.plain_seconds = self._moving_mean(self.plain_seconds, seconds, self._plain_steps)
+        self.plain_ratio = self._moving_mean(self.plain_ratio, seconds / priced_seconds,
+                                             self._plain_steps)
+
+    def plain_seconds(self, priced_seconds: float, fallback_ratio: float = 1.0) -> float:
+        """What a plain step priced at ``priced_seconds`` takes, whole: the price times the
+        ratio measured by :meth:`record_plain`, or ``fallback_ratio`` before any."""
+        ratio = self.plain_ratio if self.plain_ratio is not None else fallback_ratio
+        return priced_seconds * ratio
 
     def record(self, tokens: int, rows: int, seconds: float, plain_seconds: float) -> None:
         """One drafted step: ``tokens`` committed by its ``rows`` rows in ``seconds`` (measured,
@@ -308,7 +345,11 @@ class DraftingGate:
             return
         saving = tokens * plain_seconds / rows - seconds
         self.steps += 1
+        self._since_plain += 1
         self.saving = self._moving_mean(self.saving, saving, self.steps)
+        self._drafted_seconds = self._moving_mean(self._drafted_seconds, seconds, self.steps)
+        if self.steps >= self.min_steps and self._drafted_seconds > 0:
+            self._share = self.saving / self._drafted_seconds
         if self.saving < 0 and self.steps >= self.min_steps:
             # A probe that paid brings the next one back soon: a closed gate's mean recovers
             # within a few probes once drafting pays again (say the next request's), not
