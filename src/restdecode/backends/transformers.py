@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from restdecode import verify as tree_verify
 from restdecode.errors import DecodingError
+from restdecode.head import padded_head
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +30,18 @@ class TransformersBackend:
 
     def __init__(self, model: "PreTrainedModel") -> None:
         self.model = model
+        self._head_widths: tuple[int, ...] | None | bool = False  # False: not looked up yet
+
+    @property
+    def head_widths(self) -> tuple[int, ...] | None:
+        """The row counts this model's output head runs at in restdecode's forwards
+        (:mod:`restdecode.head`; None: as they come, e.g. on a GPU or a compiled model)."""
+        if self._head_widths is False:
+            from restdecode.compiled import is_compiled
+            from restdecode.head import head_widths_for
+
+            self._head_widths = None if is_compiled(self.model) else head_widths_for(self.model)
+        return self._head_widths
 
     @property
     def device(self) -> "torch.device":
@@ -55,19 +68,24 @@ class TransformersBackend:
         return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
     def session(self, *, rollback: int = 0, hidden: bool = False) -> "TransformersSession":
-        return TransformersSession(self.model, rollback=rollback, hidden=hidden)
+        return TransformersSession(self.model, rollback=rollback, hidden=hidden,
+                                   head_widths=self.head_widths)
 
     def batch_session(self) -> "TransformersBatchSession":
         """Rows verified together in one forward over a packed KV cache
         (:mod:`restdecode.backends.transformers_batch`)."""
         from restdecode.backends.transformers_batch import TransformersBatchSession
 
-        return TransformersBatchSession(self.model)
+        return TransformersBatchSession(self.model, head_widths=self.head_widths)
 
     def profile_key(self) -> dict:
+        from restdecode.head import table_digest
         from restdecode.latency import profile_key
 
-        return profile_key(self.model)
+        key = profile_key(self.model)
+        if self.head_widths is not None:  # the forwards timed are padded ones
+            key["head_padding"] = table_digest(self.head_widths)
+        return key
 
     def __repr__(self) -> str:
         return f"TransformersBackend({self.model!r})"
@@ -82,11 +100,12 @@ class TransformersSession:
     """
 
     def __init__(self, model: "PreTrainedModel", *, rollback: int = 0,
-                 hidden: bool = False) -> None:
+                 hidden: bool = False, head_widths: tuple[int, ...] | None = None) -> None:
         if rollback < 0:
             raise ValueError(f"rollback must be >= 0, got {rollback}")
         self.model = model
         self.rollback = rollback
+        self.head_widths = head_widths  # restdecode.head.padded_head
         self._hidden: list | None = [] if hidden else None
         self.cache = tree_verify.new_cache(model)
         self.past_length = 0
@@ -97,16 +116,18 @@ class TransformersSession:
             self.cache = tree_verify.new_cache(self.model)
             self._slots = 0
         self._clear_hidden()
-        logits = tree_verify.prefill(self.model, self.cache, list(prompt_ids),
-                                     history=self.rollback, hidden=self._hidden)
+        with padded_head(self.model, self.head_widths):
+            logits = tree_verify.prefill(self.model, self.cache, list(prompt_ids),
+                                         history=self.rollback, hidden=self._hidden)
         self.past_length = len(prompt_ids)
         return logits
 
     def verify(self, pending_token: int, tree: "CompiledTree") -> "torch.Tensor":
         self._slots = tree.num_slots
         self._clear_hidden()
-        return tree_verify.verify(self.model, self.cache, pending_token, tree, self.past_length,
-                                  hidden=self._hidden)
+        with padded_head(self.model, self.head_widths):
+            return tree_verify.verify(self.model, self.cache, pending_token, tree,
+                                      self.past_length, hidden=self._hidden)
 
     def hidden_state(self, slot: int) -> "torch.Tensor":
         """The model's final hidden state (after its last norm) at ``slot`` of the last

@@ -40,6 +40,7 @@ from transformers import AttentionInterface, DynamicCache
 from restdecode import verify as tree_verify
 from restdecode.compiled import eager
 from restdecode.errors import DecodingError
+from restdecode.head import padded_head
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -187,9 +188,11 @@ class TransformersBatchSession:
     """Several sequences ("rows") of one transformers model, verified together (see the module
     docstring). Implements :class:`restdecode.backends.BatchSession`."""
 
-    def __init__(self, model: "PreTrainedModel") -> None:
+    def __init__(self, model: "PreTrainedModel", *,
+                 head_widths: tuple[int, ...] | None = None) -> None:
         tree_verify._check_supported(model)
         self.model = eager(model)  # the rows' attention is a Python function: no compiled graph
+        self.head_widths = head_widths  # restdecode.head.padded_head
         self._layer_types = tree_verify._layer_types(model)
         config = model.config.get_text_config(decoder=True)
         self._windows = {tree_verify.FULL: None}
@@ -277,7 +280,8 @@ class TransformersBatchSession:
                                for row, tree in zip(rows, trees)])
         self.cache.layout = layout
         try:
-            with _attention_implementation(self._configs, ROWS_ATTENTION):
+            with (_attention_implementation(self._configs, ROWS_ATTENTION),
+                  padded_head(self.model, self.head_widths)):
                 output = self.model(input_ids=tokens.unsqueeze(0),
                                     position_ids=positions.unsqueeze(0), use_cache=True,
                                     step_layout=layout,
