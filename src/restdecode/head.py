@@ -5,12 +5,14 @@ cores of this project's machine (torch 2.13, SmolLM2's 49,152 x 576 head) 1 row 
 33 ms, 4 rows 17 ms, 7 rows 34 ms and 8 rows 19 ms, as the BLAS kernels pick different blockings.
 A verification forward needs the logits of every token it verifies, so a step of 7 rows paid for
 the head nearly twice what a step of 8 did. :func:`measure_head_widths` times the head at every
-row count up to ``max_width``; within :func:`padded_head` the head pads its input with zero rows up to the cheapest count at most ``slack`` above (where that saves at least 10%) and
-cut the output back. The logits of the real rows are the same product, computed by another
+row count up to ``max_width``; within :func:`padded_head` the head pads its input with zero
+rows up to the cheapest count at most ``slack`` above (where that saves at least 10%) and cuts
+the output back. The logits of the real rows are the same product, computed by another
 blocking: they may differ in float rounding (~1e-6), as any two kernel choices do. The table
 is cached per model and machine beside the latency profiles (:func:`head_widths_for`), whose
 keys name it, so that the forwards they time are the padded ones. The transformers backend
-pads its own forwards only (not compiled ones: a graph would specialise on every width). ``RESTDECODE_HEAD_PADDING=0`` turns padding off.
+pads its own forwards only (not compiled ones: a graph would specialise on every width).
+``RESTDECODE_HEAD_PADDING=0`` turns padding off.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ MAX_WIDTH = 64  # row counts timed: the widest forwards the planners build are a
 SLACK = 8  # pad by at most this many rows
 GAIN = 0.9  # pad only where it saves at least 10% of the head's time
 _TABLE = "_restdecode_head_widths"  # the installed table, on the head module
-_KNOWN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its table or None
+_KNOWN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # CPU model -> table or None
 
 
 def measure_head_widths(head: torch.nn.Linear, *, max_width: int = MAX_WIDTH,
@@ -116,12 +118,12 @@ def head_widths_for(model: "PreTrainedModel", cache_dir: str | os.PathLike | Non
     width is nearly free, where padding saves nothing, or with ``RESTDECODE_HEAD_PADDING=0``."""
     from restdecode.latency import profile_key, profiles_dir
 
-    if cache_dir is None and model in _KNOWN:
-        return _KNOWN[model]
     head = model.get_output_embeddings()
     if (os.environ.get("RESTDECODE_HEAD_PADDING", "1") == "0" or model.device.type != "cpu"
             or type(head) is not torch.nn.Linear):
         return None
+    if cache_dir is None and model in _KNOWN:
+        return _KNOWN[model]
     key = profile_key(model) | {"kind": "head-widths", "max_width": MAX_WIDTH, "slack": SLACK}
     path = _table_path(key, profiles_dir() if cache_dir is None else cache_dir)
     widths = _read_table(path, key)

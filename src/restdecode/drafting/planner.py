@@ -261,8 +261,8 @@ class DraftingGate:
     cores, about 9 ms of a 150 ms step), and where width is dear even the kept nodes may
     commit less than they cost. After each drafted step, :meth:`record` takes the tokens it
     committed and the whole step's measured seconds against what plain steps would have taken
-    for those tokens (:meth:`record_plain` measures those while the gate is closed, as a ratio
-    to their price: a gate serves several row counts, and 12 rows' plain step costs more per
+    for those tokens (:meth:`record_plain` measures those while the gate is closed and in
+    checks while it is open, as a ratio to their price: a gate serves several row counts, and 12 rows' plain step costs more per
     row than 16 rows'). The mean of that saving is taken over about the last
     ``1 / smoothing`` drafted steps (a plain mean until there are that many): one step's saving
     is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
@@ -323,7 +323,7 @@ class DraftingGate:
         return value if mean is None else mean + max(self.smoothing, 1 / count) * (value - mean)
 
     def record_plain(self, seconds: float, priced_seconds: float) -> None:
-        """One plain step taken while the gate was closed, whole, and its forward's price: the
+        """One plain step (the gate closed, or a check), whole, and its forward's price: the
         measured over priced ratio (a mean over about the last 1 / smoothing of them) is what
         :meth:`plain_seconds` applies to the price of a drafted step's rows."""
         if priced_seconds <= 0:
