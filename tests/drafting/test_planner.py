@@ -415,8 +415,8 @@ def test_a_gate_does_not_close_on_a_run_of_misses_while_drafting_pays_on_the_who
                 index += 1
         return index / 600
 
-    # Open all along: the plain steps are the checks, one per 40 steps (drafting saves 19%
-    # of a step; a check costs that, spaced to stay under 1/256 of the time).
+    # Open all along: the plain steps are the checks, about one per 48 drafted steps (drafting
+    # saves 19% of a step; a check costs that, spaced to stay under 1/256 of the time).
     assert 0.97 <= drafted_share(DraftingGate()) < 1.0
     assert drafted_share(DraftingGate(smoothing=1 / 8, min_steps=1)) < 0.8
 
