@@ -262,8 +262,9 @@ class DraftingGate:
     commit less than they cost. After each drafted step, :meth:`record` takes the tokens it
     committed and the whole step's measured seconds against what plain steps would have taken
     for those tokens (:meth:`record_plain` measures those while the gate is closed and in
-    checks while it is open, as a ratio to their price: a gate serves several row counts, and 12 rows' plain step costs more per
-    row than 16 rows'). The mean of that saving is taken over about the last
+    checks while it is open, as a ratio to their price: a gate serves several row counts, and
+    12 rows' plain step costs more per row than 16 rows'). The mean of that saving is taken
+    over about the last
     ``1 / smoothing`` drafted steps (a plain mean until there are that many): one step's saving
     is all or nothing (at 1 row of SmolLM2, +60 ms for a hit, -20 ms for a miss), so a short
     mean dips below zero on a few misses in a row while drafting pays on the whole. Once at
@@ -282,6 +283,8 @@ class DraftingGate:
     where drafting barely pays, which is where a stale reference misleads.
     """
 
+    MAX_CHECK_SPACING = 64  # drafted steps between two checks at most
+
     def __init__(self, *, smoothing: float = 1 / 32, max_backoff: int = 16,
                  min_steps: int = 8, check_cost: float = 1 / 256) -> None:
         if (not 0 < smoothing <= 1 or max_backoff < 1 or min_steps < 1
@@ -290,7 +293,6 @@ class DraftingGate:
                              "0 < check_cost <= 1")
         self.smoothing, self.max_backoff, self.min_steps = smoothing, max_backoff, min_steps
         self.check_cost = check_cost
-        self._share: float | None = None  # mean saving over mean drafted step, while open
         self._since_plain = 0  # drafted steps since the last plain one
         self._drafted_seconds: float | None = None  # mean drafted step
         self.saving: float | None = None  # mean, seconds per drafted step
@@ -307,15 +309,15 @@ class DraftingGate:
             self._skip -= 1
             self._since_plain = 0
             return False
-        if self._share is not None and self._since_plain >= self._check_spacing():
+        if self.steps >= self.min_steps and self._since_plain >= self._check_spacing():
             self._since_plain = 0
             return False
         return True
 
     def _check_spacing(self) -> int:
         """Drafted steps between two checks while open: each costs a step's saving."""
-        spacing = max(self._share, 0.0) / self.check_cost
-        return int(min(max(spacing, self.min_steps), 64))
+        share = max(self.saving, 0.0) / self._drafted_seconds if self._drafted_seconds else 0.0
+        return int(min(max(share / self.check_cost, self.min_steps), self.MAX_CHECK_SPACING))
 
     def _moving_mean(self, mean: float | None, value: float, count: int) -> float:
         """``mean`` moved to ``value``: a plain mean of the first ``1 / smoothing`` values, then
@@ -348,8 +350,6 @@ class DraftingGate:
         self._since_plain += 1
         self.saving = self._moving_mean(self.saving, saving, self.steps)
         self._drafted_seconds = self._moving_mean(self._drafted_seconds, seconds, self.steps)
-        if self.steps >= self.min_steps and self._drafted_seconds > 0:
-            self._share = self.saving / self._drafted_seconds
         if self.saving < 0 and self.steps >= self.min_steps:
             # A probe that paid brings the next one back soon: a closed gate's mean recovers
             # within a few probes once drafting pays again (say the next request's), not
