@@ -383,6 +383,29 @@ def test_the_gate_stops_drafting_while_it_loses_and_probes_with_a_growing_backof
     assert all(gate.should_draft() for _ in range(5))
 
 
+def test_a_probe_that_paid_halves_the_backoff_while_the_mean_still_loses():
+    """Where single steps win and lose by turns but drafting loses on the whole, a probe that
+    paid does not bring probes back every other step: the backoff halves, it is not reset."""
+    from restdecode.drafting.planner import DraftingGate
+
+    gate = DraftingGate(smoothing=1 / 64, max_backoff=8, min_steps=1)
+    outcomes = iter([-0.1, -0.01, -0.01, -0.01, +0.01, +0.01, -0.01])  # seconds saved
+    gaps, since = [], None
+    for _ in range(60):
+        if gate.should_draft():
+            if since is not None:
+                gaps.append(since)
+            saved = next(outcomes, None)
+            if saved is None:
+                break
+            gate.record(tokens=8, rows=8, seconds=0.1 - saved, plain_seconds=0.1)
+            since = 0
+        else:
+            since += 1
+    assert gate.saving < 0
+    assert gaps == [1, 2, 4, 8, 8, 4, 2]  # lost: doubled (cap 8); paid: halved
+
+
 def test_the_gate_judges_by_a_running_mean_not_one_step():
     from restdecode.drafting.planner import DraftingGate
 
