@@ -20,6 +20,8 @@ d, and of those the share whose d-th token retrieval + context also proposed.
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import sys
 from pathlib import Path
 
@@ -59,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depths", type=int, default=6)
     parser.add_argument("--limit", type=int, help="first N prompts only")
     args = parser.parse_args(argv)
-
-    import gzip
-    import json
 
     from restdecode.benchmark.runner import encode_prompt
     from restdecode.datastore import Datastore
