@@ -27,9 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from acceptance_depth import load_rows  # noqa: E402
-
 
 def retrieval_reach(drafter, prompt_ids: list[int], output: list[int],
                     committed: list[int]) -> list[tuple[int, int]]:
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     opener = gzip.open if args.results.suffix == ".gz" else open
     with opener(args.results, "rt", encoding="utf-8") as file:
         run = json.load(file)
-    rows = [r for r in load_rows(args.results) if r["method"] == args.method and r["turn"] == 1]
+    rows = [r for r in run["rows"] if r["method"] == args.method and r["turn"] == 1]
     if not rows:
         parser.error(f"no rows of method {args.method!r} in {args.results}")
     tokenizer = load_tokenizer(run["model"]["name"])
