@@ -247,6 +247,7 @@ class Engine:
         retrieval and context (:func:`~restdecode.drafting.draft_model.merge_draft_model`), a
         draft-model session of its own."""
         from restdecode.drafting import CANDIDATE_BUDGET, default_drafter
+        from restdecode.drafting.defaults import MERGED_CHAIN_DEPTHS
         from restdecode.drafting.draft_model import merge_draft_model
         from restdecode.drafting.heads import hidden_drafter
 
@@ -254,8 +255,8 @@ class Engine:
         budget = budget if budget is not None else self.budget
         calibration = calibration if calibration is not None else self.calibration
         profile = self.profile if budget is None else None
-        heads = (hidden_drafter(self.draft_heads) if draft_model and self.draft_heads is not None
-                 else None)
+        heads = (hidden_drafter(self.draft_heads, chain_depths=MERGED_CHAIN_DEPTHS)
+                 if draft_model and self.draft_heads is not None else None)
         if heads is not None:
             if budget is not None:
                 return default_drafter(self.datastore, budget=budget, memory=memory,

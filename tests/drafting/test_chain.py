@@ -117,6 +117,25 @@ def test_the_beam_the_floor_and_the_depths_bound_how_far_the_tree_grows():
     assert len(ChainDrafter(chain).propose([9])) == 0  # no hidden state yet
 
 
+def test_merged_with_retrieval_the_engine_drafts_the_chains_first_depth_only():
+    from tiny_models import byte_tokenizer
+    from restdecode.drafting.defaults import MERGED_CHAIN_DEPTHS
+    from restdecode.engine import Engine
+
+    model = model_for("llama")
+    chain = random_chain(model, depths=3, spread=0.05)  # confident paths: they grow past depth 1
+    hidden = torch.randn(model.config.hidden_size)
+    alone = hidden_drafter(chain, budget=64)  # the chain alone keeps ChainDrafter's depths
+    alone.observe(StepFeedback(committed=[7], hidden=hidden))
+    assert (alone.propose([9]).parents >= 0).any()
+    engine = Engine(model, byte_tokenizer(), draft_heads=chain, budget=12)
+    merged = engine.new_drafter()
+    (inside,) = [d for d in merged.drafters if isinstance(d, ChainDrafter)]
+    assert inside.depths == MERGED_CHAIN_DEPTHS == 1
+    inside.observe(StepFeedback(committed=[7], hidden=hidden))
+    assert len(inside.propose([9])) and (inside.propose([9]).parents == -1).all()
+
+
 @pytest.mark.parametrize("rows", [2, 3, 5])
 def test_rows_stepped_together_equal_rows_stepped_alone(rows):
     """(Two or three rows are padded to four for a faster kernel.)"""

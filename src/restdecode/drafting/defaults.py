@@ -41,6 +41,13 @@ CONTEXT_MIN_SUFFIX = 1
 # calibration learns what their nodes are worth).
 HEADS_WEIGHT = 1.0
 
+# Depths a trained draft chain drafts when merged with retrieval and context (alone it drafts
+# ChainDrafter's default of 3). Merged, retrieval + context already proposed 96-100% of the
+# accepted tokens past the first (bench/source_depth.py), while the later depths cost most of
+# the chain's drafting: one depth kept the tokens per forward and measured 4-5% faster on
+# SmolLM2 (bench/RESULTS.md, issue 17, sixth session).
+MERGED_CHAIN_DEPTHS = 1
+
 # Per-step work besides the verification forward (search, tree, acceptance, commit), seconds;
 # measured at 1-2 ms for SmolLM2 on 2 cores (GenerationStats.time_draft + time_accept_commit).
 STEP_OVERHEAD_S = 0.0015

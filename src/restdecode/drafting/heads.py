@@ -140,13 +140,16 @@ def load_hidden_drafter(model: "PreTrainedModel", directory: str | os.PathLike
     return load_heads(model, directory)[0]
 
 
-def hidden_drafter(module: "DraftHeads | DraftChain", *, budget: int = 16
-                   ) -> "HeadsDrafter | ChainDrafter":
-    """The drafter of trained heads or of a trained chain, drafting at most ``budget`` nodes."""
+def hidden_drafter(module: "DraftHeads | DraftChain", *, budget: int = 16,
+                   chain_depths: int | None = None) -> "HeadsDrafter | ChainDrafter":
+    """The drafter of trained heads or of a trained chain, drafting at most ``budget`` nodes;
+    a chain drafts ``chain_depths`` depths (None: :class:`ChainDrafter`'s default)."""
     from restdecode.drafting.chain import ChainDrafter, DraftChain
 
     if isinstance(module, DraftChain):
-        return ChainDrafter(module, budget=budget)
+        if chain_depths is None:
+            return ChainDrafter(module, budget=budget)
+        return ChainDrafter(module, budget=budget, depths=chain_depths)
     return HeadsDrafter(module, budget=budget)
 
 
