@@ -12,12 +12,22 @@ its measurement it drafts 1, ``drafting.defaults.MERGED_CHAIN_DEPTHS``.)
         --methods hf-greedy,restdecode,merged-d1,merged-d3 --draft-model bench/out/smollm2-chain-try \\
         --datastore ~/.cache/restdecode/datastores/sharegpt-smollm2.rds --out bench/out/chain-depths
 
-Everything after the script's name is ``restdecode bench``'s arguments.
+Everything after the script's name is ``restdecode bench``'s arguments; or, to compare a run's
+methods with ``restdecode`` prompt by prompt (ms per decoding step, summed and median speed
+ratios, identical tokens):
+
+    .venv/bin/python bench/chain_merge_depths.py --compare bench/out/chain-depths/results.json [PROMPT_ID ...]
+
+(prompt ids after the file are left out, e.g. one whose first method paid a one-off stall).
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
+from collections import defaultdict
+from collections.abc import Sequence
 
 import restdecode.benchmark.methods as methods
 from restdecode.cli import main
@@ -58,6 +68,32 @@ def add_variants() -> None:
     methods.ENGINE_METHODS = methods.ENGINE_METHODS | frozenset(VARIANTS)
 
 
+def compare(results_path: str, skip: Sequence[str] = (), reference: str = "restdecode") -> None:
+    """Print each method of a bench run against ``reference``, prompt by prompt, leaving out the
+    prompts ``skip``."""
+    with open(results_path) as results:
+        rows = json.load(results)["rows"]
+    by_prompt: dict[str, dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        if row["prompt_id"] not in skip:
+            by_prompt[row["prompt_id"]][row["method"]] = row
+    print(f"| method | ms per decoding step | decoding steps | summed speed vs {reference} "
+          f"| median per prompt | identical to {reference} |")
+    print("|---|---|---|---|---|---|")
+    for method in dict.fromkeys(row["method"] for row in rows):
+        pairs = [(p[reference], p[method]) for p in by_prompt.values()]
+        seconds = sum(mine["decode_s"] for _, mine in pairs)
+        steps = sum(mine["steps"] - 1 for _, mine in pairs)  # the prefill is not decoding
+        summed = sum(ref["decode_s"] for ref, _ in pairs) / seconds
+        median = statistics.median(ref["decode_s"] / mine["decode_s"] for ref, mine in pairs)
+        same = sum(ref["token_ids"] == mine["token_ids"] for ref, mine in pairs)
+        print(f"| {method} | {1000 * seconds / steps:.1f} | {steps:,} | {summed:.3f}x "
+              f"| {median:.3f}x | {same}/{len(pairs)} |")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--compare"]:
+        compare(sys.argv[2], skip=sys.argv[3:])
+        sys.exit(0)
     add_variants()
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -44,8 +44,8 @@ HEADS_WEIGHT = 1.0
 # Depths a trained draft chain drafts when merged with retrieval and context (alone it drafts
 # ChainDrafter's default of 3). Merged, retrieval + context already proposed 96-100% of the
 # accepted tokens past the first (bench/source_depth.py), while the later depths cost most of
-# the chain's drafting: one depth kept the tokens per forward and measured 4-5% faster on
-# SmolLM2 (bench/RESULTS.md, issue 17, sixth session).
+# the chain's drafting: one depth kept the tokens per forward and measured 1-5% faster than
+# three on SmolLM2 (bench/RESULTS.md, issue 17, sixth session).
 MERGED_CHAIN_DEPTHS = 1
 
 # Per-step work besides the verification forward (search, tree, acceptance, commit), seconds;
