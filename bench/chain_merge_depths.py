@@ -8,8 +8,8 @@ This runs ``restdecode bench`` with extra methods ``merged-d1``, ``merged-d2`` a
 methods in one process run. (When this was written the merged chain drafted 3 depths; after
 its measurement it drafts 1, ``drafting.defaults.MERGED_CHAIN_DEPTHS``.)
 
-    .venv/bin/python bench/chain_merge_depths.py mtbench --limit 20 --max-new-tokens 256 --compile \\
-        --methods hf-greedy,restdecode,merged-d1,merged-d3 --draft-model bench/out/smollm2-chain-try \\
+    .venv/bin/python bench/chain_merge_depths.py mtbench --limit 30 --max-new-tokens 256 --compile \\
+        --methods restdecode,merged-d1,merged-d3 --draft-model bench/out/smollm2-chain-try \\
         --datastore ~/.cache/restdecode/datastores/sharegpt-smollm2.rds --out bench/out/chain-depths
 
 Everything after the script's name is ``restdecode bench``'s arguments; or, to compare a run's
@@ -83,7 +83,7 @@ def compare(results_path: str, skip: Sequence[str] = (), reference: str = "restd
     for method in dict.fromkeys(row["method"] for row in rows):
         pairs = [(p[reference], p[method]) for p in by_prompt.values()]
         seconds = sum(mine["decode_s"] for _, mine in pairs)
-        steps = sum(mine["steps"] - 1 for _, mine in pairs)  # the prefill is not decoding
+        steps = max(1, sum(mine["steps"] - 1 for _, mine in pairs))  # the prefill: not decoding
         summed = sum(ref["decode_s"] for ref, _ in pairs) / seconds
         median = statistics.median(ref["decode_s"] / mine["decode_s"] for ref, mine in pairs)
         same = sum(ref["token_ids"] == mine["token_ids"] for ref, mine in pairs)

@@ -245,7 +245,8 @@ class Engine:
         (pass a fresh one to keep a drafter's learning apart, as the benchmark's methods do).
         With a draft model (and ``draft_model`` True) the drafter merges its drafts with
         retrieval and context (:func:`~restdecode.drafting.draft_model.merge_draft_model`), a
-        draft-model session of its own."""
+        draft-model session of its own; trained heads or a chain join them as one more source
+        (a chain drafting its first ``MERGED_CHAIN_DEPTHS`` depth only)."""
         from restdecode.drafting import CANDIDATE_BUDGET, default_drafter
         from restdecode.drafting.defaults import MERGED_CHAIN_DEPTHS
         from restdecode.drafting.draft_model import merge_draft_model
