@@ -28,11 +28,16 @@ from pathlib import Path
 import numpy as np
 
 
+def load_run(path: Path) -> dict:
+    """A bench results file (JSON, or gzipped JSON): its settings and rows."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def load_rows(path: Path) -> list[dict]:
     """The result rows of a bench results file (JSON, or gzipped JSON)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        return json.load(handle)["rows"]
+    return load_run(path)["rows"]
 
 
 def committed_by_method(rows: list[dict]) -> dict[str, np.ndarray]:

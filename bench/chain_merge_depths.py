@@ -16,20 +16,21 @@ Everything after the script's name is ``restdecode bench``'s arguments; or, to c
 methods with ``restdecode`` prompt by prompt (ms per decoding step, summed and median speed
 ratios, identical tokens):
 
-    .venv/bin/python bench/chain_merge_depths.py --compare bench/out/chain-depths/results.json [PROMPT_ID ...]
+    .venv/bin/python bench/chain_merge_depths.py --compare bench/out/chain-depths/results.json[.gz] [PROMPT_ID ...]
 
 (prompt ids after the file are left out, e.g. one whose first method paid a one-off stall).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import restdecode.benchmark.methods as methods
+from acceptance_depth import load_rows  # bench/: the script's own folder
 from restdecode.cli import main
 from restdecode.drafting.chain import ChainDrafter
 
@@ -38,14 +39,13 @@ VARIANTS = {f"merged-d{depths}": depths for depths in (1, 2, 3)}
 
 def chain_of(drafter) -> ChainDrafter:
     """The draft chain inside a planned, merged drafter."""
-    if isinstance(drafter, ChainDrafter):
-        return drafter
-    for inner in [getattr(drafter, "drafter", None), *getattr(drafter, "drafters", [])]:
-        if inner is not None:
-            try:
-                return chain_of(inner)
-            except LookupError:
-                pass
+    pending = [drafter]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, ChainDrafter):
+            return current
+        pending += [inner for inner in [getattr(current, "drafter", None),
+                                        *getattr(current, "drafters", [])] if inner is not None]
     raise LookupError(f"no draft chain in {type(drafter).__name__}")
 
 
@@ -71,8 +71,7 @@ def add_variants() -> None:
 def compare(results_path: str, skip: Sequence[str] = (), reference: str = "restdecode") -> None:
     """Print each method of a bench run against ``reference``, prompt by prompt, leaving out the
     prompts ``skip``."""
-    with open(results_path) as results:
-        rows = json.load(results)["rows"]
+    rows = load_rows(Path(results_path))
     by_prompt: dict[str, dict[str, dict]] = defaultdict(dict)
     for row in rows:
         if row["prompt_id"] not in skip:

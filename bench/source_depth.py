@@ -20,12 +20,11 @@ d, and of those the share whose d-th token retrieval + context also proposed.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from acceptance_depth import load_run  # bench/: the script's own folder
 
 
 def retrieval_reach(drafter, prompt_ids: list[int], output: list[int],
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from restdecode.models import load_tokenizer
     from restdecode.workloads import load_workload
 
-    opener = gzip.open if args.results.suffix == ".gz" else open
-    with opener(args.results, "rt", encoding="utf-8") as file:
-        run = json.load(file)
+    run = load_run(args.results)
     rows = [r for r in run["rows"] if r["method"] == args.method and r["turn"] == 1]
     if not rows:
         parser.error(f"no rows of method {args.method!r} in {args.results}")

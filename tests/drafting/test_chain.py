@@ -133,7 +133,8 @@ def test_merged_with_retrieval_the_engine_drafts_the_chains_first_depth_only():
     (inside,) = [d for d in merged.drafters if isinstance(d, ChainDrafter)]
     assert inside.depths == MERGED_CHAIN_DEPTHS == 1
     inside.observe(StepFeedback(committed=[7], hidden=hidden))
-    assert len(inside.propose([9])) and (inside.propose([9]).parents == -1).all()
+    tree = inside.propose([9])
+    assert len(tree) and (tree.parents == -1).all()
 
 
 @pytest.mark.parametrize("rows", [2, 3, 5])
