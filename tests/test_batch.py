@@ -511,3 +511,37 @@ def test_a_batch_profile_given_to_the_decoder_prices_the_steps_not_the_drafters(
     assert [r.token_ids for r in results] == [a.token_ids for a in alone]
     steps = min(r.stats.steps for r in results)  # all three rows are in every one of these
     assert all(r.stats.tree_size_per_step[:steps] == [0] * steps for r in results)
+
+
+def drafting_rows_by_step(results, max_new_tokens: int) -> list[tuple[set[int], set[int]]]:
+    """Per step of rows that all started at step 0: (the rows that drafted, the rows with the
+    most tokens left among those still decoding)."""
+    steps = []
+    for i in range(max(r.stats.steps for r in results)):
+        live = [k for k, r in enumerate(results) if r.stats.steps > i]
+        left = {k: max_new_tokens - 1 - sum(results[k].stats.accepted_per_step[:i]) for k in live}
+        most = max(left.values())
+        steps.append(({k for k in live if results[k].stats.tree_size_per_step[i] > 0},
+                      {k for k in live if left[k] == most}))
+    return steps
+
+
+def test_a_draining_batch_drafts_only_the_rows_it_waits_for():
+    """With no request left to join (generate_batch's last rows), a row that got ahead takes
+    plain steps until the rows with the most tokens left catch up: only those draft. Stepped
+    without ``draining``, rows ahead draft too. The outputs are exact either way."""
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=64), 24)
+    results = generate_batch(model, tok, prompts, drafters=drafters, max_new_tokens=24)
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    steps = drafting_rows_by_step(results, 24)
+    assert all(drafted <= critical for drafted, critical in steps)
+    assert any(drafted and len(critical) < len(results) for drafted, critical in steps)
+
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=64), 24)
+    decoder = BatchDecoder(model, tok, options=GenerationOptions(max_new_tokens=24))
+    handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
+    while decoder.active:
+        decoder.step()  # a server's steps: a row finished sooner is a request answered sooner
+    results = [decoder.result(h) for h in handles]
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    assert any(drafted - critical for drafted, critical in drafting_rows_by_step(results, 24))

@@ -181,10 +181,15 @@ class BatchDecoder:
         options = request.options if request.options is not None else self.options
         return BatchRequest(input_ids=prompt_ids, options=options, drafter=request.drafter)
 
-    def step(self) -> dict[int, RowUpdate]:
-        """One decoding step of every active row (one verification forward in all)."""
+    def step(self, *, draining: bool = False) -> dict[int, RowUpdate]:
+        """One decoding step of every active row (one verification forward in all).
+
+        ``draining``: no request will join after these rows (:func:`generate_batch`'s last
+        rows), so the batch ends with the row that has the most tokens left, and a row that
+        finishes sooner frees a place nobody takes. Then only the planned rows with the most
+        tokens left draft; the rows ahead of them take plain steps (:meth:`_critical_rows`)."""
         started = time.perf_counter()
-        drafted = self._draft(self._live_rows())
+        drafted = self._draft(self._live_rows(), draining=draining)
         committed = 0
         for row, logits, draft, tree in self._verify(drafted):
             committed += self._accept_and_commit(row, logits, draft, tree)
@@ -211,16 +216,19 @@ class BatchDecoder:
     def _live_rows(self) -> list[_Row]:
         return [row for row in self._rows.values() if not row.output.done]
 
-    def _draft(self, rows: list[_Row]) -> list[tuple[_Row, DraftTree, CompiledTree]]:
+    def _draft(self, rows: list[_Row], *, draining: bool = False
+               ) -> list[tuple[_Row, DraftTree, CompiledTree]]:
         """Every row's tree, cut to the depth worth verifying (a row whose context is full
         finishes instead). Rows with a :class:`PlannedDrafter` are planned together: one
         forward's width goes to the nodes most likely accepted, whichever row they belong to
-        (:func:`plan_batch`); other drafters' trees ride along as proposed."""
+        (:func:`plan_batch`); other drafters' trees ride along as proposed. ``draining``: only
+        the critical planned rows draft (see :meth:`step`)."""
         planned, fixed = [], []
         self._gate = self.gates.for_rows(len(rows))
         drafting = any(isinstance(row.drafter, PlannedDrafter) for row in rows) and (
             self._gate.should_draft())
         self._drafted = drafting
+        critical = self._critical_rows(rows) if draining else None
         for row in rows:
             mark = time.perf_counter()
             depth = min(row.output.remaining - 1, self._context_room(row))
@@ -229,6 +237,9 @@ class BatchDecoder:
                 self._finish(row)
             elif isinstance(row.drafter, PlannedDrafter) and not drafting:
                 fixed.append((row, DraftTree.empty()))  # the gate says drafting does not pay
+            elif isinstance(row.drafter, PlannedDrafter) and critical is not None and (
+                    row.handle not in critical):
+                fixed.append((row, DraftTree.empty()))  # ahead of the rows the batch waits for
             elif isinstance(row.drafter, PlannedDrafter):
                 candidate, probabilities = row.drafter.candidate(row.context)
                 within = candidate.depths <= depth
@@ -244,6 +255,26 @@ class BatchDecoder:
             if gated:  # not drafting: the plain forward is still timed against its price
                 self._step_cost = self._cost_model(gated[0], len(fixed))
         return self._compile(self._fit_capacity(drafts))
+
+    def _critical_rows(self, rows: list[_Row]) -> set[int]:
+        """Handles of the planned rows with the most tokens left (budget, or context room),
+        which a draining batch waits for.
+
+        With no request left to join, the batch's time is the sum of its steps until its last
+        row finishes, so a drafted token pays only in a row the batch waits for: it ends the
+        batch a token sooner once every such row has gained one. A token for a row already
+        ahead only ends that row sooner, and the steps after it (one row fewer) cost about
+        what they did (on 2 CPU cores a 9-row SmolLM2 step costs what a 16-row one does); the
+        batch then ends with a few straggling rows, taking small steps that commit little for
+        what they cost (16 MT-Bench prompts on 16 rows: 3-4% slower than plain steps with
+        every row drafting). Unknown ends (an end-of-sequence token) are not predicted."""
+        planned = [row for row in rows if isinstance(row.drafter, PlannedDrafter)]
+        limit = self.backend.context_limit
+        left = {row.handle: row.output.remaining if limit is None else min(
+            row.output.remaining, limit - self.session.past_length(row.session_row))
+            for row in planned}
+        most = max(left.values(), default=0)
+        return {handle for handle, tokens in left.items() if tokens == most}
 
     def _cost_model(self, drafter: PlannedDrafter, rows: int) -> CostModel:
         """The price of a forward of ``rows`` rows: the batch profile's (else the drafter's)."""
@@ -441,5 +472,6 @@ def generate_batch(
             while waiting and (max_rows is None or len(decoder.active) < max_rows):
                 index, request = waiting.pop(0)
                 handles[index] = decoder.add(request)
-            bar.update(sum(update.finished for update in decoder.step().values()))
+            updates = decoder.step(draining=not waiting)
+            bar.update(sum(update.finished for update in updates.values()))
     return [decoder.result(handles[index]) for index in range(len(requests))]

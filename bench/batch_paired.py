@@ -1,0 +1,163 @@
+"""Batched decoding, two loops interleaved step by step (issue 15): the batch planner against
+our plain batched loop, with the machine's drift shared between them.
+
+Not a test; run it alone on the machine. ``bench/batch_bench.py`` runs each method's whole
+batch in turn, so a method's 20-second run lands in its own slow or fast spell: on this shared
+2-core CPU identical plain 16-row runs differ by 10-25%, more than the effect to measure. Here
+two :class:`~restdecode.batch.BatchDecoder` objects decode the same prompts at once, each
+keeping ``B`` rows (continuous batching), and take turns: one step of one, one step of the
+other (which goes first alternates). Each loop is charged only its own steps and prefills, so a
+slow spell lands on both loops' neighbouring steps. Reported per round: each loop's output
+tokens over its own seconds, and their ratio; over the rounds, the median ratio and a bootstrap
+95% interval of the mean. The planner's calibration and gates are kept across rounds, as a
+server keeps them.
+
+    .venv/bin/python bench/batch_paired.py --batch-size 16 --limit 16 --rounds 6
+
+Every planner output must equal the plain loop's (greedy); the script stops if one does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--datastore", default="~/.cache/restdecode/datastores/sharegpt-smollm2.rds")
+    parser.add_argument("--prompts", default="mtbench", help="mtbench, humaneval or prompts:PATH")
+    parser.add_argument("--limit", type=int, default=16, help="prompts per round")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows decoding at once")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", default="bench/out/batch-paired")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from restdecode import Engine
+    from restdecode.decode import prompt_token_ids
+    from restdecode.drafting.planner import BatchGates, default_calibration
+    from restdecode.workloads import load_workload
+
+    engine = Engine.load(args.model, datastore=Path(args.datastore).expanduser(),
+                         backend="transformers")
+    engine.profile  # measured (or read from the cache) before any timing
+    profile = engine.batch_profile
+    prompts = load_workload(args.prompts, limit=args.limit)
+    ids = [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
+    calibration, gates = default_calibration(), BatchGates()
+    rounds = []
+    with torch.inference_mode():
+        for index in range(args.rounds):
+            run = paired_round(engine, ids, args, profile, calibration, gates,
+                               planner_first=index % 2 == 1)
+            rounds.append(run)
+            print(f"round {index}: plain {run['plain']['tok_s']:.1f} tok/s, planner "
+                  f"{run['planner']['tok_s']:.1f} tok/s ({run['planner']['tokens_per_step']:.2f} "
+                  f"tokens/step), ratio {run['ratio']:.3f}", file=sys.stderr, flush=True)
+    ratios = np.array([r["ratio"] for r in rounds])
+    low, high = bootstrap_interval(ratios)
+    report = {"command": " ".join(sys.argv), "model": args.model, "prompts": len(ids),
+              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+              "cpus": os.cpu_count(), "platform": platform.platform(),
+              "ratios": ratios.tolist(), "median_ratio": float(np.median(ratios)),
+              "mean_ratio": float(ratios.mean()), "mean_ratio_95": [low, high],
+              "rounds": rounds}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    summary = (f"B={args.batch_size}, {len(ids)} prompts, {args.max_new_tokens} tokens, "
+               f"{len(rounds)} rounds: planner/plain median {np.median(ratios):.3f}, mean "
+               f"{ratios.mean():.3f} (95% bootstrap {low:.3f}-{high:.3f}); by round "
+               + ", ".join(f"{r:.3f}" for r in ratios))
+    (out / "report.md").write_text(f"`{report['command']}`\n\n{summary}\n")
+    print(summary)
+    return 0
+
+
+class _Loop:
+    """One batched loop over the prompts: keeps ``rows`` decoding, charged its own seconds."""
+
+    def __init__(self, engine, ids, rows: int, options, drafter_of, profile=None,
+                 gates=None) -> None:
+        from restdecode.batch import BatchDecoder, BatchRequest
+
+        self.decoder = BatchDecoder(engine.model, engine.tokenizer, options=options,
+                                    profile=profile, gates=gates)
+        self.waiting = [self.decoder.prepare(BatchRequest(input_ids=i, drafter=drafter_of()))
+                        for i in ids]
+        self.rows = rows
+        self.handles: list[int] = []
+        self.seconds = 0.0
+        self.steps = 0
+        self.row_steps = 0
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting and not self.decoder.active
+
+    def advance(self) -> None:
+        """Admit waiting prompts up to the row limit, then one step; time both."""
+        started = time.perf_counter()
+        while self.waiting and len(self.decoder.active) < self.rows:
+            self.handles.append(self.decoder.add(self.waiting.pop(0)))
+        if self.decoder.active:
+            self.row_steps += len(self.decoder.active)
+            self.steps += 1
+            self.decoder.step(draining=not self.waiting)  # as generate_batch steps
+        self.seconds += time.perf_counter() - started
+
+    def outputs(self) -> list[list[int]]:
+        return [self.decoder.result(h).token_ids for h in self.handles]
+
+
+def paired_round(engine, ids, args, profile, calibration, gates, *, planner_first: bool) -> dict:
+    """Both loops over ``ids``, alternating steps; each one's tokens over its own seconds."""
+    from restdecode.options import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    plain = _Loop(engine, ids, args.batch_size, options, lambda: None)
+    planner = _Loop(engine, ids, args.batch_size, options,
+                    lambda: engine.new_drafter(calibration=calibration), profile=profile,
+                    gates=gates)
+    order = [planner, plain] if planner_first else [plain, planner]
+    while not (plain.done and planner.done):
+        for loop in order:
+            if not loop.done:
+                loop.advance()
+        order.reverse()  # neither loop always runs right after the other
+    plain_ids, planner_ids = plain.outputs(), planner.outputs()
+    if plain_ids != planner_ids:
+        differing = sum(a != b for a, b in zip(plain_ids, planner_ids))
+        raise SystemExit(f"{differing} planner outputs differ from the plain loop's")
+    result = {}
+    for name, loop, tokens in (("plain", plain, plain_ids), ("planner", planner, planner_ids)):
+        new = sum(len(t) for t in tokens)
+        result[name] = {"seconds": loop.seconds, "new_tokens": new, "tok_s": new / loop.seconds,
+                        "steps": loop.steps,
+                        "tokens_per_step": (new - len(tokens)) / max(loop.row_steps, 1)}
+    result["ratio"] = result["planner"]["tok_s"] / result["plain"]["tok_s"]
+    return result
+
+
+def bootstrap_interval(values: np.ndarray, draws: int = 10_000, seed: int = 0
+                       ) -> tuple[float, float]:
+    """A 95% bootstrap interval of the mean of ``values``."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(draws, values.size), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
