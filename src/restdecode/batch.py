@@ -266,7 +266,7 @@ class BatchDecoder:
         ahead only ends that row sooner, and the steps after it (one row fewer) cost about
         what they did (on 2 CPU cores a 9-row SmolLM2 step costs what a 16-row one does); the
         batch then ends with a few straggling rows, taking small steps that commit little for
-        what they cost (16 MT-Bench prompts on 16 rows: 3-4% slower than plain steps with
+        what they cost (16 MT-Bench prompts on 16 rows: 3% slower than plain steps with
         every row drafting). Unknown ends (an end-of-sequence token) are not predicted."""
         planned = [row for row in rows if isinstance(row.drafter, PlannedDrafter)]
         limit = self.backend.context_limit
