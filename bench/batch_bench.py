@@ -43,10 +43,7 @@ SINGLE_ONLY = ("single-default",)  # run at batch size 1 only
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--datastore", default="~/.cache/restdecode/datastores/sharegpt-smollm2.rds")
-    parser.add_argument("--prompts", default="mtbench", help="mtbench, humaneval or prompts:PATH")
-    parser.add_argument("--limit", type=int, default=8)
+    add_workload_arguments(parser, limit=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--budget", type=int, default=6, help="nodes of spec-fixed's trees")
@@ -60,15 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/out/batch")
     args = parser.parse_args(argv)
 
-    from restdecode.decode import prompt_token_ids
     from restdecode.drafting.planner import BatchGates, default_calibration
-    from restdecode.workloads import load_workload
 
     engine = load_engine(args)
     engine.profile  # measured (or read from the cache) before any timing
     engine.batch_profile
-    prompts = load_workload(args.prompts, limit=args.limit)
-    ids = [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
+    ids = prompt_ids(engine, args)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     methods = args.methods.split(",")
     if args.backend == "llamacpp":
@@ -109,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(f"`{report['command']}`\n\n{table}\n")
     print(table)
     return 0
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, *, limit: int) -> None:
+    """The model, datastore and prompts options this script shares with batch_paired.py."""
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--datastore", default="~/.cache/restdecode/datastores/sharegpt-smollm2.rds")
+    parser.add_argument("--prompts", default="mtbench", help="mtbench, humaneval or prompts:PATH")
+    parser.add_argument("--limit", type=int, default=limit, help="prompts")
+
+
+def prompt_ids(engine, args) -> list[list[int]]:
+    """The first ``--limit`` prompts of ``--prompts``, tokenized as the engine decodes them."""
+    from restdecode.decode import prompt_token_ids
+    from restdecode.workloads import load_workload
+
+    prompts = load_workload(args.prompts, limit=args.limit)
+    return [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
 
 
 def load_engine(args):

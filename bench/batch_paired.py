@@ -32,14 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from batch_bench import add_workload_arguments, prompt_ids  # bench/, this script's folder
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--datastore", default="~/.cache/restdecode/datastores/sharegpt-smollm2.rds")
-    parser.add_argument("--prompts", default="mtbench", help="mtbench, humaneval or prompts:PATH")
-    parser.add_argument("--limit", type=int, default=16, help="prompts per round")
+    add_workload_arguments(parser, limit=16)
     parser.add_argument("--batch-size", type=int, default=16, help="rows decoding at once")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=6)
@@ -49,16 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from restdecode import Engine
-    from restdecode.decode import prompt_token_ids
     from restdecode.drafting.planner import BatchGates, default_calibration
-    from restdecode.workloads import load_workload
 
     engine = Engine.load(args.model, datastore=Path(args.datastore).expanduser(),
                          backend="transformers")
     engine.profile  # measured (or read from the cache) before any timing
     profile = engine.batch_profile
-    prompts = load_workload(args.prompts, limit=args.limit)
-    ids = [prompt_token_ids(engine.tokenizer, p.text, p.messages) for p in prompts]
+    ids = prompt_ids(engine, args)
     calibration, gates = default_calibration(), BatchGates()
     rounds = []
     with torch.inference_mode():
