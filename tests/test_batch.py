@@ -142,6 +142,48 @@ def test_a_row_removed_mid_step_frees_its_entries_and_spares_the_others(arch):
         assert (session.cache.regions, session.cache.capacity) == (regions, capacity)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_filling_every_region_are_attended_in_place_whatever_their_order(arch):
+    """Where every region holds a row of the step, the packed tokens are attended as they lie
+    (no padded block): plain steps, and trees of one width, with the rows given out of their
+    regions' order, still give each row its single-row logits, returned in the order asked."""
+    model = model_for(arch)
+    rng = np.random.default_rng(5)
+    session = open_batch_session(TransformersBackend(model))
+    singles = {}
+    with torch.inference_mode():
+        for length in (9, 4, 12, 7):
+            prompt = rng.integers(0, VOCAB, length).tolist()
+            row, _ = session.add_row(prompt)
+            singles[row] = TransformersSession(model)
+            singles[row].prefill(prompt)
+        first, second = session.rows[0], session.rows[1]
+        session.remove_row(first)  # the next row takes region 0 but joins last
+        del singles[first]
+        prompt = rng.integers(0, VOCAB, 5).tolist()
+        row, _ = session.add_row(prompt)
+        singles[row] = TransformersSession(model)
+        singles[row].prefill(prompt)
+        assert session.cache.regions == len(session.rows) == 4
+        tree = DraftTree(np.array([5, 6, 7]), np.array([-1, 0, -1])).compile()
+        empty = DraftTree.empty().compile()
+        for step_tree in (empty, tree, empty):
+            order = [row, *[r for r in reversed(session.rows) if r != row]]
+            items = [(r, int(rng.integers(0, VOCAB)), step_tree) for r in order]
+            layout = session._layout(sorted(order, key=session._region.get),
+                                     [step_tree] * len(order))
+            assert layout.dense and layout.first_dense
+            for (r, pending, _), logits in zip(items, session.verify(items)):
+                torch.testing.assert_close(logits, singles[r].verify(pending, step_tree),
+                                           atol=1e-4, rtol=1e-4)
+                path = [0, 1, 2] if step_tree is tree else [0]
+                session.commit(r, path)
+                singles[r].commit(path)
+        for r in session.rows:
+            assert session.past_length(r) == singles[r].past_length
+        assert second in session.rows
+
+
 def test_session_misuse_is_a_decoding_error():
     session = open_batch_session(TransformersBackend(model_for("llama")))
     tree = DraftTree.empty().compile()

@@ -64,10 +64,12 @@ class StepLayout:
     # (layer type -> bool (regions, 1, widest, longest)); None: the two groups below.
     slot: torch.Tensor
     masks: dict[str, torch.Tensor] | None
+    dense: bool                # the packed tokens are that block itself, row-major (no padding)
     # Every row's slot 0 (its pending token), one query per region:
     first: torch.Tensor        # (B,) packed index of each row's slot 0
     first_region: torch.Tensor  # (B,) its region
     first_masks: dict[str, torch.Tensor]  # layer type -> bool (regions, 1, 1, longest)
+    first_dense: bool          # every region holds a row of this step, in region order
     # The tree slots (1 and up) of the rows that have a tree, padded to the widest tree:
     nodes: torch.Tensor        # (Q - B,) packed index of each tree slot
     node_row: torch.Tensor     # (Q - B,) its row in the block of tree regions
@@ -92,12 +94,13 @@ def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
     if layout.masks is not None:
         mask = layout.masks[layer_type]
         return _attend(queries, layout.region, layout.slot, mask.shape[2], key, value, mask,
-                       scaling).unsqueeze(0), None
+                       scaling, dense=layout.dense).unsqueeze(0), None
     out = torch.empty_like(queries)
     # Slot 0 of every row, one query per region: the cost of plain batched decoding.
     out[layout.first] = _attend(queries[layout.first], layout.first_region,
                                 torch.zeros_like(layout.first_region), 1, key, value,
-                                layout.first_masks[layer_type], scaling)
+                                layout.first_masks[layer_type], scaling,
+                                dense=layout.first_dense)
     if layout.nodes.numel():  # the trees, padded to the widest, over their rows' regions only
         if layout.tree_regions is not None:
             key = key.index_select(0, layout.tree_regions)
@@ -110,17 +113,30 @@ def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
 
 def _attend(queries: torch.Tensor, row: torch.Tensor, slot: torch.Tensor, width: int,
             key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-            scaling: float | None) -> torch.Tensor:
+            scaling: float | None, *, dense: bool = False) -> torch.Tensor:
     """``queries`` (n, heads, d) placed at (``row``, ``slot``) of a zero-padded block of
     ``key.shape[0]`` rows x ``width``, one SDPA call against ``key``/``value`` under ``mask``,
-    and read back at the same places."""
-    heads, dim = queries.shape[1], queries.shape[2]
-    block = queries.new_zeros(key.shape[0], width, heads, dim)
-    block[row, slot] = queries
-    out = torch.nn.functional.scaled_dot_product_attention(
-        block.transpose(1, 2), key, value, attn_mask=mask, scale=scaling,
-        enable_gqa=key.shape[1] != heads)
-    return out.transpose(1, 2)[row, slot]
+    and read back at the same places. ``dense``: the queries already are that block, in row-major
+    order (every row of ``key`` has ``width`` queries): no padding, no scatter, no gather."""
+    count, heads, dim = queries.shape
+    regions, kv_heads = key.shape[0], key.shape[1]
+    if dense:
+        block = queries.view(regions, width, heads, dim)
+    else:
+        block = queries.new_zeros(regions, width, heads, dim)
+        block[row, slot] = queries
+    block = block.transpose(1, 2)  # (regions, heads, width, d)
+    if width == 1 and kv_heads != heads:
+        # One query per row: each key head's query heads become its queries (as transformers'
+        # own decoding step does), so SDPA reads every key once instead of once per query head.
+        out = torch.nn.functional.scaled_dot_product_attention(
+            block.reshape(regions, kv_heads, heads // kv_heads, dim), key, value,
+            attn_mask=mask, scale=scaling).reshape(regions, heads, 1, dim)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            block, key, value, attn_mask=mask, scale=scaling, enable_gqa=kv_heads != heads)
+    out = out.transpose(1, 2)
+    return out.reshape(count, heads, dim) if dense else out[row, slot]
 
 
 AttentionInterface.register(ROWS_ATTENTION, rows_attention)
@@ -268,6 +284,10 @@ class TransformersBatchSession:
         rows = [self._row(row) for row, _, _ in items]
         if len(set(rows)) != len(rows):
             raise DecodingError(f"a row appears twice in one verification: {rows}")
+        # Packed in region order: where every region takes part, the attention's query blocks
+        # are the packed tokens themselves (StepLayout.dense), with no scatter or gather.
+        order = sorted(range(len(items)), key=lambda index: self._region[rows[index]])
+        items, rows = [items[index] for index in order], [rows[index] for index in order]
         trees = [tree for _, _, tree in items]
         needed = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
         self.cache.grow(0, _doubled(self.cache.capacity, needed))
@@ -291,8 +311,11 @@ class TransformersBatchSession:
         # Only now: a forward that failed wrote nothing but columns past the rows' lengths.
         for row, tree in zip(rows, trees):
             self._pending[row] = _Pending(tree.num_slots)
-        logits = output.logits[0].float()
-        return list(logits.split([tree.num_slots for tree in trees]))
+        logits = output.logits[0].float().split([tree.num_slots for tree in trees])
+        returned: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
+        for index, row_logits in zip(order, logits):
+            returned[index] = row_logits
+        return returned
 
     def commit(self, row: int, accepted_slots: Sequence[int]) -> None:
         """Keep the KV entries of ``accepted_slots`` (slot 0 first, then a root-to-node path; or
@@ -386,10 +409,12 @@ class TransformersBatchSession:
             nodes = seen[:, 1:]
             node_masks[layer_type] = (nodes.index_select(0, tree_regions) if gather
                                       else nodes).unsqueeze(1).contiguous()
+        every_region = len(rows) == regions  # rows come in region order (verify sorts them)
         return StepLayout(
             layout_region, layout_column, longest, self._layer_types, layout_slot, masks,
+            dense=every_region and all(tree.num_slots == width for tree in trees),
             first=torch.nonzero(~is_node).squeeze(1), first_region=layout_region[~is_node],
-            first_masks=first_masks, nodes=torch.nonzero(is_node).squeeze(1),
+            first_masks=first_masks, first_dense=every_region, nodes=torch.nonzero(is_node).squeeze(1),
             node_row=(block_of[layout_region[is_node]] if gather else layout_region[is_node]),
             node_slot=layout_slot[is_node] - 1, tree_regions=tree_regions if gather else None,
             node_masks=node_masks)
