@@ -555,6 +555,24 @@ def test_a_batch_profile_given_to_the_decoder_prices_the_steps_not_the_drafters(
     assert all(r.stats.tree_size_per_step[:steps] == [0] * steps for r in results)
 
 
+def test_a_lone_row_is_priced_by_its_drafters_own_profile():
+    """A batch profile that prices any forward wider than its rows at 100x keeps rows in
+    company plain, but a row alone is priced by its drafter's single-sequence profile, as
+    ``generate`` prices it: it drafts. Exact either way."""
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=64), 16)
+    dear = KneeCost(knee=1, beyond=100.0)
+    lone = generate_batch(model, tok, prompts[:1], drafters=drafters[:1], max_new_tokens=16,
+                          profile=dear)[0]
+    assert lone.token_ids == alone[0].token_ids
+    assert sum(size > 0 for size in lone.stats.tree_size_per_step) >= 2
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=64), 16)
+    pair = generate_batch(model, tok, prompts[:2], drafters=drafters[:2], max_new_tokens=16,
+                          profile=KneeCost(knee=2, beyond=100.0))
+    assert [r.token_ids for r in pair] == [a.token_ids for a in alone[:2]]
+    together = min(r.stats.steps for r in pair)
+    assert all(r.stats.tree_size_per_step[:together] == [0] * together for r in pair)
+
+
 def drafting_rows_by_step(results, max_new_tokens: int) -> list[tuple[set[int], set[int]]]:
     """Per step of rows that all started at step 0: (the rows that drafted, the rows with the
     most tokens left among those still decoding)."""

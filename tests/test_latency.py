@@ -121,7 +121,7 @@ def test_measure_batch_profile_is_well_formed_and_leaves_no_trace(monkeypatch):
     assert profile.by_rows[4].cache_lengths == (8, 40) and profile.by_rows[1].cache_lengths == (8, 40)
     assert all(p.seconds.shape == (2, 3) and np.all(p.seconds > 0) for p in profile.by_rows.values())
     # Keyed by the transformers batch layout: a profile of the old packed layout is not reused.
-    assert profile.key == latency.profile_key(model) | {"layout": "batch-regions-3"}
+    assert profile.key == latency.profile_key(model) | {"layout": "batch-regions-4"}
     assert [s.cache_length for s in sessions] == [8, 40, 8, 40]
     assert [[s.past_length(r) for r in s.rows] for s in sessions] == [[8], [40], [2] * 4, [10] * 4]
 

@@ -100,9 +100,9 @@ class BatchDecoder:
     for each row that produced tokens or finished (the first token of a row added since the last
     step included); ``result(handle)`` is a finished row's :class:`GenerationResult`;
     ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
-    ``profile`` prices one batched forward for the batch planner (the batch's total width and
-    cache: :func:`restdecode.latency.batch_profile_for`); without it the planned drafters' own
-    single-sequence profile is used. ``gates`` judge, per number of rows, whether the planned
+    ``profile`` prices one batched forward of two rows or more for the batch planner (the
+    batch's total width and cache: :func:`restdecode.latency.batch_profile_for`); without it,
+    and for a lone row, the planned drafters' own single-sequence profile is used. ``gates`` judge, per number of rows, whether the planned
     rows' drafting still pays (default: new ones; pass the same to another decoder of the same
     model to keep their verdicts).
     """
@@ -276,8 +276,18 @@ class BatchDecoder:
         return {handle for handle, tokens in left.items() if tokens == most}
 
     def _cost_model(self, drafter: PlannedDrafter, rows: int) -> CostModel:
-        """The price of a forward of ``rows`` rows: the batch profile's (else the drafter's)."""
-        profile = self.profile if self.profile is not None else drafter.profile
+        """The price of a forward of ``rows`` rows: the batch profile's (else the drafter's).
+
+        A lone row is priced by the drafter's own single-sequence profile, as the single loop
+        (:func:`restdecode.generate`) prices it: its batched forward costs what a single one
+        does (SmolLM2 on 2 cores, trees of 0-32 nodes: within 4%), yet the batch profile's
+        1-row prices, measured on a coarser grid of random trees, bought trees half the size
+        and ran 0.94x of the single loop, against 1.01-1.06x with the drafter's profile
+        (bench/RESULTS.md, issue 15, tenth session)."""
+        if rows == 1 or self.profile is None:
+            profile = drafter.profile
+        else:
+            profile = self.profile
         return profile.for_rows(rows) if hasattr(profile, "for_rows") else profile
 
     def _fit_capacity(self, drafts: list[tuple[_Row, DraftTree]]) -> list[tuple[_Row, DraftTree]]:
@@ -444,9 +454,9 @@ def generate_batch(
     :attr:`BatchRequest.drafter`. ``options`` and ``option_values`` (applied on top) are the
     options of every request without its own. ``max_rows`` caps the rows decoding at once: the
     next request joins as soon as a row finishes (continuous batching); ``progress`` shows a
-    bar of finished requests on stderr. ``profile`` prices the batched forward for the batch
-    planner (:func:`restdecode.latency.batch_profile_for`; default: the planned drafters' own
-    single-sequence profile); ``gates`` (:class:`~restdecode.drafting.planner.BatchGates`) keep
+    bar of finished requests on stderr. ``profile`` prices the batched forward of two rows or
+    more for the batch planner (:func:`restdecode.latency.batch_profile_for`; default, and for
+    a lone row: the planned drafters' own single-sequence profile); ``gates`` (:class:`~restdecode.drafting.planner.BatchGates`) keep
     the verdicts on whether drafting pays across calls. Each result is what
     :func:`restdecode.generate` returns for that request alone (the same tokens when greedy).
     """

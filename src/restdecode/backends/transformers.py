@@ -25,7 +25,9 @@ class TransformersBackend:
     """A transformers model (or :class:`~restdecode.compiled.CompiledModel`) as a backend."""
 
     name = "transformers"
-    batch_layout = "batch-regions-3"  # a region per row, attention per row (one block or two groups)
+    # A region per row, attention per row (one block or two groups); 4: one query per row packs
+    # each key head's query heads (GQA), which changed the prices of plain rows.
+    batch_layout = "batch-regions-4"
     gives_hidden_states = True  # session(hidden=True): final hidden states, for draft heads
 
     def __init__(self, model: "PreTrainedModel") -> None:
