@@ -18,6 +18,13 @@ once no prompt is left to join.
     .venv/bin/python bench/batch_paired.py --batch-size 16 --limit 16 --rounds 6
 
 Every planner output must equal the plain loop's (greedy); the script stops if one does not.
+
+``--against single`` (with ``--batch-size 1``) pairs the planner's 1-row loop with today's
+single-sequence default (:func:`restdecode.generate` with the engine's planned drafter) instead:
+a single loop cannot be stepped from outside, so the two take turns request by request (which
+goes first alternates), each keeping its own calibration across rounds.
+
+    .venv/bin/python bench/batch_paired.py --against single --batch-size 1 --limit 8 --rounds 4
 """
 
 from __future__ import annotations
@@ -42,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="rows decoding at once")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--against", choices=("plain", "single"), default="plain",
+                        help="the other loop: our plain batched loop (default), or the "
+                             "single-sequence default request by request (--batch-size 1)")
     parser.add_argument("--out", default="bench/out/batch-paired")
     args = parser.parse_args(argv)
+    if args.against == "single" and args.batch_size != 1:
+        parser.error("--against single compares one row at a time: use --batch-size 1")
 
     import torch
 
@@ -56,24 +68,34 @@ def main(argv: list[str] | None = None) -> int:
     profile = engine.batch_profile
     ids = prompt_ids(engine, args)
     calibration, gates = default_calibration(), BatchGates()
+    single_calibration = default_calibration()  # --against single: the single loop's own
     rounds = []
+    other = args.against
+
+    def one_round(prompts, options, calibrations, planner_first):
+        if other == "single":
+            return single_round(engine, prompts, options, profile, *calibrations,
+                                planner_first=planner_first)
+        return paired_round(engine, prompts, options, profile, *calibrations[:2],
+                            planner_first=planner_first)
+
     with torch.inference_mode():
         # Untimed: first calls' one-time costs would land on the first round's planner. Its
         # own calibration and gates, so that the timed rounds start from nothing learnt.
         warm = argparse.Namespace(**vars(args) | {"max_new_tokens": 16})
-        paired_round(engine, ids[:args.batch_size], warm, profile, default_calibration(),
-                     BatchGates(), planner_first=False)
+        one_round(ids[:args.batch_size], warm,
+                  (default_calibration(), BatchGates(), default_calibration()), False)
         for index in range(args.rounds):
-            run = paired_round(engine, ids, args, profile, calibration, gates,
-                               planner_first=index % 2 == 1)
+            run = one_round(ids, args, (calibration, gates, single_calibration), index % 2 == 1)
             rounds.append(run)
-            print(f"round {index}: plain {run['plain']['tok_s']:.1f} tok/s, planner "
+            print(f"round {index}: {other} {run[other]['tok_s']:.1f} tok/s, planner "
                   f"{run['planner']['tok_s']:.1f} tok/s ({run['planner']['tokens_per_step']:.2f} "
                   f"tokens/step), ratio {run['ratio']:.3f}", file=sys.stderr, flush=True)
     ratios = np.array([r["ratio"] for r in rounds])
     low, high = bootstrap_interval(ratios)
     report = {"command": " ".join(sys.argv), "model": args.model, "prompts": len(ids),
               "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+              "against": other,
               "cpus": os.cpu_count(), "platform": platform.platform(),
               "ratios": ratios.tolist(), "median_ratio": float(np.median(ratios)),
               "mean_ratio": float(ratios.mean()), "mean_ratio_95": [low, high],
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1))
     summary = (f"B={args.batch_size}, {len(ids)} prompts, {args.max_new_tokens} tokens, "
-               f"{len(rounds)} rounds: planner/plain median {np.median(ratios):.3f}, mean "
+               f"{len(rounds)} rounds: planner/{other} median {np.median(ratios):.3f}, mean "
                f"{ratios.mean():.3f} (95% bootstrap {low:.3f}-{high:.3f}); by round "
                + ", ".join(f"{r:.3f}" for r in ratios))
     (out / "report.md").write_text(f"`{report['command']}`\n\n{summary}\n")
@@ -152,6 +174,50 @@ def paired_round(engine, ids, args, profile, calibration, gates, *, planner_firs
                         "steps": loop.steps,
                         "tokens_per_step": (new - len(tokens)) / max(loop.row_steps, 1)}
     result["ratio"] = result["planner"]["tok_s"] / result["plain"]["tok_s"]
+    return result
+
+
+def single_round(engine, ids, args, profile, calibration, gates, single_calibration, *,
+                 planner_first: bool) -> dict:
+    """The planner's 1-row loop and the single-sequence default over ``ids``, request by
+    request in turns; each one's tokens over its own seconds."""
+    from restdecode.batch import BatchRequest, generate_batch
+
+    seconds = {"planner": 0.0, "single": 0.0}
+    outputs: dict[str, list] = {"planner": [], "single": []}
+    steps = {"planner": 0, "single": 0}
+
+    def decode(name, prompt):
+        started = time.perf_counter()
+        if name == "planner":
+            request = BatchRequest(input_ids=prompt,
+                                   drafter=engine.new_drafter(calibration=calibration))
+            result = generate_batch(engine.model, engine.tokenizer, [request], max_rows=1,
+                                    max_new_tokens=args.max_new_tokens, profile=profile,
+                                    gates=gates)[0]
+        else:
+            result = engine.generate(input_ids=prompt,
+                                     drafter=engine.new_drafter(calibration=single_calibration),
+                                     max_new_tokens=args.max_new_tokens)
+        seconds[name] += time.perf_counter() - started
+        outputs[name].append(result.token_ids)
+        steps[name] += result.stats.steps
+
+    order = ["planner", "single"] if planner_first else ["single", "planner"]
+    for prompt in ids:
+        for name in order:
+            decode(name, prompt)
+        order.reverse()
+    if outputs["planner"] != outputs["single"]:
+        differing = sum(a != b for a, b in zip(outputs["planner"], outputs["single"]))
+        raise SystemExit(f"{differing} planner outputs differ from the single loop's")
+    result = {}
+    for name in ("single", "planner"):
+        new = sum(len(t) for t in outputs[name])
+        result[name] = {"seconds": seconds[name], "new_tokens": new,
+                        "tok_s": new / seconds[name], "steps": steps[name],
+                        "tokens_per_step": (new - len(ids)) / max(steps[name], 1)}
+    result["ratio"] = result["planner"]["tok_s"] / result["single"]["tok_s"]
     return result
 
 

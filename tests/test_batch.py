@@ -527,6 +527,26 @@ def test_rows_stop_drafting_while_drafting_does_not_pay(delay, plain_price, gate
         assert three_rows.saving > 0 and plain_steps <= len(results)
 
 
+def test_a_lone_row_is_not_gated():
+    """Drafting that loses (a 50 ms lookup where a plain step is priced at 1 ms), which the
+    gate stops for three rows, goes on for a row alone, as in ``generate``: its plan alone
+    decides (one node a step, within its drafter's knee)."""
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=2, within=1e-3),
+                                                               16)
+    drafter = drafters[0]
+    drafter.drafter = SlowDrafter(drafter.drafter, 0.05)
+    decoder = BatchDecoder(model, tok, profile=KneeCost(knee=7, within=1e-3, beyond=1e-3),
+                           options=GenerationOptions(max_new_tokens=16),
+                           gates=BatchGates(min_steps=1))
+    handle = decoder.add(BatchRequest(prompt=prompts[0], drafter=drafter))
+    while decoder.active:
+        decoder.step()
+    result = decoder.result(handle)
+    assert result.token_ids == alone[0].token_ids
+    assert sum(size == 0 for size in result.stats.tree_size_per_step) <= 1  # the last step
+    assert decoder.gates.for_rows(1).steps == 0 and decoder.gates.for_rows(1).plain_ratio is None
+
+
 def test_the_decoder_learns_what_its_forwards_cost_against_their_price():
     """Every planned step's forward is timed against its price: a profile that prices tree
     forwards at a microsecond (far too cheap) and plain ones at an hour (far too dear) teaches

@@ -33,7 +33,7 @@ from restdecode.backends import open_batch_session, as_backend
 from restdecode.decode import (GenerationResult, GenerationStats, _check_request, _limit_depth,
                                _Output, _TokenChooser, prompt_token_ids)
 from restdecode.drafting.base import Drafter, NoDrafter, StepFeedback, reads_hidden_states
-from restdecode.drafting.planner import (BatchGates, CostModel, PlannedDrafter,
+from restdecode.drafting.planner import (BatchGates, CostModel, DraftingGate, PlannedDrafter,
                                          TreeCostCorrection, plan_batch)
 from restdecode.drafting.tree import CompiledTree, DraftTree
 from restdecode.errors import DecodingError
@@ -122,7 +122,7 @@ class BatchDecoder:
         self.gates = gates if gates is not None else BatchGates()  # does drafting pay
         self._step_cost: CostModel | None = None  # the last plan's cost model
         self._drafted = False  # whether this step's planned rows drafted
-        self._gate = self.gates.for_rows(0)  # the gate of this step's number of rows
+        self._gate: DraftingGate | None = None  # the gate of this step's rows (None: one row)
         self._priced_cache = 0  # the cache length the last forward was priced at
 
     @property
@@ -224,9 +224,12 @@ class BatchDecoder:
         (:func:`plan_batch`); other drafters' trees ride along as proposed. ``draining``: only
         the critical planned rows draft (see :meth:`step`)."""
         planned, fixed = [], []
-        self._gate = self.gates.for_rows(len(rows))
+        self._gate = None if len(rows) == 1 else self.gates.for_rows(len(rows))
+        # A lone row drafts as the single loop does (priced alike: _cost_model), which has no
+        # gate: its planner alone decides. Gated, its first drafted steps (a fresh calibration,
+        # first calls) closed the gate for much of a run: 1.18 tokens a step against 1.61.
         drafting = any(isinstance(row.drafter, PlannedDrafter) for row in rows) and (
-            self._gate.should_draft())
+            self._gate is None or self._gate.should_draft())
         self._drafted = drafting
         critical = self._critical_rows(rows) if draining else None
         for row in rows:
@@ -371,7 +374,7 @@ class BatchDecoder:
         its rows, priced and scaled by what the gate measured of plain steps (else by the
         forwards' measured ratio); a plain step of planned rows (the gate closed) its seconds
         and price."""
-        if self._step_cost is None or rows == 0:
+        if self._step_cost is None or self._gate is None or rows == 0:
             self._step_cost = None
             return
         priced = float(self._step_cost.predict(rows, self._priced_cache))
