@@ -102,9 +102,10 @@ class BatchDecoder:
     ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
     ``profile`` prices one batched forward of two rows or more for the batch planner (the
     batch's total width and cache: :func:`restdecode.latency.batch_profile_for`); without it,
-    and for a lone row, the planned drafters' own single-sequence profile is used. ``gates`` judge, per number of rows, whether the planned
-    rows' drafting still pays (default: new ones; pass the same to another decoder of the same
-    model to keep their verdicts).
+    and for a lone row, the planned drafters' own single-sequence profile is used. ``gates``
+    judge, per number of rows (two or more: a lone row drafts as its plan says, as in
+    :func:`restdecode.generate`), whether the planned rows' drafting still pays (default: new
+    ones; pass the same to another decoder of the same model to keep their verdicts).
     """
 
     def __init__(self, model, tokenizer, *, options: GenerationOptions | None = None,
@@ -459,8 +460,9 @@ def generate_batch(
     next request joins as soon as a row finishes (continuous batching); ``progress`` shows a
     bar of finished requests on stderr. ``profile`` prices the batched forward of two rows or
     more for the batch planner (:func:`restdecode.latency.batch_profile_for`; default, and for
-    a lone row: the planned drafters' own single-sequence profile); ``gates`` (:class:`~restdecode.drafting.planner.BatchGates`) keep
-    the verdicts on whether drafting pays across calls. Each result is what
+    a lone row: the planned drafters' own single-sequence profile); ``gates``
+    (:class:`~restdecode.drafting.planner.BatchGates`) keep the verdicts on whether drafting
+    pays across calls. Each result is what
     :func:`restdecode.generate` returns for that request alone (the same tokens when greedy).
     """
     options = resolve_options(options, **option_values)

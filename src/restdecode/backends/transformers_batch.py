@@ -414,7 +414,8 @@ class TransformersBatchSession:
             layout_region, layout_column, longest, self._layer_types, layout_slot, masks,
             dense=every_region and all(tree.num_slots == width for tree in trees),
             first=torch.nonzero(~is_node).squeeze(1), first_region=layout_region[~is_node],
-            first_masks=first_masks, first_dense=every_region, nodes=torch.nonzero(is_node).squeeze(1),
+            first_masks=first_masks, first_dense=every_region,
+            nodes=torch.nonzero(is_node).squeeze(1),
             node_row=(block_of[layout_region[is_node]] if gather else layout_region[is_node]),
             node_slot=layout_slot[is_node] - 1, tree_regions=tree_regions if gather else None,
             node_masks=node_masks)
