@@ -12,8 +12,8 @@ tokens over its own seconds, and their ratio; over the rounds, the median ratio 
 95% interval of the mean. The planner's calibration and gates are kept across rounds, as a
 server keeps them. An untimed short round comes first: first calls cost once per process
 (numba functions loaded, buffers allocated), and with the gate held closed at 9-16 rows the
-planner's first timed round still ran at 0.97x of plain against 1.00x after. Our loops step as :func:`~restdecode.generate_batch` does: draining
-once no prompt is left to join.
+planner's first timed round still ran at 0.97x of plain against 1.00x after. Our loops step
+as :func:`~restdecode.generate_batch` does: draining once no prompt is left to join.
 
     .venv/bin/python bench/batch_paired.py --batch-size 16 --limit 16 --rounds 6
 
@@ -163,18 +163,10 @@ def paired_round(engine, ids, args, profile, calibration, gates, *, planner_firs
             if not loop.done:
                 loop.advance()
         order.reverse()  # neither loop always runs right after the other
-    plain_ids, planner_ids = plain.outputs(), planner.outputs()
-    if plain_ids != planner_ids:
-        differing = sum(a != b for a, b in zip(plain_ids, planner_ids))
-        raise SystemExit(f"{differing} planner outputs differ from the plain loop's")
-    result = {}
-    for name, loop, tokens in (("plain", plain, plain_ids), ("planner", planner, planner_ids)):
-        new = sum(len(t) for t in tokens)
-        result[name] = {"seconds": loop.seconds, "new_tokens": new, "tok_s": new / loop.seconds,
-                        "steps": loop.steps,
-                        "tokens_per_step": (new - len(tokens)) / max(loop.row_steps, 1)}
-    result["ratio"] = result["planner"]["tok_s"] / result["plain"]["tok_s"]
-    return result
+    return compared("plain", {
+        name: {"outputs": loop.outputs(), "seconds": loop.seconds, "steps": loop.steps,
+               "row_steps": loop.row_steps}
+        for name, loop in (("plain", plain), ("planner", planner))})
 
 
 def single_round(engine, ids, args, profile, calibration, gates, single_calibration, *,
@@ -183,9 +175,7 @@ def single_round(engine, ids, args, profile, calibration, gates, single_calibrat
     request in turns; each one's tokens over its own seconds."""
     from restdecode.batch import BatchRequest, generate_batch
 
-    seconds = {"planner": 0.0, "single": 0.0}
-    outputs: dict[str, list] = {"planner": [], "single": []}
-    steps = {"planner": 0, "single": 0}
+    loops = {name: {"outputs": [], "seconds": 0.0, "steps": 0} for name in ("single", "planner")}
 
     def decode(name, prompt):
         started = time.perf_counter()
@@ -199,25 +189,36 @@ def single_round(engine, ids, args, profile, calibration, gates, single_calibrat
             result = engine.generate(input_ids=prompt,
                                      drafter=engine.new_drafter(calibration=single_calibration),
                                      max_new_tokens=args.max_new_tokens)
-        seconds[name] += time.perf_counter() - started
-        outputs[name].append(result.token_ids)
-        steps[name] += result.stats.steps
+        loops[name]["seconds"] += time.perf_counter() - started
+        loops[name]["outputs"].append(result.token_ids)
+        loops[name]["steps"] += result.stats.steps
 
     order = ["planner", "single"] if planner_first else ["single", "planner"]
     for prompt in ids:
         for name in order:
             decode(name, prompt)
         order.reverse()
-    if outputs["planner"] != outputs["single"]:
-        differing = sum(a != b for a, b in zip(outputs["planner"], outputs["single"]))
-        raise SystemExit(f"{differing} planner outputs differ from the single loop's")
+    for loop in loops.values():
+        loop["row_steps"] = loop["steps"]  # one row a step
+    return compared("single", loops)
+
+
+def compared(other: str, loops: dict[str, dict]) -> dict:
+    """One round's figures for ``other`` and ``planner`` (each: ``outputs``, ``seconds``,
+    ``steps``, ``row_steps``) and the planner's speed over the other's; stops the script if any
+    planner output differs from the other loop's."""
+    if loops["planner"]["outputs"] != loops[other]["outputs"]:
+        differing = sum(a != b for a, b in zip(loops["planner"]["outputs"],
+                                               loops[other]["outputs"]))
+        raise SystemExit(f"{differing} planner outputs differ from the {other} loop's")
     result = {}
-    for name in ("single", "planner"):
-        new = sum(len(t) for t in outputs[name])
-        result[name] = {"seconds": seconds[name], "new_tokens": new,
-                        "tok_s": new / seconds[name], "steps": steps[name],
-                        "tokens_per_step": (new - len(ids)) / max(steps[name], 1)}
-    result["ratio"] = result["planner"]["tok_s"] / result["single"]["tok_s"]
+    for name in (other, "planner"):
+        loop, tokens = loops[name], loops[name]["outputs"]
+        new = sum(len(t) for t in tokens)
+        result[name] = {"seconds": loop["seconds"], "new_tokens": new,
+                        "tok_s": new / loop["seconds"], "steps": loop["steps"],
+                        "tokens_per_step": (new - len(tokens)) / max(loop["row_steps"], 1)}
+    result["ratio"] = result["planner"]["tok_s"] / result[other]["tok_s"]
     return result
 
 
