@@ -564,6 +564,39 @@ def test_the_decoder_learns_what_its_forwards_cost_against_their_price():
     assert decoder.tree_costs.factor > 1.2
 
 
+def test_a_lone_row_plans_as_generate_does_whatever_the_batch_learnt():
+    """What the decoder learnt of tree forwards in company (here: dearer than their price) is a
+    correction to the batch profile's prices. A row alone is priced by its drafter's own
+    profile, as ``generate`` prices it: it plans exactly as ``generate`` does, and its steps
+    teach the correction nothing."""
+    from restdecode.drafting import PlannedDrafter
+
+    model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=7), 12)
+    decoder = BatchDecoder(model, tok, profile=KneeCost(knee=len(prompts), beyond=1e-6,
+                                                        within=3600.0),
+                           options=GenerationOptions(max_new_tokens=12))
+    for prompt, drafter in zip(prompts, drafters):
+        decoder.add(BatchRequest(prompt=prompt, drafter=drafter))
+    while decoder.active:
+        decoder.step()
+    learnt = decoder.tree_costs.factor
+    assert learnt > 1.2
+
+    def lone_drafter():  # trees a little dearer than a plain step: worth it at cost, not at 1.2x
+        oracle = OracleDrafter(len(tok(prompts[0])["input_ids"]), alone[0].token_ids, BYTE_VOCAB,
+                               seed=0)
+        return PlannedDrafter(oracle, KneeCost(knee=1, beyond=1.2))
+    expected = generate(model, tok, prompts[0], drafter=lone_drafter(), max_new_tokens=12)
+    handle = decoder.add(BatchRequest(prompt=prompts[0], drafter=lone_drafter()))
+    while decoder.active:
+        decoder.step()
+    result = decoder.result(handle)
+    assert result.token_ids == alone[0].token_ids
+    assert sum(expected.stats.tree_size_per_step) > 0
+    assert result.stats.tree_size_per_step == expected.stats.tree_size_per_step
+    assert decoder.tree_costs.factor == learnt
+
+
 def test_a_batch_profile_given_to_the_decoder_prices_the_steps_not_the_drafters():
     """The drafters' own profile would buy drafts; the batch profile given to ``generate_batch``
     says any forward wider than the rows costs 100x: every step is plain, the output exact."""

@@ -98,7 +98,7 @@ class BatchDecoder:
     ``add(request) -> handle`` prefills the request alone and makes it a row; ``step()`` runs one
     draft -> verify -> accept -> commit step over every row and returns ``{handle: RowUpdate}``
     for each row that produced tokens or finished (the first token of a row added since the last
-    step included); ``result(handle)`` is a finished row's :class:`GenerationResult`;
+    report included; ``updates()`` reports it without a step); ``result(handle)`` is a finished row's :class:`GenerationResult`;
     ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
     ``profile`` prices one batched forward of two rows or more for the batch planner (the
     batch's total width and cache: :func:`restdecode.latency.batch_profile_for`); without it,
@@ -136,7 +136,7 @@ class BatchDecoder:
 
     def add(self, request: BatchRequest | str) -> int:
         """Check ``request`` (a :class:`BatchRequest`, or prompt text), prefill it alone and add it
-        as a row; its handle. Its first token is in the next :meth:`step`'s updates."""
+        as a row; its handle. Its first token is in the next :meth:`updates` (or :meth:`step`)."""
         started = time.perf_counter()
         request = self.prepare(request)
         if reads_hidden_states(request.drafter):
@@ -195,6 +195,12 @@ class BatchDecoder:
         for row, logits, draft, tree in self._verify(drafted):
             committed += self._accept_and_commit(row, logits, draft, tree)
         self._judge_drafting(len(drafted), committed, time.perf_counter() - started)
+        return self._updates()
+
+    def updates(self) -> dict[int, RowUpdate]:
+        """``{handle: RowUpdate}`` for each row with tokens not yet reported, without a step:
+        after :meth:`add`, the new row's first token (from its prefill) or its end. A server
+        streams that token at once rather than after the next step's forward."""
         return self._updates()
 
     def result(self, handle: int) -> GenerationResult:
@@ -326,11 +332,13 @@ class BatchDecoder:
             return []
         mark = time.perf_counter()
         drafter = planned[0][0].drafter  # the rows of one model share its latency profile
-        profile = self._cost_model(drafter, len(planned) + len(fixed))
+        rows = len(planned) + len(fixed)
+        profile = self._cost_model(drafter, rows)
         self._step_cost = profile
         fixed_width = sum(1 + len(draft) for _, draft in fixed)
-        trees = plan_batch([(tree, p) for _, tree, p in planned],
-                           self.tree_costs.corrected(profile, len(planned) + fixed_width),
+        if rows > 1:  # a lone row is priced as the single loop prices it: uncorrected
+            profile = self.tree_costs.corrected(profile, len(planned) + fixed_width)
+        trees = plan_batch([(tree, p) for _, tree, p in planned], profile,
                            self.session.cache_length, overhead=drafter.overhead,
                            fixed_width=fixed_width, fixed_tokens=len(fixed))
         seconds = time.perf_counter() - mark
@@ -358,7 +366,9 @@ class BatchDecoder:
             logits = self.session.verify([(row.session_row, row.pending, tree)
                                           for row, _, tree in drafted])
         elapsed = time.perf_counter() - mark
-        if self._step_cost is not None:
+        # The correction is learnt against the batch profile's prices: a lone row's forward,
+        # priced by its drafter's own profile, would teach it another profile's errors.
+        if self._step_cost is not None and len(drafted) > 1:
             width = sum(tree.num_slots for _, _, tree in drafted)
             predicted = float(self._step_cost.predict(width, cache_length))
             self.tree_costs.observe(predicted, elapsed, trees=width > len(drafted))

@@ -305,17 +305,24 @@ class _BatchLane:
         self.rows[handle] = job
         if self.decoder.capacity is not None:
             self.cells[handle] = self._cells(job)
+        self._send(self.decoder.updates())  # its first token now, not after the next forward
 
     def turn(self) -> None:
         for handle, job in list(self.rows.items()):
             if job.cancelled.is_set():
                 self._leave(handle, None, "cancelled")
+        if not self.rows:  # every row left (cancelled, or finished by its first token)
+            return
         try:
             updates = self.decoder.step()
         except Exception as error:  # the shared forward failed: every row fails with it
             for handle in list(self.rows):
                 self._leave(handle, None, "error", f"{type(error).__name__}: {error}")
             return
+        self._send(updates)
+
+    def _send(self, updates: dict) -> None:
+        """Each row's new text to its job; finished rows leave."""
         for handle, update in updates.items():
             job = self.rows[handle]
             if update.text:
