@@ -71,9 +71,11 @@ def test_batched_verify_equals_single_row_verify(arch, attn, data):
     prompts = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=14)
     with torch.inference_mode():
         for _ in range(data.draw(st.integers(1, 6), label="steps")):
-            for prompt in data.draw(st.lists(prompts, min_size=0 if singles else 1, max_size=2),
-                                    label="joining"):
-                row, logits = session.add_row(prompt)
+            joining = data.draw(st.lists(prompts, min_size=0 if singles else 1, max_size=3),
+                                label="joining")
+            added = (session.add_rows(joining) if data.draw(st.booleans(), label="together")
+                     else [session.add_row(prompt) for prompt in joining])
+            for prompt, (row, logits) in zip(joining, added):
                 singles[row] = TransformersSession(model)
                 torch.testing.assert_close(logits, singles[row].prefill(prompt),
                                            atol=1e-5, rtol=1e-5)
@@ -97,6 +99,43 @@ def test_batched_verify_equals_single_row_verify(arch, attn, data):
             assert session.cache_length == sum(s.past_length for s in singles.values())
             regions = [session._region[row] for row in singles]  # a region of its own each
             assert len(set(regions)) == len(regions) <= session.cache.regions
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
+    """``add_rows`` packs the prompts that fit into one forward (the first rows' and longer
+    ones alone): each row's logits, and its steps after, are a single-row session's."""
+    from restdecode.backends import transformers_batch
+
+    monkeypatch.setattr(transformers_batch, "PACKED_PREFILL_TOKENS", 10)
+    model = model_for(arch)
+    rng = np.random.default_rng(5)
+    session = open_batch_session(TransformersBackend(model))
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    singles = {}
+    tree = DraftTree(np.array([5, 6, 7, 8]), np.array([-1, 0, -1, 2])).compile()
+    with torch.inference_mode():
+        for lengths, expected_forwards in (((4, 9, 1, 14, 7), 3), ((2, 10, 11), 2)):
+            prompts = [rng.integers(0, VOCAB, n).tolist() for n in lengths]
+            forwards.clear()
+            added = session.add_rows(prompts)
+            assert len(forwards) == expected_forwards  # the first alone, longer ones alone
+            for prompt, (row, logits) in zip(prompts, added):
+                singles[row] = TransformersSession(model)
+                torch.testing.assert_close(logits, singles[row].prefill(prompt),
+                                           atol=1e-5, rtol=1e-5)
+                assert session.past_length(row) == len(prompt)
+            items = [(row, 9, tree) for row in session.rows]
+            for (row, pending, _), logits in zip(items, session.verify(items)):
+                torch.testing.assert_close(logits, singles[row].verify(pending, tree),
+                                           atol=1e-4, rtol=1e-4)
+                singles[row].commit([0, 3, 4])
+                session.commit(row, [0, 3, 4])
+        rows = session.rows
+        with pytest.raises(DecodingError, match="at least one prompt token"):
+            session.add_rows([[1, 2], []])
+        assert session.rows == rows  # nothing added
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -137,11 +137,32 @@ class BatchDecoder:
     def add(self, request: BatchRequest | str) -> int:
         """Check ``request`` (a :class:`BatchRequest`, or prompt text), prefill it alone and add it
         as a row; its handle. Its first token is in the next :meth:`updates` (or :meth:`step`)."""
+        return self.add_many([request])[0]
+
+    def add_many(self, requests: Sequence[BatchRequest | str]) -> list[int]:
+        """:meth:`add` for several requests at once (all checked first), their prompts prefilled
+        together where the backend can (one forward instead of one each); their handles."""
         started = time.perf_counter()
-        request = self.prepare(request)
-        if reads_hidden_states(request.drafter):
-            raise DecodingError("draft heads read each step's hidden state, which batched "
-                                "verification does not keep: decode their requests one at a time")
+        requests = [self.prepare(request) for request in requests]
+        rows = [self._new_row(request, started) for request in requests]
+        starting = [row for row in rows if not row.output.done]
+        if starting:
+            with torch.inference_mode():
+                prefilled = self.session.add_rows([row.context for row in starting])
+            for row, (session_row, logits) in zip(starting, prefilled):
+                row.session_row = session_row
+                first = row.chooser.first(logits)
+                row.context.append(first)
+                row.drafter.reset()
+                row.drafter.observe(StepFeedback([first]))
+                row.stats.time_prefill = time.perf_counter() - started
+                row.add([first])
+        for row in rows:
+            if row.output.done:
+                self._finish(row)
+        return [row.handle for row in rows]
+
+    def _new_row(self, request: BatchRequest, started: float) -> _Row:
         options = request.options
         prompt_ids = list(request.input_ids)
         handle, self._next_handle = self._next_handle, self._next_handle + 1
@@ -156,24 +177,16 @@ class BatchDecoder:
             started=started,
         )
         self._rows[handle] = row
-        if not row.output.done:
-            with torch.inference_mode():
-                row.session_row, logits = self.session.add_row(prompt_ids)
-                first = row.chooser.first(logits)
-            row.context.append(first)
-            row.drafter.reset()
-            row.drafter.observe(StepFeedback([first]))
-            row.stats.time_prefill = time.perf_counter() - started
-            row.add([first])
-        if row.output.done:
-            self._finish(row)
-        return handle
+        return row
 
     def prepare(self, request: BatchRequest | str) -> BatchRequest:
         """``request`` checked (options, messages, prompt length) and tokenized: a
         :class:`BatchRequest` with ``input_ids`` and ``options`` set; DecodingError or
         OptionsError if it cannot be decoded."""
         request = BatchRequest(prompt=request) if isinstance(request, str) else request
+        if reads_hidden_states(request.drafter):
+            raise DecodingError("draft heads read each step's hidden state, which batched "
+                                "verification does not keep: decode their requests one at a time")
         if request.messages is not None:
             check_messages(request.messages)
         prompt_ids = prompt_token_ids(self.tokenizer, request.prompt, request.messages,
@@ -494,8 +507,10 @@ def generate_batch(
               disable=not progress) as bar:
         while waiting or decoder.active:
             while waiting and (max_rows is None or len(decoder.active) < max_rows):
-                index, request = waiting.pop(0)
-                handles[index] = decoder.add(request)
+                room = len(waiting) if max_rows is None else max_rows - len(decoder.active)
+                joining, waiting = waiting[:room], waiting[room:]  # prefilled together
+                handles.update(zip([index for index, _ in joining],
+                                   decoder.add_many([request for _, request in joining])))
             updates = decoder.step(draining=not waiting)
             bar.update(sum(update.finished for update in updates.values()))
     return [decoder.result(handles[index]) for index in range(len(requests))]

@@ -51,7 +51,7 @@ def test_a_batch_row_streams_its_first_token_before_the_next_forward(engine):
     scheduler = Scheduler(engine, speculate=False, max_active=4)
     events: list = []
     decoder = scheduler._lane.decoder
-    for name in ("add", "step"):  # log each call before it runs
+    for name in ("add_many", "step"):  # log each call before it runs
         def logged(*args, _name=name, _call=getattr(decoder, name), **kwargs):
             events.append((None, _name, None))
             return _call(*args, **kwargs)
@@ -74,7 +74,8 @@ def test_a_batch_row_streams_its_first_token_before_the_next_forward(engine):
         # a whole one (or a row that ends with it) must be sent straight after the prefill.
         if "\ufffd" not in engine.tokenizer.decode(expected.token_ids[:1]) or len(own) == 2:
             immediate += 1
-            assert events[own[0]][1] == "piece" and events[own[0] - 1][1] == "add", (
+            last_call = [kind for i, kind, _ in events[:own[0]] if i is None][-1]
+            assert events[own[0]][1] == "piece" and last_call == "add_many", (
                 f"request {index}'s first token waited for a step: {events}")
         assert events[own[-1]][1] == "done"
         assert "".join(events[n][2] for n in own if events[n][1] == "piece") == expected.text

@@ -13,7 +13,7 @@ end-of-sequence ids, a key for latency profiles) opens :class:`Session` objects,
 sequence's KV state with four verbs: ``prefill``, ``verify``, ``commit`` and ``truncate``
 (roll back without a new prefill, e.g. a draft model's session after a partial acceptance). A backend that can
 verify several sequences in one forward (a :class:`BatchBackend`: transformers and llama.cpp) opens
-:class:`BatchSession` objects: rows join (``add_row``, their own prefill) and leave
+:class:`BatchSession` objects: rows join (``add_row``, their own prefill, or ``add_rows``) and leave
 (``remove_row``) between steps, and one ``verify`` evaluates every row's tree at once.
 """
 
@@ -123,6 +123,10 @@ class BatchSession(Protocol):
     def add_row(self, prompt_ids: Sequence[int]) -> tuple[int, "torch.Tensor"]:
         """A new row holding ``prompt_ids`` (its own prefill, no other row is recomputed): its
         id and float32 logits ``(vocab,)`` after the prompt's last token."""
+
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, "torch.Tensor"]]:
+        """Rows for several prompts at once, as :meth:`add_row` gives each (a backend may
+        prefill them together)."""
 
     def verify(self, items: Sequence[tuple[int, int, "CompiledTree"]]) -> list["torch.Tensor"]:
         """For each ``(row, pending_token, tree)`` (distinct rows), float32 logits

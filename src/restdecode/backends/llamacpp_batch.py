@@ -111,6 +111,11 @@ class LlamaCppBatchSession:
         self._rows[row] = _Row(main=sequence, past_length=len(ids))
         return row, torch.from_numpy(logits[-1].copy())
 
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, torch.Tensor]]:
+        """Rows for ``prompts``, each prefilled as :meth:`add_row` does (one after another:
+        packing them into one ``llama_decode`` is not done yet)."""
+        return [self.add_row(prompt) for prompt in prompts]
+
     def verify(self, items: Sequence[tuple[int, int, "CompiledTree"]]) -> list[torch.Tensor]:
         """For each ``(row, pending_token, tree)`` (distinct rows), float32 logits
         ``(1 + n_row, vocab)`` at every slot of the row's tree, from one ``llama_decode``. The

@@ -23,7 +23,9 @@ dimension 1, no padding), with per-token ``position_ids``. Only attention is per
 committed (or removed), the accepted slots that are not already in place (a path off the first
 branch) are moved to ``past, past + 1, ...`` in one gather per layer. Columns past a row's length
 are stale and never seen. A row joins with its own prefill (the prompt alone, as a single-row
-session prefills), copied into a free region; ``remove_row`` frees the region. Regions and
+session prefills), copied into a free region; rows joining together (``add_rows``) are
+prefilled in one forward, each prompt verified as a chain straight into its region;
+``remove_row`` frees the region. Regions and
 capacity grow by doubling (one copy of the cache) when a row or a tree does not fit.
 """
 
@@ -39,6 +41,7 @@ from transformers import AttentionInterface, DynamicCache
 
 from restdecode import verify as tree_verify
 from restdecode.compiled import eager
+from restdecode.drafting.tree import DraftTree
 from restdecode.errors import DecodingError
 from restdecode.head import padded_head
 
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 
 ROWS_ATTENTION = "restdecode_rows"
 INITIAL_CAPACITY = 256  # positions per region before the first doubling
+# add_rows packs prompts up to this long into one forward (attention pads each to the longest).
+PACKED_PREFILL_TOKENS = 512
 
 
 @dataclass
@@ -265,6 +270,54 @@ class TransformersBatchSession:
         self._region[row], self._lengths[row] = region, len(prompt)
         return row, output.logits[0, -1].float()
 
+    def add_rows(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, torch.Tensor]]:
+        """New rows holding ``prompts``, prefilled together: ``(row, logits)`` for each, as
+        :meth:`add_row` gives them.
+
+        A row's prompt is verified as a chain (its first token pending, the rest as nodes) in a
+        free region of its own, all the prompts packed in one forward as a step packs trees, and
+        every slot committed: one forward instead of one per prompt, no padding, and no copy
+        (SmolLM2 on 2 cores, 8 MT-Bench prompts: 1.45 s one by one, 1.03 s as one padded batch).
+        Only the prompts' last tokens go through the output head. Prompts longer than
+        ``PACKED_PREFILL_TOKENS`` (attention pads each to the longest), and the first rows'
+        (the cache takes its shapes from a prefill), are prefilled one by one."""
+        self._check_no_step("add rows")
+        prompts = [[int(t) for t in prompt] for prompt in prompts]
+        if not all(prompts):
+            raise DecodingError("a row needs at least one prompt token")
+        added: dict[int, tuple[int, torch.Tensor]] = {}
+        packed = [i for i, p in enumerate(prompts) if len(p) <= PACKED_PREFILL_TOKENS]
+        for index in [i for i in range(len(prompts)) if i not in packed] + (
+                packed[:1] if not self.cache.keys else []):
+            added[index] = self.add_row(prompts[index])
+        packed = [i for i in packed if i not in added]
+        if len(packed) == 1:
+            added[packed[0]] = self.add_row(prompts[packed[0]])
+        elif packed:
+            added.update(zip(packed, self._prefill_packed([prompts[i] for i in packed])))
+        return [added[index] for index in range(len(prompts))]
+
+    def _prefill_packed(self, prompts: list[list[int]]) -> list[tuple[int, torch.Tensor]]:
+        rows = []
+        for prompt in prompts:
+            region = self._free_region(None, len(prompt))
+            row, self._next_row = self._next_row, self._next_row + 1
+            self._region[row], self._lengths[row] = region, 0
+            rows.append(row)
+        try:
+            device = self.model.device
+            items = [(row, prompt[0], DraftTree.chain(prompt[1:]).compile(device))
+                     for row, prompt in zip(rows, prompts)]
+            logits = self._forward(items, last_only=True)
+        except BaseException:
+            for row in rows:
+                self._pending.pop(row, None)
+                del self._lengths[row], self._region[row]
+            raise
+        for row, prompt in zip(rows, prompts):
+            self.commit(row, range(len(prompt)))
+        return [(row, row_logits[-1]) for row, row_logits in zip(rows, logits)]
+
     def remove_row(self, row: int) -> None:
         """Drop ``row`` and free its region (also its slots of an uncommitted step)."""
         self._row(row)
@@ -281,6 +334,12 @@ class TransformersBatchSession:
         self._check_no_step("verify")
         if not items:
             return []
+        return self._forward(items)
+
+    def _forward(self, items: Sequence[tuple[int, int, "CompiledTree"]], *,
+                 last_only: bool = False) -> list[torch.Tensor]:
+        """:meth:`verify`'s forward; ``last_only``: logits ``(1, vocab)`` at each row's last
+        slot only (a prefill's)."""
         rows = [self._row(row) for row, _, _ in items]
         if len(set(rows)) != len(rows):
             raise DecodingError(f"a row appears twice in one verification: {rows}")
@@ -298,20 +357,22 @@ class TransformersBatchSession:
                             for _, pending, tree in items])
         positions = torch.cat([self._lengths[row] + tree.depth_offsets.to(device)
                                for row, tree in zip(rows, trees)])
+        widths = [tree.num_slots for tree in trees]
+        keep = (torch.tensor(widths, device=device).cumsum(0) - 1) if last_only else 0
         self.cache.layout = layout
         try:
             with (_attention_implementation(self._configs, ROWS_ATTENTION),
                   padded_head(self.model, self.head_widths)):
                 output = self.model(input_ids=tokens.unsqueeze(0),
                                     position_ids=positions.unsqueeze(0), use_cache=True,
-                                    step_layout=layout,
+                                    step_layout=layout, logits_to_keep=keep,
                                     **tree_verify.cache_kwargs(self.model, self.cache))
         finally:
             self.cache.layout = None
         # Only now: a forward that failed wrote nothing but columns past the rows' lengths.
         for row, tree in zip(rows, trees):
             self._pending[row] = _Pending(tree.num_slots)
-        logits = output.logits[0].float().split([tree.num_slots for tree in trees])
+        logits = output.logits[0].float().split([1] * len(trees) if last_only else widths)
         returned: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
         for index, row_logits in zip(order, logits):
             returned[index] = row_logits
@@ -348,7 +409,7 @@ class TransformersBatchSession:
         """The lowest region no row holds, the cache grown to fit it and ``length`` columns."""
         taken = set(self._region.values())
         region = next(r for r in range(len(taken) + 1) if r not in taken)
-        if not self.cache.keys:
+        if not self.cache.keys:  # (only add_row comes here first: it has a prefill)
             self.cache.allocate(prefill, 1, _doubled(INITIAL_CAPACITY, length))
         self.cache.grow(_doubled(self.cache.regions, region + 1),
                         _doubled(self.cache.capacity, length))

@@ -124,8 +124,7 @@ class Scheduler:
                 if self._stopping:
                     break
                 admitted = self._admit()
-            for job in admitted:
-                self._start(job)
+            self._start(admitted)
             self._lane.turn()
         for job in self._lane.close() + list(self._waiting):
             job.send("error", "the server is shutting down")
@@ -151,11 +150,17 @@ class Scheduler:
                 admitted.append(job)
         return admitted
 
-    def _start(self, job: Job) -> None:
-        try:
-            self._lane.add(job, self._drafter(job))
-        except Exception as error:  # a bad request that got past the front end's checks
-            self.leave(job, None, "error", str(error))
+    def _start(self, jobs: list[Job]) -> None:
+        """Hand ``jobs`` to the lane together (a batch prefills them in one forward); a bad
+        request that got past the front end's checks leaves with its error."""
+        starts = []
+        for job in jobs:
+            try:
+                starts.append((job, self._drafter(job)))
+            except Exception as error:
+                self.leave(job, None, "error", str(error))
+        for job, message in self._lane.add(starts):
+            self.leave(job, None, "error", message)
 
     def _drafter(self, job: Job):
         """This job's drafter: none (plain), or datastore + context + its tenant's memory."""
@@ -199,8 +204,8 @@ class _Lane(Protocol):
         """Whether ``job`` fits next to the running jobs and ``admitted`` (about to start):
         True, False (not yet: wait), or why it never will."""
 
-    def add(self, job: Job, drafter) -> None:
-        """Start decoding ``job`` with ``drafter``."""
+    def add(self, starts: list[tuple[Job, Any]]) -> list[tuple[Job, str]]:
+        """Start decoding each ``(job, drafter)``; the jobs that could not start, and why."""
 
     def turn(self) -> None:
         """One decoding step of every job; jobs that end leave through ``Scheduler.leave``."""
@@ -223,10 +228,17 @@ class _StreamLane:
     def room(self, job: Job, admitted: list[Job]) -> bool:
         return True  # each job its own session: its context is checked by the decoding loop
 
-    def add(self, job: Job, drafter) -> None:
-        stream = self.scheduler.engine.stream(input_ids=job.prompt_ids, options=job.options,
-                                              drafter=drafter)
-        self.streams[id(job)] = (job, stream)
+    def add(self, starts: list[tuple[Job, Any]]) -> list[tuple[Job, str]]:
+        failed = []
+        for job, drafter in starts:
+            try:
+                stream = self.scheduler.engine.stream(input_ids=job.prompt_ids,
+                                                      options=job.options, drafter=drafter)
+            except Exception as error:
+                failed.append((job, str(error)))
+            else:
+                self.streams[id(job)] = (job, stream)
+        return failed
 
     def turn(self) -> None:
         for key, (job, stream) in list(self.streams.items()):
@@ -297,15 +309,30 @@ class _BatchLane:
         return self.decoder.cells_needed(BatchRequest(input_ids=job.prompt_ids,
                                                       options=job.options))
 
-    def add(self, job: Job, drafter) -> None:
+    def add(self, starts: list[tuple[Job, Any]]) -> list[tuple[Job, str]]:
+        """The jobs become rows together: their prompts are prefilled in one forward."""
         from restdecode.batch import BatchRequest
 
-        request = BatchRequest(input_ids=job.prompt_ids, options=job.options, drafter=drafter)
-        handle = self.decoder.add(request)
-        self.rows[handle] = job
-        if self.decoder.capacity is not None:
-            self.cells[handle] = self._cells(job)
-        self._send(self.decoder.updates())  # its first token now, not after the next forward
+        failed, jobs, requests = [], [], []
+        for job, drafter in starts:
+            try:
+                requests.append(self.decoder.prepare(BatchRequest(
+                    input_ids=job.prompt_ids, options=job.options, drafter=drafter)))
+                jobs.append(job)
+            except Exception as error:
+                failed.append((job, str(error)))
+        if not jobs:
+            return failed
+        try:
+            handles = self.decoder.add_many(requests)
+        except Exception as error:  # the shared prefill failed: every joining job fails with it
+            return failed + [(job, f"{type(error).__name__}: {error}") for job in jobs]
+        for handle, job in zip(handles, jobs):
+            self.rows[handle] = job
+            if self.decoder.capacity is not None:
+                self.cells[handle] = self._cells(job)
+        self._send(self.decoder.updates())  # first tokens now, not after the next forward
+        return failed
 
     def turn(self) -> None:
         for handle, job in list(self.rows.items()):
