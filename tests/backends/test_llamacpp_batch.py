@@ -174,10 +174,11 @@ def test_the_server_admits_batched_llamacpp_requests_as_the_shared_cells_allow()
     lane, most_rows = scheduler._lane, []
     real_add = lane.add
 
-    def recording_add(job, drafter):
-        real_add(job, drafter)
+    def recording_add(starts):
+        failed = real_add(starts)
         most_rows.append(len(lane.rows))
         assert sum(lane.cells.values()) <= 256
+        return failed
 
     lane.add = recording_add
     rng = np.random.default_rng(9)

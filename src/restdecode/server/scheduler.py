@@ -159,7 +159,11 @@ class Scheduler:
                 starts.append((job, self._drafter(job)))
             except Exception as error:
                 self.leave(job, None, "error", str(error))
-        for job, message in self._lane.add(starts):
+        try:
+            failed = self._lane.add(starts)
+        except Exception as error:  # never let the lane take the scheduler thread down
+            failed = [(job, f"{type(error).__name__}: {error}") for job, _ in starts]
+        for job, message in failed:
             self.leave(job, None, "error", message)
 
     def _drafter(self, job: Job):
