@@ -138,6 +138,27 @@ def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
         assert session.rows == rows  # nothing added
 
 
+def test_rows_whose_shared_prefill_fails_do_not_join():
+    """If the prefill of requests joining together fails, none of them becomes a row; the
+    decoder goes on with the rows it had."""
+    model, tok = model_for("llama", vocab_size=BYTE_VOCAB), tokenizer()
+    decoder = BatchDecoder(model, tok, options=GenerationOptions(max_new_tokens=6))
+    kept = decoder.add("abcabc")
+    add_rows = decoder.session.add_rows
+
+    def failing(prompts):
+        raise RuntimeError("out of memory")
+    decoder.session.add_rows = failing
+    with pytest.raises(RuntimeError, match="out of memory"):
+        decoder.add_many(["hello", "xyz"])
+    decoder.session.add_rows = add_rows
+    assert decoder.active == [kept]
+    while decoder.active:
+        decoder.step()
+    assert decoder.result(kept).token_ids == generate(model, tok, "abcabc",
+                                                      max_new_tokens=6).token_ids
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_row_removed_mid_step_frees_its_entries_and_spares_the_others(arch):
     model = model_for(arch)

@@ -98,7 +98,8 @@ class BatchDecoder:
     ``add(request) -> handle`` prefills the request alone and makes it a row; ``step()`` runs one
     draft -> verify -> accept -> commit step over every row and returns ``{handle: RowUpdate}``
     for each row that produced tokens or finished (the first token of a row added since the last
-    report included; ``updates()`` reports it without a step); ``result(handle)`` is a finished row's :class:`GenerationResult`;
+    report included; ``updates()`` reports it without a step); ``result(handle)`` is a finished
+    row's :class:`GenerationResult`;
     ``remove(handle)`` drops a row at any time (a cancelled request) and frees its cache entries.
     ``profile`` prices one batched forward of two rows or more for the batch planner (the
     batch's total width and cache: :func:`restdecode.latency.batch_profile_for`); without it,
@@ -147,8 +148,13 @@ class BatchDecoder:
         rows = [self._new_row(request, started) for request in requests]
         starting = [row for row in rows if not row.output.done]
         if starting:
-            with torch.inference_mode():
-                prefilled = self.session.add_rows([row.context for row in starting])
+            try:
+                with torch.inference_mode():
+                    prefilled = self.session.add_rows([row.context for row in starting])
+            except BaseException:  # none of them joined
+                for row in rows:
+                    del self._rows[row.handle]
+                raise
             for row, (session_row, logits) in zip(starting, prefilled):
                 row.session_row = session_row
                 first = row.chooser.first(logits)
