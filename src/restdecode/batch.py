@@ -214,13 +214,21 @@ class BatchDecoder:
         for row, logits, draft, tree in self._verify(drafted):
             committed += self._accept_and_commit(row, logits, draft, tree)
         self._judge_drafting(len(drafted), committed, time.perf_counter() - started)
-        return self._updates()
+        return self.updates()
 
     def updates(self) -> dict[int, RowUpdate]:
         """``{handle: RowUpdate}`` for each row with tokens not yet reported, without a step:
         after :meth:`add`, the new row's first token (from its prefill) or its end. A server
         streams that token at once rather than after the next step's forward."""
-        return self._updates()
+        updates = {}
+        for handle, row in list(self._rows.items()):
+            finished = row.output.done
+            if row.new_tokens or finished:
+                updates[handle] = RowUpdate(row.new_tokens, "".join(row.new_text), finished)
+                row.new_tokens, row.new_text = [], []
+            if finished:
+                del self._rows[handle]  # the result stays until remove()
+        return updates
 
     def result(self, handle: int) -> GenerationResult:
         """The result of a finished row (kept until :meth:`remove`)."""
@@ -454,17 +462,6 @@ class BatchDecoder:
         stats.stop_reason = row.output.stop_reason
         self._results[row.handle] = GenerationResult(
             text=row.output.final_text(), token_ids=list(row.output.ids), stats=stats)
-
-    def _updates(self) -> dict[int, RowUpdate]:
-        updates = {}
-        for handle, row in list(self._rows.items()):
-            finished = row.output.done
-            if row.new_tokens or finished:
-                updates[handle] = RowUpdate(row.new_tokens, "".join(row.new_text), finished)
-                row.new_tokens, row.new_text = [], []
-            if finished:
-                del self._rows[handle]  # the result stays until remove()
-        return updates
 
 
 def generate_batch(
