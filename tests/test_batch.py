@@ -103,8 +103,9 @@ def test_batched_verify_equals_single_row_verify(arch, attn, data):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
-    """``add_rows`` packs the prompts that fit into one forward (the first rows' and longer
-    ones alone): each row's logits, and its steps after, are a single-row session's."""
+    """``add_rows`` packs the prompts that fit into one forward (longer ones alone, and one
+    alone while the session has no cache): each row's logits, and its steps after, are a
+    single-row session's."""
     from restdecode.backends import transformers_batch
 
     monkeypatch.setattr(transformers_batch, "PACKED_PREFILL_TOKENS", 10)
@@ -116,11 +117,12 @@ def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
     singles = {}
     tree = DraftTree(np.array([5, 6, 7, 8]), np.array([-1, 0, -1, 2])).compile()
     with torch.inference_mode():
-        for lengths, expected_forwards in (((4, 9, 1, 14, 7), 3), ((2, 10, 11), 2)):
+        # A long prompt alone gives the empty cache its shapes: the four others share a forward.
+        for lengths, expected_forwards in (((4, 9, 1, 14, 7), 2), ((2, 10, 11), 2)):
             prompts = [rng.integers(0, VOCAB, n).tolist() for n in lengths]
             forwards.clear()
             added = session.add_rows(prompts)
-            assert len(forwards) == expected_forwards  # the first alone, longer ones alone
+            assert len(forwards) == expected_forwards
             for prompt, (row, logits) in zip(prompts, added):
                 singles[row] = TransformersSession(model)
                 torch.testing.assert_close(logits, singles[row].prefill(prompt),
@@ -132,6 +134,10 @@ def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
                                            atol=1e-4, rtol=1e-4)
                 singles[row].commit([0, 3, 4])
                 session.commit(row, [0, 3, 4])
+        fresh = open_batch_session(TransformersBackend(model))
+        forwards.clear()
+        fresh.add_rows([[1, 2, 3], [4, 5], [6]])
+        assert len(forwards) == 2  # no cache yet: the first prompt alone, then the others
         rows = session.rows
         with pytest.raises(DecodingError, match="at least one prompt token"):
             session.add_rows([[1, 2], []])

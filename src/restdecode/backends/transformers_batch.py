@@ -280,17 +280,20 @@ class TransformersBatchSession:
         (SmolLM2 on 2 cores, 8 MT-Bench prompts: 0.85-1.0 s, against 1.4-1.5 s one by one and
         1.04 s as ``generate``'s left-padded batch).
         Only the prompts' last tokens go through the output head. Prompts longer than
-        ``PACKED_PREFILL_TOKENS`` (attention pads each to the longest), and the first rows'
-        (the cache takes its shapes from a prefill), are prefilled one by one."""
+        ``PACKED_PREFILL_TOKENS`` (attention pads each to the longest) are prefilled one by one,
+        and so is one prompt when the session has no cache yet (it takes its shapes from a
+        prefill of its own)."""
         self._check_no_step("add rows")
         prompts = [[int(t) for t in prompt] for prompt in prompts]
         if not all(prompts):
             raise DecodingError("a row needs at least one prompt token")
         added: dict[int, tuple[int, torch.Tensor]] = {}
         packed = [i for i, p in enumerate(prompts) if len(p) <= PACKED_PREFILL_TOKENS]
-        for index in [i for i in range(len(prompts)) if i not in packed] + (
-                packed[:1] if not self.cache.keys else []):
-            added[index] = self.add_row(prompts[index])
+        for index in range(len(prompts)):
+            if index not in packed:
+                added[index] = self.add_row(prompts[index])
+        if packed and not self.cache.keys:  # no long prompt gave the cache its shapes either
+            added[packed[0]] = self.add_row(prompts[packed[0]])
         packed = [i for i in packed if i not in added]
         if len(packed) == 1:
             added[packed[0]] = self.add_row(prompts[packed[0]])
