@@ -138,10 +138,18 @@ def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
         forwards.clear()
         fresh.add_rows([[1, 2, 3], [4, 5], [6]])
         assert len(forwards) == 2  # no cache yet: the first prompt alone, then the others
-        rows = session.rows
+        rows, cached = session.rows, session.cache_length
         with pytest.raises(DecodingError, match="at least one prompt token"):
             session.add_rows([[1, 2], []])
         assert session.rows == rows  # nothing added
+
+        def failing(prompts):
+            raise RuntimeError("out of memory")
+        monkeypatch.setattr(session, "_prefill_packed", failing)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            session.add_rows([list(range(3, 17)), [1, 2], [3]])
+        # The long prompt joined alone before the packed forward failed: it is removed again.
+        assert (session.rows, session.cache_length) == (rows, cached)
 
 
 def test_rows_whose_shared_prefill_fails_do_not_join():

@@ -38,9 +38,11 @@ def seq_cells(backend: LlamaCppBackend, sequence: int) -> int:
     return int(backend._lib.llama_memory_seq_pos_max(backend._memory, sequence))
 
 
-# An event: ("add", prompt) | ("step", [(tree, choice, pending), ...] per live row) | ("remove", k)
+# An event: ("add", prompts joining together) | ("step", [(tree, choice, pending), ...] per live
+# row) | ("remove", k)
 events = st.one_of(
-    st.tuples(st.just("add"), st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=8)),
+    st.tuples(st.just("add"), st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1,
+                                                max_size=8), min_size=1, max_size=2)),
     st.tuples(st.just("step"), st.lists(st.tuples(trees(max_nodes=6), st.integers(0, 10**6),
                                                   st.integers(0, VOCAB - 1)),
                                         min_size=4, max_size=4)),
@@ -54,10 +56,12 @@ def test_each_rows_slots_equal_its_paths_evaluated_alone(script):
     session = batch_backend().batch_session()
     contexts: dict[int, list[int]] = {}
     for kind, arg in script:
-        if kind == "add" and len(contexts) < 4:
-            row, logits = session.add_row(arg)
-            contexts[row] = list(arg)
-            torch.testing.assert_close(logits, sequential_logits(arg), atol=5e-3, rtol=1e-3)
+        if kind == "add" and len(contexts) + len(arg) <= 4:
+            added = session.add_rows(arg) if len(arg) > 1 else [session.add_row(arg[0])]
+            for prompt, (row, logits) in zip(arg, added):
+                contexts[row] = list(prompt)
+                torch.testing.assert_close(logits, sequential_logits(prompt), atol=5e-3,
+                                           rtol=1e-3)
         elif kind == "remove" and contexts:
             row = sorted(contexts)[arg % len(contexts)]
             session.remove_row(row)
@@ -79,6 +83,45 @@ def test_each_rows_slots_equal_its_paths_evaluated_alone(script):
         assert {row: session.past_length(row) for row in session.rows} == {
             row: len(context) for row, context in contexts.items()}
     assert session.cache_length == sum(map(len, contexts.values()))
+
+
+def test_rows_joining_together_join_all_or_none():
+    """``add_rows`` gives each prompt its own row, with the logits and steps of its own
+    sequence; if a prefill fails, the rows it added before are removed again, leaving no row,
+    cell or sequence behind."""
+    backend = LlamaCppBackend(tiny_gguf(), n_threads=1)
+    calls = []
+    decode = backend.decode
+
+    def failing_on_seven(batch):
+        calls.append(batch.n_tokens)
+        if batch.n_tokens == 7:
+            raise DecodingError("failed")
+        return decode(batch)
+
+    backend.decode = failing_on_seven
+    session = backend.batch_session()
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, VOCAB, n).tolist() for n in (3, 2, 11, 4)]
+    added = session.add_rows(prompts)
+    tree = DraftTree(np.array([5, 6, 7]), np.array([-1, 0, -1])).compile(CPU)
+    for prompt, (row, logits) in zip(prompts, added):
+        torch.testing.assert_close(logits, sequential_logits(prompt), atol=5e-3, rtol=1e-3)
+        assert session.past_length(row) == len(prompt)
+    items = [(row, 9, tree) for row, _ in added]
+    for prompt, (row, _, _), logits in zip(prompts, items, session.verify(items)):
+        for slot, path in enumerate(slot_paths(tree)):
+            tokens = [[9, 5, 6, 7][s] for s in path]
+            torch.testing.assert_close(logits[slot], sequential_logits(prompt + tokens),
+                                       atol=5e-3, rtol=1e-3)
+        session.commit(row, [0, 1])
+    rows, free, cached = session.rows, len(session._free), session.cache_length
+    calls.clear()
+    with pytest.raises(DecodingError, match="failed"):
+        session.add_rows([[3, 4], [5, 6, 7], [7, 8, 9, 10, 11, 12, 13]])
+    assert calls == [2, 3, 7]  # two rows joined, then the third failed: all undone
+    assert (session.rows, len(session._free), session.cache_length) == (rows, free, cached)
+    assert all(seq_cells(backend, s) == -1 for s in session._free)
 
 
 def test_commits_and_removals_free_every_cell_and_sequence():

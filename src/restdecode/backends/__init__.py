@@ -126,7 +126,7 @@ class BatchSession(Protocol):
 
     def add_rows(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, "torch.Tensor"]]:
         """Rows for several prompts at once, as :meth:`add_row` gives each (a backend may
-        prefill them together)."""
+        prefill them together); if one fails, none of them joins."""
 
     def verify(self, items: Sequence[tuple[int, int, "CompiledTree"]]) -> list["torch.Tensor"]:
         """For each ``(row, pending_token, tree)`` (distinct rows), float32 logits

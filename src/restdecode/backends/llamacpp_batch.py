@@ -112,9 +112,25 @@ class LlamaCppBatchSession:
         return row, torch.from_numpy(logits[-1].copy())
 
     def add_rows(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, torch.Tensor]]:
-        """Rows for ``prompts``, each prefilled as :meth:`add_row` does (one after another:
-        packing them into one ``llama_decode`` is not done yet)."""
-        return [self.add_row(prompt) for prompt in prompts]
+        """Rows for ``prompts``, each prefilled as :meth:`add_row` does, one after another; if
+        one fails, the rows added before it are removed again (none of the prompts joins).
+
+        Packing several prompts into one ``llama_decode`` (a sequence each) was measured and is
+        not faster: a prompt already runs llama.cpp's batched matmuls, and a packed call's
+        attention spans all of its cells (SmolLM2 Q4_1, 2 cores, 8 MT-Bench prompts: 1.71 s
+        packed against 1.67 s one by one; bench/RESULTS.md)."""
+        self._check_no_step("add rows")
+        if not all(len(prompt) for prompt in prompts):
+            raise DecodingError("a row needs at least one prompt token")
+        added: list[tuple[int, torch.Tensor]] = []
+        try:
+            for prompt in prompts:
+                added.append(self.add_row(prompt))
+        except BaseException:
+            for row, _ in added:
+                self.remove_row(row)
+            raise
+        return added
 
     def verify(self, items: Sequence[tuple[int, int, "CompiledTree"]]) -> list[torch.Tensor]:
         """For each ``(row, pending_token, tree)`` (distinct rows), float32 logits

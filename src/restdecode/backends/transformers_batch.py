@@ -282,23 +282,28 @@ class TransformersBatchSession:
         Only the prompts' last tokens go through the output head. Prompts longer than
         ``PACKED_PREFILL_TOKENS`` (attention pads each to the longest) are prefilled one by one,
         and so is one prompt when the session has no cache yet (it takes its shapes from a
-        prefill of its own)."""
+        prefill of its own). If a forward fails, none of the prompts joins."""
         self._check_no_step("add rows")
         prompts = [[int(t) for t in prompt] for prompt in prompts]
         if not all(prompts):
             raise DecodingError("a row needs at least one prompt token")
         added: dict[int, tuple[int, torch.Tensor]] = {}
         packed = [i for i, p in enumerate(prompts) if len(p) <= PACKED_PREFILL_TOKENS]
-        for index in range(len(prompts)):
-            if index not in packed:
-                added[index] = self.add_row(prompts[index])
-        if packed and not self.cache.keys:  # no long prompt gave the cache its shapes either
-            added[packed[0]] = self.add_row(prompts[packed[0]])
-        packed = [i for i in packed if i not in added]
-        if len(packed) == 1:
-            added[packed[0]] = self.add_row(prompts[packed[0]])
-        elif packed:
-            added.update(zip(packed, self._prefill_packed([prompts[i] for i in packed])))
+        try:
+            for index in range(len(prompts)):
+                if index not in packed:
+                    added[index] = self.add_row(prompts[index])
+            if packed and not self.cache.keys:  # no long prompt gave the cache its shapes
+                added[packed[0]] = self.add_row(prompts[packed[0]])
+            packed = [i for i in packed if i not in added]
+            if len(packed) == 1:
+                added[packed[0]] = self.add_row(prompts[packed[0]])
+            elif packed:
+                added.update(zip(packed, self._prefill_packed([prompts[i] for i in packed])))
+        except BaseException:  # none of them joins
+            for row, _ in added.values():
+                self.remove_row(row)
+            raise
         return [added[index] for index in range(len(prompts))]
 
     def _prefill_packed(self, prompts: list[list[int]]) -> list[tuple[int, torch.Tensor]]:
