@@ -24,11 +24,9 @@ def engine():
     return Engine(tiny_model("llama", vocab_size=BYTE_VOCAB), byte_tokenizer(), draft=False)
 
 
-def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list, *,
-             queued: bool = False) -> None:
-    """Submit ``jobs`` to ``scheduler`` (started here, stopped at the end; ``queued``: all
-    submitted before it starts, as a burst), logging each event as ``(job index, kind, value)``
-    in ``events``; return once every job has ended."""
+def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list) -> None:
+    """Submit ``jobs`` to ``scheduler`` (started here, stopped at the end), logging each event
+    as ``(job index, kind, value)`` in ``events``; return once every job has ended."""
     ended = threading.Semaphore(0)
     for index, job in enumerate(jobs):
         def send(kind, value, index=index):
@@ -36,12 +34,9 @@ def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list, *,
             if kind in ("done", "error"):
                 ended.release()
         job.send = send
-    if queued:
-        for job in jobs:
-            scheduler.submit(job)
     scheduler.start()
     try:
-        for job in jobs if not queued else ():
+        for job in jobs:
             scheduler.submit(job)
         for _ in jobs:
             assert ended.acquire(timeout=60), events
@@ -87,45 +82,3 @@ def test_a_batch_row_streams_its_first_token_before_the_next_forward(engine):
         assert events[own[-1]][2].token_ids == expected.token_ids
     assert immediate == 3
     assert sum(kind == "step" for _, kind, _ in events) >= 5  # the longest answer's steps
-
-
-def test_a_burst_joins_group_by_group_within_the_prefill_token_budget(engine):
-    """Requests arriving together join a batch in groups of at most ``max_prefill_tokens``
-    prompt tokens (a longer prompt alone), in their order, the running rows stepping between
-    groups; every answer is still generate's."""
-    scheduler = Scheduler(engine, speculate=False, max_active=8, max_prefill_tokens=12)
-    calls: list = []
-    decoder = scheduler._lane.decoder
-    add_many, step = decoder.add_many, decoder.step
-
-    def logged_add_many(requests):
-        calls.append([len(r.input_ids) for r in requests])
-        return add_many(requests)
-
-    def logged_step():
-        calls.append("step")
-        return step()
-
-    decoder.add_many, decoder.step = logged_add_many, logged_step
-    prompts = ["abcde", "fghij", "klm", "a much longer prompt", "nop", "qrstuvw"]
-    loop = asyncio.new_event_loop()
-    try:
-        jobs = [Job(prompt_ids=engine.tokenizer(p)["input_ids"],
-                    options=GenerationOptions(max_new_tokens=6), tenant="t", loop=loop)
-                for p in prompts]
-        run_jobs(scheduler, jobs, events := [], queued=True)
-    finally:
-        loop.close()
-    lengths = [len(job.prompt_ids) for job in jobs]
-    assert lengths[3] > 12
-    groups = [call for call in calls if call != "step"]
-    assert groups == [lengths[:2], lengths[2:3], lengths[3:4], lengths[4:]]
-    # Each group after the first joins after a step of the rows already running.
-    first = [index for index, call in enumerate(calls) if call != "step"]
-    assert all(calls[index - 1] == "step" for index in first[1:])
-    for index, job in enumerate(jobs):
-        expected = generate(engine.model, engine.tokenizer, input_ids=job.prompt_ids,
-                            drafter=NoDrafter(), max_new_tokens=6)
-        assert events[[i for i, _, _ in events].index(index)][1] == "piece"
-        assert [v for i, k, v in events if i == index and k == "done"][0].token_ids == \
-            expected.token_ids

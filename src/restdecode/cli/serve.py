@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 from restdecode.cli.common import add_compile_argument, add_model_argument, draft_model_options
-from restdecode.server.scheduler import DEFAULT_PREFILL_TOKENS
 
 ENV_API_KEY = "RESTDECODE_API_KEY"
 
@@ -72,13 +71,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "time). On llama.cpp the rows share one context of --context cells: "
                              "a request starts when its prompt and max_tokens fit beside the "
                              "running ones")
-    parser.add_argument("--max-prefill-tokens", type=int, default=DEFAULT_PREFILL_TOKENS,
-                        metavar="N",
-                        help="batched decoding: requests joining between two steps hold at most "
-                             "N prompt tokens together (a longer prompt joins alone) and are "
-                             "prefilled in one forward; under a burst the rest join over the "
-                             "next steps, so the first ones stream sooner and running requests "
-                             f"do not stall (default: {DEFAULT_PREFILL_TOKENS})")
     parser.add_argument("--context", type=int, default=None, metavar="CELLS",
                         help="llama.cpp: the context's KV cells, shared by all rows of a batch "
                              "(default: 4096 per request of --max-batch)")
@@ -114,10 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from restdecode.server.scheduler import Scheduler
 
     keys = read_keys(args.api_key or _env_keys(), args.api_keys_file)
-    if args.max_queue < 0 or min(args.compact_tokens, args.max_batch,
-                                 args.max_prefill_tokens) < 1:
-        raise OptionsError("--max-queue must be >= 0, --compact-tokens, --max-batch and "
-                           "--max-prefill-tokens >= 1")
+    if args.max_queue < 0 or args.compact_tokens < 1 or args.max_batch < 1:
+        raise OptionsError("--max-queue must be >= 0, --compact-tokens and --max-batch >= 1")
     if args.compile and args.max_batch > 1:
         raise OptionsError("--compile applies to one request at a time; batched decoding "
                            "(--max-batch > 1) runs the model eagerly")
@@ -136,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         engine.profile  # measured now (once per model and machine), not in the first request
     memory = _open_memory(engine, args.memory, args.compact_tokens)
     scheduler = Scheduler(engine, speculate=not args.no_speculation, memory=memory,
-                          max_queue=args.max_queue, max_active=args.max_batch,
-                          max_prefill_tokens=args.max_prefill_tokens)
+                          max_queue=args.max_queue, max_active=args.max_batch)
     metrics = ServerMetrics(lambda: scheduler.queue_depth, lambda: scheduler.active)
     scheduler.on_finish = lambda job, result, outcome: (
         metrics.finished(result) if outcome == "finished"

@@ -25,11 +25,6 @@ if TYPE_CHECKING:
     from restdecode.server.memory import LearnedMemory
 
 
-# Prompt tokens admitted between two steps (Scheduler.max_prefill_tokens). On SmolLM2 and 2
-# cores a packed prefill costs about the same per token from 500 tokens up (bench/RESULTS.md).
-DEFAULT_PREFILL_TOKENS = 512
-
-
 class QueueFull(Exception):
     """The waiting queue holds ``max_queue`` requests already."""
 
@@ -72,17 +67,11 @@ class Scheduler:
     backends that can batch). ``on_finish(job, result, outcome)`` is called in the scheduler
     thread as each job leaves (outcome ``finished``, ``cancelled`` or ``error``; result None
     unless finished).
-
-    ``max_prefill_tokens``: the jobs admitted between two steps hold at most this many prompt
-    tokens together (a longer prompt is admitted alone). A batch prefills them in one forward;
-    under a burst, the rest join over the next steps, group by group, as vLLM's token budget
-    per step does: the first groups get their first tokens without waiting for every prompt's
-    prefill, and the running rows do not stall for the whole burst.
     """
 
     def __init__(self, engine: "Engine", *, speculate: bool = True,
                  memory: "LearnedMemory | None" = None, max_queue: int = 64,
-                 max_active: int = 1, max_prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+                 max_active: int = 1,
                  on_finish: Callable[[Job, "GenerationResult | None", str], None] | None = None
                  ) -> None:
         self.engine = engine
@@ -90,7 +79,6 @@ class Scheduler:
         self.memory = memory
         self.max_queue = max_queue
         self.max_active = max_active
-        self.max_prefill_tokens = max_prefill_tokens
         self.on_finish = on_finish or (lambda job, result, outcome: None)
         self._lane: _Lane = _BatchLane(self) if max_active > 1 else _StreamLane(self)
         self._waiting: collections.deque[Job] = collections.deque()
@@ -143,17 +131,15 @@ class Scheduler:
 
     def _admit(self) -> list[Job]:
         """Waiting jobs that fit (under the lock), in order: a job the lane has no room for
-        yet (a shared context's cells), or past this turn's ``max_prefill_tokens``, waits at
-        the head of the queue; cancelled ones, and ones that could never fit, leave here."""
-        admitted, tokens = [], 0
+        yet (a shared context's cells) waits at the head of the queue; cancelled ones, and
+        ones that could never fit, leave here."""
+        admitted = []
         while self._waiting and len(self._lane.jobs) + len(admitted) < self.max_active:
             job = self._waiting[0]
             if job.cancelled.is_set():
                 self._waiting.popleft()
                 self.on_finish(job, None, "cancelled")
                 continue
-            if admitted and tokens + len(job.prompt_ids) > self.max_prefill_tokens:
-                break
             room = self._lane.room(job, admitted)
             if room is False:
                 break
@@ -162,7 +148,6 @@ class Scheduler:
                 self.leave(job, None, "error", room)
             else:
                 admitted.append(job)
-                tokens += len(job.prompt_ids)
         return admitted
 
     def _start(self, jobs: list[Job]) -> None:
