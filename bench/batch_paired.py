@@ -136,8 +136,10 @@ class _Loop:
     def advance(self) -> None:
         """Admit waiting prompts up to the row limit, then one step; time both."""
         started = time.perf_counter()
-        while self.waiting and len(self.decoder.active) < self.rows:
-            self.handles.append(self.decoder.add(self.waiting.pop(0)))
+        room = self.rows - len(self.decoder.active)
+        if self.waiting and room > 0:  # joining together, as generate_batch admits them
+            joining, self.waiting = self.waiting[:room], self.waiting[room:]
+            self.handles += self.decoder.add_many(joining)
         if self.decoder.active:
             self.row_steps += len(self.decoder.active)
             self.steps += 1

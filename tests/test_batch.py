@@ -62,8 +62,9 @@ def drawn_path(data, compiled) -> list[int]:
 @settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_batched_verify_equals_single_row_verify(arch, attn, data):
-    """Rows join and leave between steps; every row's logits (prefill and each step's tree) equal
-    a single-row session's for the same row, and the packed cache holds exactly the rows' pasts."""
+    """Rows join (one by one, together, or riding in a step's forward) and leave between
+    steps; every row's logits (prefill and each step's tree) equal a single-row session's for
+    the same row, and the packed cache holds exactly the rows' pasts."""
     model = model_for(arch, attn)
     session = TransformersBackend(model).batch_session()
     assert isinstance(session, BatchSession)
@@ -73,19 +74,27 @@ def test_batched_verify_equals_single_row_verify(arch, attn, data):
         for _ in range(data.draw(st.integers(1, 6), label="steps")):
             joining = data.draw(st.lists(prompts, min_size=0 if singles else 1, max_size=3),
                                 label="joining")
-            added = (session.add_rows(joining) if data.draw(st.booleans(), label="together")
-                     else [session.add_row(prompt) for prompt in joining])
-            for prompt, (row, logits) in zip(joining, added):
-                singles[row] = TransformersSession(model)
-                torch.testing.assert_close(logits, singles[row].prefill(prompt),
-                                           atol=1e-5, rtol=1e-5)
-            for row in data.draw(st.sets(st.sampled_from(sorted(singles)), max_size=1),
-                                 label="leaving"):
+            how = data.draw(st.sampled_from(["alone", "together", "riding"]), label="how")
+            added = {"alone": lambda: [session.add_row(prompt) for prompt in joining],
+                     "together": lambda: session.add_rows(joining),
+                     "riding": lambda: []}[how]()
+            leaving = data.draw(st.sets(st.sampled_from(sorted(singles)), max_size=1),
+                                label="leaving") if singles else ()
+            for row in leaving:
                 session.remove_row(row)
                 del singles[row]
             items = [(row, data.draw(st.integers(0, VOCAB - 1)), data.draw(trees()).compile())
                      for row in singles]
-            got = session.verify(items)
+            if how == "riding":
+                got, added = session.verify_joining(items, joining)
+            else:
+                got = session.verify(items)
+            for prompt, (row, logits) in zip(joining, added):
+                single = TransformersSession(model)
+                torch.testing.assert_close(logits, single.prefill(prompt), atol=1e-5, rtol=1e-5)
+                assert session.past_length(row) == len(prompt)
+                if how != "riding":  # the step's trees were drawn for the rows before it
+                    singles[row] = single
             for (row, pending, tree), logits in zip(items, got):
                 want = singles[row].verify(pending, tree)
                 assert logits.shape == (tree.num_slots, VOCAB)
@@ -93,6 +102,10 @@ def test_batched_verify_equals_single_row_verify(arch, attn, data):
                 path = drawn_path(data, tree)
                 singles[row].commit(path)
                 session.commit(row, path)
+            if how == "riding":
+                for prompt, (row, _) in zip(joining, added):
+                    singles[row] = TransformersSession(model)
+                    singles[row].prefill(prompt)
             assert session.rows == list(singles)
             for row, single in singles.items():
                 assert session.past_length(row) == single.past_length
@@ -154,10 +167,10 @@ def test_rows_prefilled_together_are_rows_prefilled_alone(arch, monkeypatch):
 
 def test_rows_whose_shared_prefill_fails_do_not_join():
     """If the prefill of requests joining together fails, none of them becomes a row; the
-    decoder goes on with the rows it had."""
+    decoder goes on. (Joining running rows, they ride in a step instead: see
+    test_requests_joining_running_rows_ride_in_the_next_steps_forward.)"""
     model, tok = model_for("llama", vocab_size=BYTE_VOCAB), tokenizer()
     decoder = BatchDecoder(model, tok, options=GenerationOptions(max_new_tokens=6))
-    kept = decoder.add("abcabc")
     add_rows = decoder.session.add_rows
 
     def failing(prompts):
@@ -166,11 +179,48 @@ def test_rows_whose_shared_prefill_fails_do_not_join():
     with pytest.raises(RuntimeError, match="out of memory"):
         decoder.add_many(["hello", "xyz"])
     decoder.session.add_rows = add_rows
-    assert decoder.active == [kept]
+    assert decoder.active == [] and decoder.session.rows == []
+    kept = decoder.add("abcabc")
     while decoder.active:
         decoder.step()
     assert decoder.result(kept).token_ids == generate(model, tok, "abcabc",
                                                       max_new_tokens=6).token_ids
+
+
+def test_requests_joining_running_rows_ride_in_the_next_steps_forward():
+    """While rows decode, the prompts of requests that join run in the next step's forward (no
+    forward of their own); their first tokens come with that step, and every output is the
+    request's own. If that forward fails, none of them joins and the running rows go on."""
+    model, tok = model_for("llama", vocab_size=BYTE_VOCAB), tokenizer()
+    decoder = BatchDecoder(model, tok, options=GenerationOptions(max_new_tokens=8))
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        first = decoder.add("abcabc")
+        decoder.step()
+        forwards.clear()
+        joined = decoder.add_many(["hello", "xyz"])
+        assert forwards == [] and decoder.updates() == {}  # nothing ran yet
+        updates = decoder.step()
+        assert len(forwards) == 1  # the running row's step and both prompts
+        assert all(len(updates[handle].tokens) == 1 for handle in joined)
+        verify_joining = decoder.session.verify_joining
+
+        def failing(items, prompts):
+            raise RuntimeError("out of memory")
+        decoder.session.verify_joining = failing
+        decoder.add("late")
+        with pytest.raises(RuntimeError, match="out of memory"):
+            decoder.step()
+        decoder.session.verify_joining = verify_joining
+        assert decoder.active == [first, *joined]
+        while decoder.active:
+            decoder.step()
+    finally:
+        hook.remove()
+    for handle, prompt in zip([first, *joined], ["abcabc", "hello", "xyz"]):
+        assert decoder.result(handle).token_ids == generate(model, tok, prompt,
+                                                            max_new_tokens=8).token_ids
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -586,7 +636,8 @@ def test_rows_stop_drafting_while_drafting_does_not_pay(delay, plain_price, gate
                                                         beyond=plain_price),
                            options=GenerationOptions(max_new_tokens=16),
                            gates=BatchGates(min_steps=1))  # judge from the first step
-    handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
+    handles = decoder.add_many([BatchRequest(prompt=p, drafter=d)
+                                for p, d in zip(prompts, drafters)])
     while decoder.active:
         decoder.step()
     results = [decoder.result(h) for h in handles]
@@ -630,7 +681,8 @@ def test_the_decoder_learns_what_its_forwards_cost_against_their_price():
     decoder = BatchDecoder(model, tok, profile=KneeCost(knee=len(prompts), beyond=1e-6,
                                                         within=3600.0),
                            options=GenerationOptions(max_new_tokens=12))
-    handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
+    handles = decoder.add_many([BatchRequest(prompt=p, drafter=d)
+                                for p, d in zip(prompts, drafters)])
     assert decoder.tree_costs.factor == 1.0
     while decoder.active:
         decoder.step()
@@ -649,8 +701,7 @@ def test_a_lone_row_plans_as_generate_does_whatever_the_batch_learnt():
     decoder = BatchDecoder(model, tok, profile=KneeCost(knee=len(prompts), beyond=1e-6,
                                                         within=3600.0),
                            options=GenerationOptions(max_new_tokens=12))
-    for prompt, drafter in zip(prompts, drafters):
-        decoder.add(BatchRequest(prompt=prompt, drafter=drafter))
+    decoder.add_many([BatchRequest(prompt=p, drafter=d) for p, d in zip(prompts, drafters)])
     while decoder.active:
         decoder.step()
     learnt = decoder.tree_costs.factor
@@ -726,7 +777,8 @@ def test_a_draining_batch_drafts_only_the_rows_it_waits_for():
 
     model, tok, prompts, alone, drafters = planned_oracle_rows(KneeCost(knee=64), 24)
     decoder = BatchDecoder(model, tok, options=GenerationOptions(max_new_tokens=24))
-    handles = [decoder.add(BatchRequest(prompt=p, drafter=d)) for p, d in zip(prompts, drafters)]
+    handles = decoder.add_many([BatchRequest(prompt=p, drafter=d)
+                                for p, d in zip(prompts, drafters)])
     while decoder.active:
         decoder.step()  # a server's steps: a row finished sooner is a request answered sooner
     results = [decoder.result(h) for h in handles]

@@ -118,6 +118,7 @@ class BatchDecoder:
         self.session = open_batch_session(self.backend)
         self._eos = self.backend.eos_token_ids(tokenizer)
         self._rows: dict[int, _Row] = {}
+        self._joining: list[_Row] = []  # rows whose prompts ride in the next step's forward
         self._results: dict[int, GenerationResult] = {}
         self._next_handle = 0
         self.tree_costs = TreeCostCorrection()  # what tree forwards really cost here
@@ -142,11 +143,19 @@ class BatchDecoder:
 
     def add_many(self, requests: Sequence[BatchRequest | str]) -> list[int]:
         """:meth:`add` for several requests at once (all checked first), their prompts prefilled
-        together where the backend can (one forward instead of one each); their handles."""
+        together where the backend can (one forward instead of one each); their handles.
+
+        While rows are decoding, a backend that can (``verify_joining``) runs the prompts in
+        the next step's forward instead, as vLLM's chunked prefill mixes prefill and decode
+        tokens: the running rows do not wait for a forward of their own. Their first tokens
+        then come with that step, not with :meth:`updates`."""
         started = time.perf_counter()
         requests = [self.prepare(request) for request in requests]
         rows = [self._new_row(request, started) for request in requests]
         starting = [row for row in rows if not row.output.done]
+        if starting and hasattr(self.session, "verify_joining") and self._live_rows():
+            self._joining += starting
+            starting = []
         if starting:
             try:
                 with torch.inference_mode():
@@ -155,18 +164,22 @@ class BatchDecoder:
                 for row in rows:
                     del self._rows[row.handle]
                 raise
-            for row, (session_row, logits) in zip(starting, prefilled):
-                row.session_row = session_row
-                first = row.chooser.first(logits)
-                row.context.append(first)
-                row.drafter.reset()
-                row.drafter.observe(StepFeedback([first]))
-                row.stats.time_prefill = time.perf_counter() - started
-                row.add([first])
+            self._start_rows(starting, prefilled)
         for row in rows:
             if row.output.done:
                 self._finish(row)
         return [row.handle for row in rows]
+
+    def _start_rows(self, rows: list[_Row], prefilled: list[tuple[int, torch.Tensor]]) -> None:
+        """Each prefilled row's first token, from its prompt's logits."""
+        for row, (session_row, logits) in zip(rows, prefilled):
+            row.session_row = session_row
+            first = row.chooser.first(logits)
+            row.context.append(first)
+            row.drafter.reset()
+            row.drafter.observe(StepFeedback([first]))
+            row.stats.time_prefill = time.perf_counter() - row.started
+            row.add([first])
 
     def _new_row(self, request: BatchRequest, started: float) -> _Row:
         options = request.options
@@ -243,12 +256,15 @@ class BatchDecoder:
         row = self._rows.pop(handle, None)
         if row is not None and row.session_row is not None:
             self.session.remove_row(row.session_row)
+        self._joining = [joining for joining in self._joining if joining.handle != handle]
         self._results.pop(handle, None)
 
     # -- the four stages ---------------------------------------------------------------------
 
     def _live_rows(self) -> list[_Row]:
-        return [row for row in self._rows.values() if not row.output.done]
+        """The rows decoding (not those whose prompts have yet to ride in a step)."""
+        return [row for row in self._rows.values()
+                if not row.output.done and row.session_row is not None]
 
     def _draft(self, rows: list[_Row], *, draining: bool = False
                ) -> list[tuple[_Row, DraftTree, CompiledTree]]:
@@ -384,15 +400,33 @@ class BatchDecoder:
         return compiled
 
     def _verify(self, drafted):
-        """Every row's tree in one forward; ``(row, logits, draft, tree)`` per row."""
-        if not drafted:
+        """Every row's tree in one forward (with the prompts of the rows joining, if any);
+        ``(row, logits, draft, tree)`` per row."""
+        joining, self._joining = self._joining, []
+        if not drafted and not joining:
             return []
         cache_length = self.session.cache_length
+        items = [(row.session_row, row.pending, tree) for row, _, tree in drafted]
         mark = time.perf_counter()
         with torch.inference_mode():
-            logits = self.session.verify([(row.session_row, row.pending, tree)
-                                          for row, _, tree in drafted])
+            if joining:
+                try:
+                    logits, prefilled = self.session.verify_joining(
+                        items, [row.context for row in joining])
+                except BaseException:  # none of them joined
+                    for row in joining:
+                        del self._rows[row.handle]
+                    raise
+            else:
+                logits = self.session.verify(items)
         elapsed = time.perf_counter() - mark
+        if joining:
+            self._start_rows(joining, prefilled)
+            for row in joining:
+                if row.output.done:
+                    self._finish(row)
+            # The forward held prompts too: not a price the correction or the gate can learn.
+            self._step_cost = None
         # The correction is learnt against the batch profile's prices: a lone row's forward,
         # priced by its drafter's own profile, would teach it another profile's errors.
         if self._step_cost is not None and len(drafted) > 1:

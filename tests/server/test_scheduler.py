@@ -24,9 +24,11 @@ def engine():
     return Engine(tiny_model("llama", vocab_size=BYTE_VOCAB), byte_tokenizer(), draft=False)
 
 
-def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list) -> None:
-    """Submit ``jobs`` to ``scheduler`` (started here, stopped at the end), logging each event
-    as ``(job index, kind, value)`` in ``events``; return once every job has ended."""
+def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list, *,
+             queued: bool = False) -> None:
+    """Submit ``jobs`` to ``scheduler`` (started here, stopped at the end; ``queued``: all
+    submitted before it starts, as a burst), logging each event as ``(job index, kind, value)``
+    in ``events``; return once every job has ended."""
     ended = threading.Semaphore(0)
     for index, job in enumerate(jobs):
         def send(kind, value, index=index):
@@ -34,9 +36,12 @@ def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list) -> None:
             if kind in ("done", "error"):
                 ended.release()
         job.send = send
+    if queued:
+        for job in jobs:
+            scheduler.submit(job)
     scheduler.start()
     try:
-        for job in jobs:
+        for job in jobs if not queued else ():
             scheduler.submit(job)
         for _ in jobs:
             assert ended.acquire(timeout=60), events
@@ -47,7 +52,8 @@ def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list) -> None:
 def test_a_batch_row_streams_its_first_token_before_the_next_forward(engine):
     """The batched lane sends a joining request's first token (from its prefill) at once, as
     the one-at-a-time lane does, instead of after the next step's forward: time to first
-    token is a prefill, not a prefill and a step. The texts are still generate's."""
+    token is a prefill, not a prefill and a step. The texts are still generate's. (The jobs
+    arrive together, with no row decoding: their prompts are prefilled at once, not in a step.)"""
     scheduler = Scheduler(engine, speculate=False, max_active=4)
     events: list = []
     decoder = scheduler._lane.decoder
@@ -62,7 +68,7 @@ def test_a_batch_row_streams_its_first_token_before_the_next_forward(engine):
         jobs = [Job(prompt_ids=engine.tokenizer(p)["input_ids"],
                     options=GenerationOptions(max_new_tokens=n), tenant="t", loop=loop)
                 for p, n in zip(prompts, (6, 1, 5))]
-        run_jobs(scheduler, jobs, events)
+        run_jobs(scheduler, jobs, events, queued=True)
     finally:
         loop.close()
     immediate = 0

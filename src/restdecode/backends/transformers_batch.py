@@ -75,12 +75,20 @@ class StepLayout:
     first_region: torch.Tensor  # (B,) its region
     first_masks: dict[str, torch.Tensor]  # layer type -> bool (regions, 1, 1, longest)
     first_dense: bool          # every region holds a row of this step, in region order
-    # The tree slots (1 and up) of the rows that have a tree, padded to the widest tree:
-    nodes: torch.Tensor        # (Q - B,) packed index of each tree slot
-    node_row: torch.Tensor     # (Q - B,) its row in the block of tree regions
-    node_slot: torch.Tensor    # (Q - B,) its slot - 1
-    tree_regions: torch.Tensor | None  # (T,) the block's regions; None: all of them
-    node_masks: dict[str, torch.Tensor]  # layer type -> bool (T, 1, widest tree, longest)
+    # The tree slots (1 and up) of the rows that have a tree, one call per group (draft trees;
+    # prompts riding in the step as chains), each padded to its widest:
+    groups: list["NodeGroup"]
+
+
+@dataclass
+class NodeGroup:
+    """Tree slots attended in one SDPA call, padded to the group's widest tree."""
+
+    nodes: torch.Tensor        # (n,) packed index of each tree slot
+    node_row: torch.Tensor     # (n,) its row in the block of the group's regions
+    node_slot: torch.Tensor    # (n,) its slot - 1
+    regions: torch.Tensor | None  # (T,) the block's regions; None: all of them
+    masks: dict[str, torch.Tensor]  # layer type -> bool (T, 1, widest tree, longest)
 
 
 def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -106,13 +114,13 @@ def rows_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tens
                                 torch.zeros_like(layout.first_region), 1, key, value,
                                 layout.first_masks[layer_type], scaling,
                                 dense=layout.first_dense)
-    if layout.nodes.numel():  # the trees, padded to the widest, over their rows' regions only
-        if layout.tree_regions is not None:
-            key = key.index_select(0, layout.tree_regions)
-            value = value.index_select(0, layout.tree_regions)
-        mask = layout.node_masks[layer_type]
-        out[layout.nodes] = _attend(queries[layout.nodes], layout.node_row, layout.node_slot,
-                                    mask.shape[2], key, value, mask, scaling)
+    for group in layout.groups:  # trees, padded to the widest, over their rows' regions only
+        keys, values = key, value
+        if group.regions is not None:
+            keys, values = key.index_select(0, group.regions), value.index_select(0, group.regions)
+        mask = group.masks[layer_type]
+        out[group.nodes] = _attend(queries[group.nodes], group.node_row, group.node_slot,
+                                   mask.shape[2], keys, values, mask, scaling)
     return out.unsqueeze(0), None
 
 
@@ -307,6 +315,33 @@ class TransformersBatchSession:
         return [added[index] for index in range(len(prompts))]
 
     def _prefill_packed(self, prompts: list[list[int]]) -> list[tuple[int, torch.Tensor]]:
+        return self._verify_and_prefill([], prompts)[1]
+
+    def verify_joining(self, items: Sequence[tuple[int, int, "CompiledTree"]],
+                       prompts: Sequence[Sequence[int]]
+                       ) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor]]]:
+        """:meth:`verify` of ``items`` and :meth:`add_rows` of ``prompts``, in one forward: the
+        new rows' prompts ride in the step's forward as chains, as vLLM's chunked prefill mixes
+        prefill and decode tokens, instead of a forward of their own that every running row
+        waits for. Returns ``verify``'s logits and ``add_rows``' ``(row, logits)``; the new
+        rows are committed already, ``items``' rows are resolved by :meth:`commit` as after
+        ``verify``. Prompts that :meth:`add_rows` prefills alone (see there) are prefilled so
+        before the step, and then so are the others; if the forward fails, no prompt joins."""
+        self._check_no_step("verify")
+        prompts = [[int(t) for t in prompt] for prompt in prompts]
+        if not all(prompts):
+            raise DecodingError("a row needs at least one prompt token")
+        if not items or not self.cache.keys or any(len(p) > PACKED_PREFILL_TOKENS
+                                                   for p in prompts):
+            added = self.add_rows(prompts)
+            return self.verify(items), added
+        return self._verify_and_prefill(items, prompts)
+
+    def _verify_and_prefill(self, items: Sequence[tuple[int, int, "CompiledTree"]],
+                            prompts: list[list[int]]
+                            ) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor]]]:
+        """One forward: ``items`` verified, each of ``prompts`` verified as a chain in a new
+        row's region (logits at its last token only) and committed."""
         rows = []
         for prompt in prompts:
             region = self._free_region(None, len(prompt))
@@ -315,17 +350,20 @@ class TransformersBatchSession:
             rows.append(row)
         try:
             device = self.model.device
-            items = [(row, prompt[0], DraftTree.chain(prompt[1:]).compile(device))
-                     for row, prompt in zip(rows, prompts)]
-            logits = self._forward(items, last_only=True)
+            chains = [(row, prompt[0], DraftTree.chain(prompt[1:]).compile(device))
+                      for row, prompt in zip(rows, prompts)]
+            logits = self._forward(list(items) + chains,
+                                   last_only=[False] * len(items) + [True] * len(chains))
         except BaseException:
             for row in rows:
                 self._pending.pop(row, None)
                 del self._lengths[row], self._region[row]
             raise
-        for row, prompt in zip(rows, prompts):
-            self.commit(row, range(len(prompt)))
-        return [(row, row_logits[-1]) for row, row_logits in zip(rows, logits)]
+        for row, prompt in zip(rows, prompts):  # its slots are its prompt, all in place
+            del self._pending[row]
+            self._lengths[row] = len(prompt)
+        return logits[:len(items)], [(row, row_logits[-1])
+                                     for row, row_logits in zip(rows, logits[len(items):])]
 
     def remove_row(self, row: int) -> None:
         """Drop ``row`` and free its region (also its slots of an uncommitted step)."""
@@ -346,9 +384,9 @@ class TransformersBatchSession:
         return self._forward(items)
 
     def _forward(self, items: Sequence[tuple[int, int, "CompiledTree"]], *,
-                 last_only: bool = False) -> list[torch.Tensor]:
-        """:meth:`verify`'s forward; ``last_only``: logits ``(1, vocab)`` at each row's last
-        slot only (a prefill's)."""
+                 last_only: Sequence[bool] | None = None) -> list[torch.Tensor]:
+        """:meth:`verify`'s forward; ``last_only[i]``: logits ``(1, vocab)`` at item i's last
+        slot only (a prefill's), else at all its slots."""
         rows = [self._row(row) for row, _, _ in items]
         if len(set(rows)) != len(rows):
             raise DecodingError(f"a row appears twice in one verification: {rows}")
@@ -356,18 +394,24 @@ class TransformersBatchSession:
         # are the packed tokens themselves (StepLayout.dense), with no scatter or gather.
         order = sorted(range(len(items)), key=lambda index: self._region[rows[index]])
         items, rows = [items[index] for index in order], [rows[index] for index in order]
+        last = [bool(last_only[index]) if last_only else False for index in order]
         trees = [tree for _, _, tree in items]
         needed = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
         self.cache.grow(0, _doubled(self.cache.capacity, needed))
         device = self.model.device
-        layout = self._layout(rows, trees)
+        layout = self._layout(rows, trees, last)
         tokens = torch.cat([torch.cat([torch.tensor([pending], device=device),
                                        tree.node_tokens.to(device)])
                             for _, pending, tree in items])
         positions = torch.cat([self._lengths[row] + tree.depth_offsets.to(device)
                                for row, tree in zip(rows, trees)])
         widths = [tree.num_slots for tree in trees]
-        keep = (torch.tensor(widths, device=device).cumsum(0) - 1) if last_only else 0
+        kept = [1 if only else width for only, width in zip(last, widths)]
+        keep = 0  # every slot's logits
+        if any(last):
+            ends = torch.tensor(widths, device=device).cumsum(0)
+            keep = torch.cat([torch.arange(int(end) - count, int(end), device=device)
+                              for end, count in zip(ends, kept)])
         self.cache.layout = layout
         try:
             with (_attention_implementation(self._configs, ROWS_ATTENTION),
@@ -381,7 +425,7 @@ class TransformersBatchSession:
         # Only now: a forward that failed wrote nothing but columns past the rows' lengths.
         for row, tree in zip(rows, trees):
             self._pending[row] = _Pending(tree.num_slots)
-        logits = output.logits[0].float().split([1] * len(trees) if last_only else widths)
+        logits = output.logits[0].float().split(kept)
         returned: list[torch.Tensor] = [None] * len(items)  # type: ignore[list-item]
         for index, row_logits in zip(order, logits):
             returned[index] = row_logits
@@ -424,40 +468,44 @@ class TransformersBatchSession:
                         _doubled(self.cache.capacity, length))
         return region
 
-    def _layout(self, rows: list[int], trees: list["CompiledTree"]) -> StepLayout:
+    def _layout(self, rows: list[int], trees: list["CompiledTree"],
+                chains: list[bool] | None = None) -> StepLayout:
         """The step's :class:`StepLayout`: where each slot is written, and each layer type's
-        masks (a slot sees its row's past and its tree ancestors, within the window)."""
+        masks (a slot sees its row's past and its tree ancestors, within the window).
+        ``chains[i]``: item i is a prompt riding in the step, attended in a group of its own
+        (a draft tree padded to a prompt's length would cost more than the prompt)."""
         device = self.model.device
+        chains = chains or [False] * len(trees)
         width = max(tree.num_slots for tree in trees)
         longest = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
         regions = self.cache.regions
-        region, column, query_slot = [], [], []
+        region, column, query_slot, item = [], [], [], []
         visible = torch.zeros(regions, width, longest, dtype=torch.bool, device=device)
         depth = torch.zeros(regions, width, dtype=torch.long, device=device)
         past = torch.zeros(regions, dtype=torch.long, device=device)
-        for row, tree in zip(rows, trees):
+        for index, (row, tree) in enumerate(zip(rows, trees)):
             g, length, slots = self._region[row], self._lengths[row], tree.num_slots
             region.append(torch.full((slots,), g, device=device))
             column.append(length + torch.arange(slots, device=device))
             query_slot.append(torch.arange(slots, device=device))
+            item.append(torch.full((slots,), index, device=device))
             visible[g, :slots, :length] = True
             visible[g, :slots, length:length + slots] = tree.ancestor_mask.to(device)
             depth[g, :slots] = tree.depth_offsets.to(device)
             past[g] = length
         layout_region, layout_column = torch.cat(region), torch.cat(column)
-        layout_slot = torch.cat(query_slot)
+        layout_slot, layout_item = torch.cat(query_slot), torch.cat(item)
         is_node = layout_slot > 0
-        tree_regions = torch.tensor([self._region[row] for row, tree in zip(rows, trees)
-                                     if tree.num_slots > 1], dtype=torch.long, device=device)
-        # Few trees: their regions' keys are gathered (a small copy); many: all regions serve.
-        gather = 0 < tree_regions.numel() <= regions // 2
-        # One block pads every row to the widest tree; two groups cost a second call per layer
-        # but pad only the trees: worth it when the widths differ.
-        single = regions * width <= 1.5 * (regions + tree_regions.numel() * (width - 1))
+        members = [[i for i, tree in enumerate(trees) if tree.num_slots > 1 and chains[i] == kind]
+                   for kind in (False, True)]
+        members = [group for group in members if group]
+        widths = [max(trees[i].num_slots for i in group) for group in members]
+        # One block pads every row to the widest tree; groups cost a call each per layer but
+        # pad only their trees: worth it when the widths differ.
+        single = regions * width <= 1.5 * (regions + sum(
+            len(group) * (w - 1) for group, w in zip(members, widths)))
         masks = {} if single else None
-        block_of = torch.zeros(regions, dtype=torch.long, device=device)
-        block_of[tree_regions] = torch.arange(tree_regions.numel(), device=device)
-        first_masks, node_masks = {}, {}
+        seen_by_type = {}
         for layer_type in dict.fromkeys(self._layer_types):
             window = self._windows[layer_type]
             seen = visible
@@ -474,21 +522,43 @@ class TransformersBatchSession:
             seen[:, :, 0] |= ~seen.any(dim=2)
             if single:
                 masks[layer_type] = seen.unsqueeze(1)
-                continue
-            first_masks[layer_type] = seen[:, :1].unsqueeze(1).contiguous()
-            nodes = seen[:, 1:]
-            node_masks[layer_type] = (nodes.index_select(0, tree_regions) if gather
-                                      else nodes).unsqueeze(1).contiguous()
+            seen_by_type[layer_type] = seen
+        groups = [] if single else [
+            self._node_group(group, w, rows, seen_by_type, layout_region, layout_slot,
+                             layout_item, is_node) for group, w in zip(members, widths)]
+        first_masks = {} if single else {layer_type: seen[:, :1].unsqueeze(1).contiguous()
+                                         for layer_type, seen in seen_by_type.items()}
         every_region = len(rows) == regions  # rows come in region order (verify sorts them)
         return StepLayout(
             layout_region, layout_column, longest, self._layer_types, layout_slot, masks,
             dense=every_region and all(tree.num_slots == width for tree in trees),
             first=torch.nonzero(~is_node).squeeze(1), first_region=layout_region[~is_node],
-            first_masks=first_masks, first_dense=every_region,
-            nodes=torch.nonzero(is_node).squeeze(1),
-            node_row=(block_of[layout_region[is_node]] if gather else layout_region[is_node]),
-            node_slot=layout_slot[is_node] - 1, tree_regions=tree_regions if gather else None,
-            node_masks=node_masks)
+            first_masks=first_masks, first_dense=every_region, groups=groups)
+
+    def _node_group(self, members: list[int], width: int, rows: list[int],
+                    seen_by_type: dict[str, torch.Tensor], layout_region: torch.Tensor,
+                    layout_slot: torch.Tensor, layout_item: torch.Tensor,
+                    is_node: torch.Tensor) -> NodeGroup:
+        """The tree slots of items ``members`` (their widest: ``width``) as one group."""
+        device = self.model.device
+        regions = self.cache.regions
+        group_regions = torch.tensor([self._region[rows[i]] for i in members], dtype=torch.long,
+                                     device=device)
+        # Few trees: their regions' keys are gathered (a small copy); many: all regions serve.
+        gather = len(members) <= regions // 2
+        in_group = is_node & torch.isin(layout_item, torch.tensor(members, device=device))
+        block_of = torch.zeros(regions, dtype=torch.long, device=device)
+        block_of[group_regions] = torch.arange(len(members), device=device)
+        masks = {}
+        for layer_type, seen in seen_by_type.items():
+            nodes = seen[:, 1:width]
+            masks[layer_type] = (nodes.index_select(0, group_regions) if gather
+                                 else nodes).unsqueeze(1).contiguous()
+        return NodeGroup(
+            nodes=torch.nonzero(in_group).squeeze(1),
+            node_row=block_of[layout_region[in_group]] if gather else layout_region[in_group],
+            node_slot=layout_slot[in_group] - 1, regions=group_regions if gather else None,
+            masks=masks)
 
     def _finish_step_if_committed(self) -> None:
         """Once every row of the last forward is resolved: move each row's accepted slots that
