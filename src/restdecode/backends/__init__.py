@@ -101,6 +101,9 @@ class BatchSession(Protocol):
     rows join and leave between steps without touching the others. A step is one ``verify`` of
     any subset of the rows (a row's tree may be empty: a plain step), then one ``commit`` (or
     ``remove_row``) per verified row before the next ``verify`` or ``add_row``.
+
+    Optional: ``verify_joining(items, prompts) -> (logits, [(row, logits)])``, a ``verify`` and
+    an ``add_rows`` in one forward (the transformers session has it; llama.cpp's does not).
     """
 
     @property

@@ -24,7 +24,8 @@ committed (or removed), the accepted slots that are not already in place (a path
 branch) are moved to ``past, past + 1, ...`` in one gather per layer. Columns past a row's length
 are stale and never seen. A row joins with its own prefill (the prompt alone, as a single-row
 session prefills), copied into a free region; rows joining together (``add_rows``) are
-prefilled in one forward, each prompt verified as a chain straight into its region;
+prefilled in one forward, each prompt verified as a chain straight into its region, and rows
+joining running ones (``verify_joining``) ride in a step's forward the same way;
 ``remove_row`` frees the region. Regions and
 capacity grow by doubling (one copy of the cache) when a row or a tree does not fit.
 """
