@@ -95,7 +95,8 @@ class BatchDecoder:
     """Step-by-step batched decoding of ``model`` (a transformers model or a backend that can
     batch), for a scheduler that admits and drops requests between steps.
 
-    ``add(request) -> handle`` prefills the request alone and makes it a row; ``step()`` runs one
+    ``add(request) -> handle`` prefills the request (at once, or in the next step's forward
+    while rows decode: :meth:`add_many`) and makes it a row; ``step()`` runs one
     draft -> verify -> accept -> commit step over every row and returns ``{handle: RowUpdate}``
     for each row that produced tokens or finished (the first token of a row added since the last
     report included; ``updates()`` reports it without a step); ``result(handle)`` is a finished
@@ -137,8 +138,9 @@ class BatchDecoder:
         return len(self.active)
 
     def add(self, request: BatchRequest | str) -> int:
-        """Check ``request`` (a :class:`BatchRequest`, or prompt text), prefill it alone and add it
-        as a row; its handle. Its first token is in the next :meth:`updates` (or :meth:`step`)."""
+        """Check ``request`` (a :class:`BatchRequest`, or prompt text), prefill it and add it as
+        a row; its handle. Its first token is in the next :meth:`updates` (or :meth:`step`; see
+        :meth:`add_many` for a prompt that rides in the next step's forward)."""
         return self.add_many([request])[0]
 
     def add_many(self, requests: Sequence[BatchRequest | str]) -> list[int]:
