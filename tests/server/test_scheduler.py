@@ -24,11 +24,10 @@ def engine():
     return Engine(tiny_model("llama", vocab_size=BYTE_VOCAB), byte_tokenizer(), draft=False)
 
 
-def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list, *,
-             queued: bool = False) -> None:
-    """Submit ``jobs`` to ``scheduler`` (started here, stopped at the end; ``queued``: all
-    submitted before it starts, as a burst), logging each event as ``(job index, kind, value)``
-    in ``events``; return once every job has ended."""
+def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list) -> None:
+    """Submit ``jobs`` to ``scheduler`` together (before it starts: one burst; stopped at the
+    end), logging each event as ``(job index, kind, value)`` in ``events``; return once every
+    job has ended."""
     ended = threading.Semaphore(0)
     for index, job in enumerate(jobs):
         def send(kind, value, index=index):
@@ -36,13 +35,10 @@ def run_jobs(scheduler: Scheduler, jobs: list[Job], events: list, *,
             if kind in ("done", "error"):
                 ended.release()
         job.send = send
-    if queued:
-        for job in jobs:
-            scheduler.submit(job)
+    for job in jobs:
+        scheduler.submit(job)
     scheduler.start()
     try:
-        for job in jobs if not queued else ():
-            scheduler.submit(job)
         for _ in jobs:
             assert ended.acquire(timeout=60), events
     finally:
@@ -68,7 +64,7 @@ def test_a_batch_row_streams_its_first_token_before_the_next_forward(engine):
         jobs = [Job(prompt_ids=engine.tokenizer(p)["input_ids"],
                     options=GenerationOptions(max_new_tokens=n), tenant="t", loop=loop)
                 for p, n in zip(prompts, (6, 1, 5))]
-        run_jobs(scheduler, jobs, events, queued=True)
+        run_jobs(scheduler, jobs, events)
     finally:
         loop.close()
     immediate = 0
