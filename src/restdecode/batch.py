@@ -168,12 +168,13 @@ class BatchDecoder:
                 raise
             self._start_rows(starting, prefilled)
         for row in rows:
-            if row.output.done:
+            if row.output.done and row.handle not in self._results:  # nothing to generate
                 self._finish(row)
         return [row.handle for row in rows]
 
     def _start_rows(self, rows: list[_Row], prefilled: list[tuple[int, torch.Tensor]]) -> None:
-        """Each prefilled row's first token, from its prompt's logits."""
+        """Each prefilled row's first token, from its prompt's logits; a row that it ends
+        finishes."""
         for row, (session_row, logits) in zip(rows, prefilled):
             row.session_row = session_row
             first = row.chooser.first(logits)
@@ -182,6 +183,8 @@ class BatchDecoder:
             row.drafter.observe(StepFeedback([first]))
             row.stats.time_prefill = time.perf_counter() - row.started
             row.add([first])
+            if row.output.done:
+                self._finish(row)
 
     def _new_row(self, request: BatchRequest, started: float) -> _Row:
         options = request.options
@@ -424,9 +427,6 @@ class BatchDecoder:
         elapsed = time.perf_counter() - mark
         if joining:
             self._start_rows(joining, prefilled)
-            for row in joining:
-                if row.output.done:
-                    self._finish(row)
             # The forward held prompts too: not a price the correction or the gate can learn.
             self._step_cost = None
         # The correction is learnt against the batch profile's prices: a lone row's forward,
