@@ -480,22 +480,21 @@ class TransformersBatchSession:
         width = max(tree.num_slots for tree in trees)
         longest = max(self._lengths[row] + tree.num_slots for row, tree in zip(rows, trees))
         regions = self.cache.regions
-        region, column, query_slot, item = [], [], [], []
+        region, column, query_slot = [], [], []
         visible = torch.zeros(regions, width, longest, dtype=torch.bool, device=device)
         depth = torch.zeros(regions, width, dtype=torch.long, device=device)
         past = torch.zeros(regions, dtype=torch.long, device=device)
-        for index, (row, tree) in enumerate(zip(rows, trees)):
+        for row, tree in zip(rows, trees):
             g, length, slots = self._region[row], self._lengths[row], tree.num_slots
             region.append(torch.full((slots,), g, device=device))
             column.append(length + torch.arange(slots, device=device))
             query_slot.append(torch.arange(slots, device=device))
-            item.append(torch.full((slots,), index, device=device))
             visible[g, :slots, :length] = True
             visible[g, :slots, length:length + slots] = tree.ancestor_mask.to(device)
             depth[g, :slots] = tree.depth_offsets.to(device)
             past[g] = length
         layout_region, layout_column = torch.cat(region), torch.cat(column)
-        layout_slot, layout_item = torch.cat(query_slot), torch.cat(item)
+        layout_slot = torch.cat(query_slot)
         is_node = layout_slot > 0
         members = [[i for i, tree in enumerate(trees) if tree.num_slots > 1 and chains[i] == kind]
                    for kind in (False, True)]
@@ -526,7 +525,9 @@ class TransformersBatchSession:
             seen_by_type[layer_type] = seen
         groups = [] if single else [
             self._node_group(group, w, rows, seen_by_type, layout_region, layout_slot,
-                             layout_item, is_node) for group, w in zip(members, widths)]
+                             self._in_group(group, trees, is_node) if len(members) > 1
+                             else is_node)
+            for group, w in zip(members, widths)]
         first_masks = {} if single else {layer_type: seen[:, :1].unsqueeze(1).contiguous()
                                          for layer_type, seen in seen_by_type.items()}
         every_region = len(rows) == regions  # rows come in region order (verify sorts them)
@@ -536,18 +537,26 @@ class TransformersBatchSession:
             first=torch.nonzero(~is_node).squeeze(1), first_region=layout_region[~is_node],
             first_masks=first_masks, first_dense=every_region, groups=groups)
 
+    def _in_group(self, members: list[int], trees: list["CompiledTree"],
+                  is_node: torch.Tensor) -> torch.Tensor:
+        """Which packed slots are tree slots of items ``members``."""
+        device = self.model.device
+        owner = torch.repeat_interleave(torch.arange(len(trees), device=device),
+                                        torch.tensor([tree.num_slots for tree in trees],
+                                                     device=device))
+        return is_node & torch.isin(owner, torch.tensor(members, device=device))
+
     def _node_group(self, members: list[int], width: int, rows: list[int],
                     seen_by_type: dict[str, torch.Tensor], layout_region: torch.Tensor,
-                    layout_slot: torch.Tensor, layout_item: torch.Tensor,
-                    is_node: torch.Tensor) -> NodeGroup:
-        """The tree slots of items ``members`` (their widest: ``width``) as one group."""
+                    layout_slot: torch.Tensor, in_group: torch.Tensor) -> NodeGroup:
+        """The tree slots of items ``members`` (their widest: ``width``; the packed slots
+        ``in_group``) as one group."""
         device = self.model.device
         regions = self.cache.regions
         group_regions = torch.tensor([self._region[rows[i]] for i in members], dtype=torch.long,
                                      device=device)
         # Few trees: their regions' keys are gathered (a small copy); many: all regions serve.
         gather = len(members) <= regions // 2
-        in_group = is_node & torch.isin(layout_item, torch.tensor(members, device=device))
         block_of = torch.zeros(regions, dtype=torch.long, device=device)
         block_of[group_regions] = torch.arange(len(members), device=device)
         masks = {}
